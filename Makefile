@@ -1,0 +1,49 @@
+# The two commands a user needs: `make run` and `make test`. Everything else helps them.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PKGS := libs/api libs/core libs/triton services/registry services/controller \
+        services/gateway services/autoscaler cli
+SETUP_STAMP := $(VENV)/.setup-stamp
+GEN_STAMP := libs/api/src/matrixinfer/api/v1/__init__.py
+PROTOS := $(shell find protos -name '*.proto')
+PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
+
+.PHONY: setup proto test lint typecheck importlint pytest run bench clean
+
+setup: $(SETUP_STAMP) $(GEN_STAMP)
+
+$(SETUP_STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt \
+		-r requirements-dev.txt $(foreach p,$(PKGS),-e $(p))
+	touch $@
+
+proto $(GEN_STAMP): $(PROTOS) tools/genproto.py $(SETUP_STAMP)
+	$(BIN)/python tools/genproto.py
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+importlint: setup
+	$(BIN)/lint-imports
+
+# -p no:cacheprovider keeps clean clones clean; exit code 5 (no tests) fails the build.
+pytest: setup
+	$(BIN)/python -m pytest
+
+test: lint typecheck importlint pytest
+
+run: setup
+	$(BIN)/matrixinfer-registry
+
+bench: setup
+	$(BIN)/python -m bench.registry
+
+clean:
+	rm -rf $(VENV) .matrixinfer libs/api/src/matrixinfer/api/v1
