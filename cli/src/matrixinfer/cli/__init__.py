@@ -1,0 +1,1 @@
+"""The matrixinfer command line."""

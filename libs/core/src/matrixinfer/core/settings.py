@@ -1,0 +1,90 @@
+"""Settings every MatrixInfer service shares.
+
+Each service subclasses :class:`ServiceSettings` with its own env prefix, so one
+environment can configure several services without clashes::
+
+    class RegistrySettings(ServiceSettings):
+        model_config = SettingsConfigDict(env_prefix="MATRIXINFER_REGISTRY_")
+        service_name: str = "registry"
+
+Settings are loaded once in the service's ``main()`` and passed down explicitly; there
+is deliberately no module-level instance.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_MIB = 1024 * 1024
+_KIB = 1024
+
+
+class ServiceSettings(BaseSettings):
+    """Network, observability and gRPC limits common to every service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATRIXINFER_",
+        # Attribute docstrings become field descriptions, so `--help`-style output and
+        # generated docs say the unit and the reason for each default.
+        use_attribute_docstrings=True,
+        # The environment of a container carries many unrelated variables; an unknown
+        # one with our prefix must not stop a service from starting.
+        extra="ignore",
+        validate_default=True,
+    )
+
+    service_name: str = "matrixinfer"
+    """Name reported in logs, traces (service.name) and health; subclasses override."""
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds. Loopback by default so nothing is exposed by
+    accident; containers set 0.0.0.0."""
+
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    """TCP port of the gRPC server. 0 asks the OS for a free port (tests, `up`), which
+    is then published through ``port_file``."""
+
+    port_file: Path | None = None
+    """When set, the port actually bound is written here (atomically) after start, so
+    tests and supervisors can use ``grpc_port=0`` and still find the server."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """TCP port of the Prometheus /metrics HTTP server; None runs none (tests, CLI)."""
+
+    log_level: str = "INFO"
+    """Root log level name (DEBUG, INFO, WARNING, ERROR, CRITICAL)."""
+
+    log_json: bool = True
+    """One JSON object per line, for log collectors; False gives human-readable text."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector address (e.g. http://jaeger:4317). None exports no spans;
+    trace context is still propagated so ids show up in logs."""
+
+    max_message_bytes: int = Field(default=4 * _MIB, gt=0)
+    """Largest gRPC message sent or received, in bytes. 4 MiB is gRPC's own default
+    receive limit; services that carry tensors raise it explicitly."""
+
+    max_metadata_bytes: int = Field(default=16 * _KIB, gt=0)
+    """Largest header block (metadata) accepted, in bytes. 16 KiB leaves room for a JWT
+    and trace headers while bounding what a hostile client can make us buffer."""
+
+    max_concurrent_streams: int = Field(default=100, gt=0)
+    """HTTP/2 streams (concurrent RPCs) per client connection; 100 is the HTTP/2
+    recommended minimum and bounds per-connection memory."""
+
+    grace_period_s: float = Field(default=10.0, ge=0)
+    """Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled; well
+    under Kubernetes' default 30 s terminationGracePeriodSeconds."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return level

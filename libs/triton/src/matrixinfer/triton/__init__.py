@@ -1,0 +1,1 @@
+"""The one adapter around tritonclient and the tritonserver binary."""

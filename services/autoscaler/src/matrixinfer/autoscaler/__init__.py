@@ -1,0 +1,1 @@
+"""MatrixInfer autoscaler: replica counts from live load (built in the autoscaler issue)."""

@@ -1,0 +1,1 @@
+"""MatrixInfer controller: reconciles ModelInfer into running Triton replicas (built in the controller issue)."""

@@ -1,0 +1,1 @@
+"""MatrixInfer gateway: the KServe v2 data plane (built in the gateway issue)."""

@@ -1,0 +1,1 @@
+"""Registry domain logic: plain async Python over a Store interface, no grpc, no SQL."""
