@@ -1,0 +1,670 @@
+"""The registry's behaviour: apply, read, delete, status, finalizers, revisions, watch.
+
+Plain async Python over the Store interface. Conflicting concurrent writers are
+detected by compare-and-set on resourceVersion: a write without a resourceVersion from
+the caller is retried on a fresh read, one with a stale resourceVersion fails ABORTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.core.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ViolationCollector,
+)
+from matrixinfer.registry.domain import admission
+from matrixinfer.registry.domain.kinds import (
+    BY_NAME,
+    Kind,
+    Object,
+    kind_of,
+    resolve_kind,
+)
+from matrixinfer.registry.domain.kinds import unwrap as unwrap_resource
+from matrixinfer.registry.domain.kinds import wrap as wrap_object
+from matrixinfer.registry.domain.manifest import parse_manifest
+from matrixinfer.registry.domain.selectors import Selector, parse_selector
+from matrixinfer.registry.domain.store import (
+    Event,
+    Revision,
+    Store,
+    StoreConflict,
+    Transaction,
+)
+from matrixinfer.registry.domain.watch import WatchHub
+
+T = TypeVar("T")
+
+DEFAULT_PAGE = 500
+MAX_PAGE = 1000
+MAX_WRITE_ATTEMPTS = 5
+MAX_STATUS_BYTES = 1 << 20
+_RV = re.compile(r"[0-9]{1,19}")
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rv(value: str, field: str = "resourceVersion") -> int:
+    if not value:
+        return 0
+    if not _RV.fullmatch(value) or int(value) > 2**63 - 1:
+        raise InvalidArgument.field(
+            field, "must be a resourceVersion the registry returned"
+        )
+    return int(value)
+
+
+def _meta(obj: Object) -> Any:
+    return obj.metadata
+
+
+def _key(resource: pb.Resource) -> tuple[str, str, str]:
+    obj = unwrap_resource(resource)
+    return kind_of(obj).name, obj.metadata.namespace, obj.metadata.name
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    action: str  # created | configured | unchanged
+    resource: pb.Resource
+
+
+@dataclass(frozen=True)
+class WatchItem:
+    type: str
+    resource: pb.Resource | None
+    resource_version: int
+    initial_events_end: bool = False
+
+
+class RegistryService:
+    def __init__(self, store: Store, hub: WatchHub, bookmark_interval_s: float = 30.0):
+        self.store = store
+        self.hub = hub
+        self.bookmark_interval_s = bookmark_interval_s
+
+    # ------------------------------------------------------------------ writes
+
+    async def _write(self, fn: Callable[[Transaction], Awaitable[T]], retry: bool) -> T:
+        """Run ``fn`` in a transaction, again on StoreConflict when ``retry``."""
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            try:
+                async with self.store.transaction() as tx:
+                    return await fn(tx)
+            except StoreConflict:
+                if not retry or attempt == MAX_WRITE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.001 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def apply(
+        self,
+        manifest: str,
+        resources: list[pb.Resource],
+        *,
+        dry_run: bool = False,
+        create_only: bool = False,
+    ) -> list[ApplyOutcome]:
+        if manifest and resources:
+            raise InvalidArgument.field("manifest", "send either manifest or resources")
+        objects: list[Object] = []
+        if manifest:
+            docs = parse_manifest(manifest)
+            for i, doc in enumerate(docs):
+                where = f"manifest[{i}]." if len(docs) > 1 else ""
+                objects.append(admission.admit(doc, where))
+        else:
+            if not resources:
+                raise InvalidArgument.field("manifest", "nothing to apply")
+            for i, resource in enumerate(resources):
+                where = f"resources[{i}]." if len(resources) > 1 else ""
+                obj = unwrap_resource(resource, f"resources[{i}]")
+                objects.append(admission.validate(obj, where))
+        seen: set[tuple[str, str, str]] = set()
+        for i, obj in enumerate(objects):
+            key = (kind_of(obj).name, obj.metadata.namespace, obj.metadata.name)
+            if key in seen:
+                raise InvalidArgument.field(
+                    f"manifest[{i}].metadata.name", f"{key[0]} {key[2]!r} appears twice"
+                )
+            seen.add(key)
+        retry = (
+            not any(o.metadata.resource_version for o in objects) and not create_only
+        )
+
+        async def run(tx: Transaction) -> list[ApplyOutcome]:
+            await self._check_references(tx, objects)
+            return [
+                await self._apply_one(tx, obj, dry_run, create_only) for obj in objects
+            ]
+
+        try:
+            outcomes = await self._write(run, retry)
+        except StoreConflict as e:
+            if create_only:
+                raise AlreadyExists(f"{e}") from e
+            raise Conflict(
+                f"{e}; the object changed since it was read: get it again and reapply"
+            ) from e
+        return outcomes
+
+    async def _check_references(self, tx: Transaction, objects: list[Object]) -> None:
+        batch = {
+            (kind_of(o).name, o.metadata.namespace, o.metadata.name): o for o in objects
+        }
+        errors = ViolationCollector()
+
+        async def find(kind: str, namespace: str, name: str) -> Object | None:
+            if (kind, namespace, name) in batch:
+                return batch[(kind, namespace, name)]
+            stored = await tx.get(kind, namespace, name)
+            return unwrap_resource(stored) if stored is not None else None
+
+        async def need(kind: str, ns: str, name: str, path: str) -> Object | None:
+            if not name:
+                return None
+            found = await find(kind, ns, name)
+            if found is None:
+                errors.add(path, f"{kind} {name!r} not found in namespace {ns!r}")
+            return found
+
+        for i, obj in enumerate(objects):
+            p = f"manifest[{i}].spec" if len(objects) > 1 else "spec"
+            ns = obj.metadata.namespace
+            if isinstance(obj, pb.ModelInfer):
+                model = await need(
+                    "Model", ns, obj.spec.model_ref.name, f"{p}.modelRef.name"
+                )
+                wanted = obj.spec.model_ref.revision
+                if isinstance(model, pb.Model) and wanted:
+                    stored = await tx.get("Model", ns, obj.spec.model_ref.name)
+                    newest = (
+                        unwrap_resource(stored).status.current_revision if stored else 0
+                    )
+                    if model is batch.get(("Model", ns, obj.spec.model_ref.name)):
+                        newest += 1  # the batch may add a revision
+                    if wanted > newest:
+                        errors.add(
+                            f"{p}.modelRef.revision",
+                            f"Model {model.metadata.name!r} has no revision {wanted}",
+                        )
+            elif isinstance(obj, pb.ModelServer):
+                await need(
+                    "ModelInfer", ns, obj.spec.model_infer_ref, f"{p}.modelInferRef"
+                )
+            elif isinstance(obj, pb.ModelRoute):
+                for r, rule in enumerate(obj.spec.rules):
+                    for t, target in enumerate(rule.targets):
+                        path = f"{p}.rules[{r}].targets[{t}].modelServer"
+                        await need("ModelServer", ns, target.model_server, path)
+                    if rule.HasField("mirror"):
+                        path = f"{p}.rules[{r}].mirror.modelServer"
+                        await need("ModelServer", ns, rule.mirror.model_server, path)
+            elif isinstance(obj, pb.AutoscalingPolicy):
+                await need(
+                    "ModelInfer", ns, obj.spec.target_ref.name, f"{p}.targetRef.name"
+                )
+        errors.raise_if_any()
+
+    async def _apply_one(
+        self, tx: Transaction, obj: Object, dry_run: bool, create_only: bool
+    ) -> ApplyOutcome:
+        kind = kind_of(obj)
+        meta = obj.metadata
+        stored = await tx.get(kind.name, meta.namespace, meta.name)
+        wanted_rv = parse_rv(meta.resource_version, "metadata.resourceVersion")
+        if stored is None:
+            if wanted_rv:
+                raise NotFound(
+                    f"{kind.name} {meta.namespace}/{meta.name} does not exist; "
+                    "remove metadata.resourceVersion to create it"
+                )
+            return await self._create(tx, kind, obj, dry_run)
+        if create_only:
+            raise AlreadyExists(
+                f"{kind.name} {meta.namespace}/{meta.name} already exists"
+            )
+        current = unwrap_resource(stored)
+        current_rv = int(current.metadata.resource_version)
+        if wanted_rv and wanted_rv != current_rv:
+            raise _stale(kind.name, meta.namespace, meta.name, current_rv, wanted_rv)
+        if current.metadata.deletion_timestamp:
+            raise FailedPrecondition(
+                f"{kind.name} {meta.namespace}/{meta.name} is being deleted"
+            )
+        updated = type(current)()
+        updated.CopyFrom(current)
+        spec_changed = updated.spec != obj.spec
+        updated.spec.CopyFrom(obj.spec)
+        m = updated.metadata
+        m.labels.clear()
+        m.labels.update(obj.metadata.labels)
+        m.annotations.clear()
+        m.annotations.update(obj.metadata.annotations)
+        for (
+            finalizer
+        ) in obj.metadata.finalizers:  # Apply adds, UpdateFinalizers removes
+            if finalizer not in m.finalizers:
+                m.finalizers.append(finalizer)
+        if not spec_changed and updated.metadata == current.metadata:
+            return ApplyOutcome("unchanged", stored)
+        if dry_run:
+            return ApplyOutcome("configured", wrap_object(updated))
+        rv = await tx.next_resource_version()
+        m.resource_version = str(rv)
+        if spec_changed:
+            m.generation += 1
+            if isinstance(updated, pb.Model):
+                updated.status.current_revision += 1
+                await self._add_revision(tx, updated)
+        resource = wrap_object(updated)
+        await tx.update(kind.name, resource, current_rv)
+        await tx.add_event(
+            Event(rv, "MODIFIED", kind.name, m.namespace, m.name, resource)
+        )
+        return ApplyOutcome("configured", resource)
+
+    async def _create(
+        self, tx: Transaction, kind: Kind, obj: Object, dry_run: bool
+    ) -> ApplyOutcome:
+        meta = obj.metadata
+        meta.uid = str(uuid.uuid4())
+        meta.generation = 1
+        meta.creation_timestamp = now_rfc3339()
+        if isinstance(obj, pb.Model):
+            obj.status.current_revision = 1
+        if dry_run:
+            return ApplyOutcome("created", wrap_object(obj))
+        rv = await tx.next_resource_version()
+        meta.resource_version = str(rv)
+        resource = wrap_object(obj)
+        await tx.insert(kind.name, resource)
+        if isinstance(obj, pb.Model):
+            await self._add_revision(tx, obj)
+        await tx.add_event(
+            Event(rv, "ADDED", kind.name, meta.namespace, meta.name, resource)
+        )
+        return ApplyOutcome("created", resource)
+
+    async def _add_revision(self, tx: Transaction, model: pb.Model) -> None:
+        snapshot = pb.Model()
+        snapshot.CopyFrom(model)
+        snapshot.ClearField("status")
+        snapshot.status.current_revision = model.status.current_revision
+        m = model.metadata
+        await tx.add_revision(
+            m.uid,
+            "Model",
+            m.namespace,
+            m.name,
+            Revision(model.status.current_revision, wrap_object(snapshot), time.time()),
+        )
+
+    async def delete(
+        self, kind_name: str, namespace: str, name: str, precondition_rv: str
+    ) -> pb.Resource:
+        kind = resolve_kind(kind_name)
+        namespace = namespace or "default"
+        wanted_rv = parse_rv(precondition_rv)
+
+        async def run(tx: Transaction) -> pb.Resource:
+            stored = await tx.get(kind.name, namespace, name)
+            if stored is None:
+                raise NotFound(f"{kind.name} {namespace}/{name} not found")
+            obj = unwrap_resource(stored)
+            current_rv = int(obj.metadata.resource_version)
+            if wanted_rv and wanted_rv != current_rv:
+                raise _stale(kind.name, namespace, name, current_rv, wanted_rv)
+            if obj.metadata.finalizers:
+                if obj.metadata.deletion_timestamp:
+                    return stored  # already being deleted
+                rv = await tx.next_resource_version()
+                obj.metadata.deletion_timestamp = now_rfc3339()
+                obj.metadata.resource_version = str(rv)
+                resource = wrap_object(obj)
+                await tx.update(kind.name, resource, current_rv)
+                await tx.add_event(
+                    Event(rv, "MODIFIED", kind.name, namespace, name, resource)
+                )
+                return resource
+            return await self._remove(tx, kind, obj, current_rv)
+
+        return await self._write(run, retry=not wanted_rv)
+
+    async def _remove(
+        self, tx: Transaction, kind: Kind, obj: Object, current_rv: int
+    ) -> pb.Resource:
+        m = obj.metadata
+        rv = await tx.next_resource_version()
+        m.resource_version = str(rv)
+        if not m.deletion_timestamp:
+            m.deletion_timestamp = now_rfc3339()
+        resource = wrap_object(obj)
+        await tx.delete(kind.name, m.namespace, m.name, current_rv)
+        if kind.has_revisions:
+            await tx.delete_revisions(m.uid)
+        await tx.add_event(
+            Event(rv, "DELETED", kind.name, m.namespace, m.name, resource)
+        )
+        return resource
+
+    async def update_finalizers(
+        self,
+        kind_name: str,
+        namespace: str,
+        name: str,
+        add: list[str],
+        remove: list[str],
+    ) -> pb.Resource:
+        kind = resolve_kind(kind_name)
+        namespace = namespace or "default"
+        admission.check_finalizers(add, "add")
+
+        async def run(tx: Transaction) -> pb.Resource:
+            stored = await tx.get(kind.name, namespace, name)
+            if stored is None:
+                raise NotFound(f"{kind.name} {namespace}/{name} not found")
+            obj = unwrap_resource(stored)
+            current_rv = int(obj.metadata.resource_version)
+            finalizers = [f for f in obj.metadata.finalizers if f not in remove]
+            if obj.metadata.deletion_timestamp and add:
+                raise FailedPrecondition(
+                    f"{kind.name} {namespace}/{name} is being deleted; "
+                    "finalizers can only be removed"
+                )
+            finalizers += [f for f in dict.fromkeys(add) if f not in finalizers]
+            if finalizers == list(obj.metadata.finalizers):
+                return stored
+            del obj.metadata.finalizers[:]
+            obj.metadata.finalizers.extend(finalizers)
+            if obj.metadata.deletion_timestamp and not finalizers:
+                return await self._remove(tx, kind, obj, current_rv)
+            rv = await tx.next_resource_version()
+            obj.metadata.resource_version = str(rv)
+            resource = wrap_object(obj)
+            await tx.update(kind.name, resource, current_rv)
+            await tx.add_event(
+                Event(rv, "MODIFIED", kind.name, namespace, name, resource)
+            )
+            return resource
+
+        return await self._write(run, retry=True)
+
+    async def update_status(self, resource: pb.Resource) -> pb.Resource:
+        obj = unwrap_resource(resource)
+        kind = kind_of(obj)
+        namespace = obj.metadata.namespace or "default"
+        name = obj.metadata.name
+        errors = ViolationCollector()
+        admission.check_name(name, "resource.metadata.name", errors)
+        admission.check_name(namespace, "resource.metadata.namespace", errors)
+        errors.raise_if_any()
+        if obj.status.ByteSize() > MAX_STATUS_BYTES:
+            raise InvalidArgument.field(
+                "resource.status", f"larger than {MAX_STATUS_BYTES} bytes"
+            )
+        wanted_rv = parse_rv(
+            obj.metadata.resource_version, "resource.metadata.resourceVersion"
+        )
+
+        async def run(tx: Transaction) -> pb.Resource:
+            stored = await tx.get(kind.name, namespace, name)
+            if stored is None:
+                raise NotFound(f"{kind.name} {namespace}/{name} not found")
+            current = unwrap_resource(stored)
+            current_rv = int(current.metadata.resource_version)
+            if wanted_rv and wanted_rv != current_rv:
+                raise _stale(kind.name, namespace, name, current_rv, wanted_rv)
+            updated = type(current)()
+            updated.CopyFrom(current)
+            updated.status.CopyFrom(obj.status)
+            if isinstance(updated, pb.Model) and isinstance(current, pb.Model):
+                # The registry owns the revision counter.
+                updated.status.current_revision = current.status.current_revision
+            if updated.status == current.status:
+                return stored
+            rv = await tx.next_resource_version()
+            updated.metadata.resource_version = str(rv)
+            result = wrap_object(updated)
+            await tx.update(kind.name, result, current_rv)
+            await tx.add_event(
+                Event(rv, "MODIFIED", kind.name, namespace, name, result)
+            )
+            return result
+
+        return await self._write(run, retry=not wanted_rv)
+
+    # ------------------------------------------------------------------ revisions
+
+    async def list_revisions(self, namespace: str, name: str) -> list[Revision]:
+        namespace = namespace or "default"
+        stored = await self.store.get("Model", namespace, name)
+        if stored is None:
+            raise NotFound(f"Model {namespace}/{name} not found")
+        return await self.store.list_revisions(unwrap_resource(stored).metadata.uid)
+
+    async def rollback(self, namespace: str, name: str, revision: int) -> ApplyOutcome:
+        namespace = namespace or "default"
+        if revision <= 0:
+            raise InvalidArgument.field(
+                "revision", "must be a revision number (1 or more)"
+            )
+        revisions = {r.revision: r for r in await self.list_revisions(namespace, name)}
+        if revision not in revisions:
+            raise NotFound(
+                f"Model {namespace}/{name} has no revision {revision}; "
+                f"it has {sorted(revisions)}"
+            )
+        old = unwrap_resource(revisions[revision].resource)
+        current = await self.get("Model", namespace, name)
+        target = pb.Model()
+        target.CopyFrom(unwrap_resource(current))
+        target.spec.CopyFrom(old.spec)
+        target.metadata.resource_version = ""
+        outcomes = await self.apply("", [wrap_object(target)])
+        return outcomes[0]
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, kind_name: str, namespace: str, name: str) -> pb.Resource:
+        kind = resolve_kind(kind_name)
+        namespace = namespace or "default"
+        stored = await self.store.get(kind.name, namespace, name)
+        if stored is None:
+            raise NotFound(f"{kind.name} {namespace}/{name} not found")
+        return stored
+
+    async def list(
+        self,
+        kind_name: str,
+        namespace: str,
+        label_selector: str,
+        limit: int,
+        token: str,
+    ) -> tuple[list[pb.Resource], int, str]:
+        kind = resolve_kind(kind_name)
+        if limit < 0 or limit > MAX_PAGE:
+            raise InvalidArgument.field(
+                "limit", f"must be 0 (default {DEFAULT_PAGE}) ..{MAX_PAGE}"
+            )
+        limit = limit or DEFAULT_PAGE
+        if namespace:
+            errors = ViolationCollector()
+            admission.check_name(namespace, "namespace", errors)
+            errors.raise_if_any()
+        selector = parse_selector(label_selector)
+        after: tuple[str, str] | None = None
+        if token:
+            list_rv, after = _decode_token(token, kind.name, namespace, label_selector)
+        else:
+            list_rv = await self.store.current_resource_version()
+        items: list[pb.Resource] = []
+        more = False
+        while True:
+            page = await self.store.list_page(kind.name, namespace, after, limit + 1)
+            for resource in page:
+                obj = unwrap_resource(resource)
+                after = (obj.metadata.namespace, obj.metadata.name)
+                if selector(obj.metadata.labels):
+                    if len(items) == limit:
+                        more = True
+                        break
+                    items.append(resource)
+            if more or len(page) < limit + 1:
+                break
+        next_token = ""
+        if more and items:
+            last = unwrap_resource(items[-1]).metadata
+            next_token = _encode_token(
+                list_rv,
+                (last.namespace, last.name),
+                kind.name,
+                namespace,
+                label_selector,
+            )
+        return items, list_rv, next_token
+
+    # ------------------------------------------------------------------ watch
+
+    async def watch(
+        self,
+        kind_name: str,
+        namespace: str,
+        label_selector: str,
+        resource_version: str,
+        send_initial_events: bool,
+        allow_bookmarks: bool,
+    ) -> AsyncIterator[WatchItem]:
+        kind = resolve_kind(kind_name) if kind_name else None
+        selector = parse_selector(label_selector)
+        start = parse_rv(resource_version)
+
+        def matches(event: Event) -> bool:
+            if kind is not None and event.kind != kind.name:
+                return False
+            if namespace and event.namespace != namespace:
+                return False
+            return _selected(selector, event.resource)
+
+        initial: list[pb.Resource] = []
+        if send_initial_events and not start:
+            start = await self.store.current_resource_version()
+            for k in [kind] if kind else list(BY_NAME.values()):
+                token = ""
+                while True:
+                    page, _, token = await self.list(
+                        k.name, namespace, label_selector, MAX_PAGE, token
+                    )
+                    initial.extend(page)
+                    if not token:
+                        break
+        elif not resource_version:
+            start = await self.store.current_resource_version()
+        sub = await self.hub.subscribe(start, matches)
+        try:
+            for resource in initial:
+                _, rv_s = _rv_of(resource)
+                yield WatchItem("ADDED", resource, rv_s)
+            if send_initial_events:
+                yield WatchItem("BOOKMARK", None, start, initial_events_end=True)
+            last = start
+            while True:
+                try:
+                    item = await asyncio.wait_for(
+                        sub.queue.get(), self.bookmark_interval_s
+                    )
+                except TimeoutError:
+                    if allow_bookmarks:
+                        yield WatchItem("BOOKMARK", None, max(last, sub.last_rv))
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                last = item.resource_version
+                yield WatchItem(item.type, item.resource, item.resource_version)
+        finally:
+            self.hub.unsubscribe(sub)
+
+
+def _stale(kind: str, namespace: str, name: str, current: int, wanted: int) -> Conflict:
+    return Conflict(
+        f"{kind} {namespace}/{name} is at resourceVersion {current}, not {wanted}: "
+        "get it again and retry"
+    )
+
+
+def _rv_of(resource: pb.Resource) -> tuple[str, int]:
+    obj = unwrap_resource(resource)
+    return obj.metadata.name, int(obj.metadata.resource_version or 0)
+
+
+def _selected(selector: Selector, resource: pb.Resource) -> bool:
+    return selector(unwrap_resource(resource).metadata.labels)
+
+
+def _token_scope(kind: str, namespace: str, selector: str) -> str:
+    return f"{kind}|{namespace}|{selector}"
+
+
+def _encode_token(
+    rv: int, after: tuple[str, str], kind: str, namespace: str, selector: str
+) -> str:
+    body = {
+        "v": 1,
+        "rv": rv,
+        "ns": after[0],
+        "n": after[1],
+        "s": _token_scope(kind, namespace, selector),
+    }
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(
+    token: str, kind: str, namespace: str, selector: str
+) -> tuple[int, tuple[str, str]]:
+    bad = InvalidArgument.field(
+        "continue", "not a continue token from this list; start the list again"
+    )
+    if len(token) > 1024:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        body = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise bad from None
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"v", "rv", "ns", "n", "s"}
+        or body["v"] != 1
+        or not isinstance(body["rv"], int)
+        or isinstance(body["rv"], bool)
+        or not 0 <= body["rv"] <= 2**63 - 1
+        or not isinstance(body["ns"], str)
+        or not isinstance(body["n"], str)
+        or body["s"] != _token_scope(kind, namespace, selector)
+    ):
+        raise bad
+    errors = ViolationCollector()
+    admission.check_name(body["ns"], "continue", errors)
+    admission.check_name(body["n"], "continue", errors)
+    if errors.violations:
+        raise bad
+    return body["rv"], (body["ns"], body["n"])
