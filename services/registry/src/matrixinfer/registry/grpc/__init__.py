@@ -1,0 +1,1 @@
+"""The registry's gRPC layer: convert requests, delegate to the domain, convert back."""

@@ -1,0 +1,127 @@
+"""Registry gRPC servicer. Each method converts, delegates to RegistryService and
+converts back; errors are mapped to status codes by matrixinfer.core's interceptor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from matrixinfer.api.v1 import registry_pb2 as rpb
+from matrixinfer.api.v1 import registry_pb2_grpc as rpb_grpc
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.registry.domain.kinds import unwrap
+from matrixinfer.registry.domain.service import RegistryService
+
+
+class RegistryServicer(rpb_grpc.RegistryServicer):
+    def __init__(self, service: RegistryService) -> None:
+        self.service = service
+
+    async def Apply(
+        self, request: rpb.ApplyRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.ApplyResponse:
+        outcomes = await self.service.apply(
+            request.manifest,
+            list(request.resources),
+            dry_run=request.dry_run,
+            create_only=request.create_only,
+        )
+        return rpb.ApplyResponse(
+            results=[
+                rpb.ApplyResult(action=o.action, resource=o.resource) for o in outcomes
+            ]
+        )
+
+    async def Get(
+        self, request: rpb.GetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Resource:
+        return await self.service.get(request.kind, request.namespace, request.name)
+
+    async def List(
+        self, request: rpb.ListRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.ListResponse:
+        items, rv, token = await self.service.list(
+            request.kind,
+            request.namespace,
+            request.label_selector,
+            request.limit,
+            getattr(request, "continue"),
+        )
+        response = rpb.ListResponse(items=items, resource_version=str(rv))
+        setattr(response, "continue", token)  # noqa: B010 - `continue` is a keyword
+        return response
+
+    async def Delete(
+        self, request: rpb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Resource:
+        return await self.service.delete(
+            request.kind, request.namespace, request.name, request.resource_version
+        )
+
+    async def Watch(
+        self, request: rpb.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpb.WatchEvent]:
+        async for item in self.service.watch(
+            request.kind,
+            request.namespace,
+            request.label_selector,
+            request.resource_version,
+            request.send_initial_events,
+            request.allow_bookmarks,
+        ):
+            event = rpb.WatchEvent(
+                type=item.type,
+                resource_version=str(item.resource_version),
+                initial_events_end=item.initial_events_end,
+            )
+            if item.resource is not None:
+                event.object.CopyFrom(item.resource)
+            yield event
+
+    async def UpdateStatus(
+        self, request: rpb.UpdateStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Resource:
+        resource = request.resource
+        obj = unwrap(resource, "resource")
+        # The REST path carries kind/namespace/name outside the body.
+        if request.name and not obj.metadata.name:
+            obj.metadata.name = request.name
+        if request.namespace and not obj.metadata.namespace:
+            obj.metadata.namespace = request.namespace
+        return await self.service.update_status(resource)
+
+    async def UpdateFinalizers(
+        self, request: rpb.UpdateFinalizersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Resource:
+        return await self.service.update_finalizers(
+            request.kind,
+            request.namespace,
+            request.name,
+            list(request.add),
+            list(request.remove),
+        )
+
+    async def ListRevisions(
+        self, request: rpb.ListRevisionsRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.ListRevisionsResponse:
+        revisions = await self.service.list_revisions(request.namespace, request.name)
+        response = rpb.ListRevisionsResponse()
+        for revision in revisions:
+            created = Timestamp()
+            created.FromNanoseconds(int(revision.created_s * 1e9))
+            response.revisions.add(
+                revision=revision.revision,
+                model=revision.resource.model,
+                created=created,
+            )
+        return response
+
+    async def Rollback(
+        self, request: rpb.RollbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Resource:
+        outcome = await self.service.rollback(
+            request.namespace, request.name, request.revision
+        )
+        return outcome.resource

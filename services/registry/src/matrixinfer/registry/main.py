@@ -1,0 +1,129 @@
+"""Composition root of the registry: settings → store → watch hub → service → server.
+
+``RegistryApp.start`` is what ``main()`` runs and what tests and benchmarks use to get
+a real registry on an ephemeral port in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import make_url
+
+from matrixinfer.api.v1 import registry_pb2
+from matrixinfer.api.v1 import registry_pb2_grpc as rpb_grpc
+from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
+from matrixinfer.core.logging import configure_logging
+from matrixinfer.core.metrics import (
+    GrpcServerMetrics,
+    MetricsServer,
+    start_metrics_server,
+)
+from matrixinfer.core.tracing import setup_tracing
+from matrixinfer.registry.db.store import SqlStore
+from matrixinfer.registry.domain.service import RegistryService
+from matrixinfer.registry.domain.watch import WatchHub
+from matrixinfer.registry.grpc.servicer import RegistryServicer
+from matrixinfer.registry.settings import RegistrySettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+
+
+@dataclass
+class RegistryApp:
+    settings: RegistrySettings
+    store: SqlStore
+    hub: WatchHub
+    service: RegistryService
+    server: RunningServer
+    metrics_server: MetricsServer | None
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.server.port}"
+
+    @classmethod
+    async def start(cls, settings: RegistrySettings) -> RegistryApp:
+        url = make_url(settings.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (
+            None,
+            "",
+            ":memory:",
+        ):
+            pathlib.Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        store = await SqlStore.open(
+            settings.database_url, pool_size=settings.db_pool_size
+        )
+        hub = WatchHub(
+            store,
+            poll_interval_s=settings.watch_poll_interval_s,
+            compact_every_s=settings.compact_interval_s,
+            keep_events=settings.event_keep_count,
+            event_retention_s=settings.event_retention_s,
+        )
+        metrics_server: MetricsServer | None = None
+        try:
+            await hub.start()
+            service = RegistryService(store, hub, settings.bookmark_interval_s)
+            metrics_registry = CollectorRegistry()
+            tracer = setup_tracing(settings.service_name, settings.otlp_endpoint)
+            servicer = RegistryServicer(service)
+            server = await start_server(
+                settings,
+                lambda s: rpb_grpc.add_RegistryServicer_to_server(servicer, s),
+                service_names=[SERVICE_NAME],
+                metrics=GrpcServerMetrics(metrics_registry),
+                tracer_provider=tracer,
+            )
+            if settings.metrics_port is not None:
+                metrics_server = start_metrics_server(
+                    settings.metrics_port, metrics_registry, settings.host
+                )
+        except BaseException:
+            await hub.stop()
+            await store.close()
+            raise
+        return cls(settings, store, hub, service, server, metrics_server)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        # Watches are endless streams: end them first so the grace period is spent
+        # on unary calls that can actually finish.
+        await self.hub.stop()
+        await self.server.stop(
+            self.settings.grace_period_s if grace_s is None else grace_s
+        )
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        await self.store.close()
+
+
+async def _run(settings: RegistrySettings) -> None:
+    app = await RegistryApp.start(settings)
+    log.info("registry ready on %s (database %s)", app.address, _safe_url(settings))
+    try:
+        await serve_forever(app.server, settings.grace_period_s)
+    finally:
+        await app.stop(0)
+
+
+def _safe_url(settings: RegistrySettings) -> str:
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    settings = RegistrySettings()
+    configure_logging(settings.log_level, settings.log_json, settings.service_name)
+    asyncio.run(_run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Registry settings (environment prefix MATRIXINFER_REGISTRY_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from matrixinfer.core.settings import ServiceSettings
+
+
+class RegistrySettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MATRIXINFER_REGISTRY_",
+        use_attribute_docstrings=True,
+        extra="ignore",
+    )
+
+    service_name: str = "registry"
+    """Name in logs, traces and health."""
+
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    """TCP port of the registry's gRPC API; 50051 is the customary gRPC port."""
+
+    database_url: str = "sqlite+aiosqlite:///.matrixinfer/registry.db"
+    """SQLAlchemy URL. The embedded default is SQLite in ./.matrixinfer; production uses
+    PostgreSQL: postgresql+psycopg://user:password@host:5432/matrixinfer."""
+
+    db_pool_size: int = Field(default=10, ge=1)
+    """PostgreSQL connections per process (the same again may overflow briefly)."""
+
+    bookmark_interval_s: float = Field(default=30.0, gt=0)
+    """A watcher that asked for bookmarks gets one after this many idle seconds, so it
+    can resume from a recent resourceVersion after a disconnect."""
+
+    watch_poll_interval_s: float = Field(default=1.0, gt=0)
+    """Safety-net poll of the events table, in case a NOTIFY is lost; normal delivery
+    is immediate."""
+
+    event_retention_s: float = Field(default=3600.0, gt=0)
+    """Events older than this (and beyond event_keep_count) are compacted away; a watch
+    from an older resourceVersion gets OUT_OF_RANGE and must relist."""
+
+    event_keep_count: int = Field(default=100_000, ge=0)
+    """Newest events always kept, whatever their age."""
+
+    compact_interval_s: float = Field(default=60.0, gt=0)
+    """How often this process compacts the event history."""
