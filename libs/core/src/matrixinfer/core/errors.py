@@ -94,7 +94,11 @@ class ResourceExhausted(MatrixInferError):
     reason = "RESOURCE_EXHAUSTED"
 
     def __init__(
-        self, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after_s = retry_after_s

@@ -19,7 +19,10 @@ from typing import Any
 import grpc  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import (  # type: ignore[import-untyped, unused-ignore]
+    error_details_pb2,
+    status_pb2,
+)
 from grpc_status import rpc_status
 
 from matrixinfer.core.errors import (
@@ -178,7 +181,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
                         extra={"grpc_code": status.code.name},
                     )
                 await context.abort(
-                    status.code, status.message, trailing_metadata=status.trailing_metadata
+                    status.code,
+                    status.message,
+                    trailing_metadata=status.trailing_metadata,
                 )
 
         return wrap_handler(handler, translate)

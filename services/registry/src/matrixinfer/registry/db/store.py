@@ -54,13 +54,17 @@ class SqlTransaction:
         self.wrote_events = False
 
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
+        # FOR UPDATE (PostgreSQL): writers of one object queue up instead of failing
+        # each other's compare-and-set; SQLite already has one writer at a time.
         row = (
             await self.conn.execute(
-                select(resources.c.body).where(
+                select(resources.c.body)
+                .where(
                     resources.c.kind == kind,
                     resources.c.namespace == namespace,
                     resources.c.name == name,
                 )
+                .with_for_update()
             )
         ).first()
         return _decode(row[0]) if row else None
@@ -221,6 +225,8 @@ class SqlStore:
                     tx = SqlTransaction(conn, self.postgres, self.channel)
                     yield tx
             except DBAPIError as e:
+                if isinstance(e.orig, psycopg.errors.DeadlockDetected):
+                    raise StoreConflict("concurrent writers collided") from e
                 raise _translate(e) from e
         if tx.wrote_events:
             for callback in self._callbacks:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import json
+import random
 import re
 import time
 import uuid
@@ -53,7 +54,7 @@ T = TypeVar("T")
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
-MAX_WRITE_ATTEMPTS = 5
+MAX_WRITE_ATTEMPTS = 10
 MAX_STATUS_BYTES = 1 << 20
 _RV = re.compile(r"[0-9]{1,19}")
 
@@ -112,7 +113,7 @@ class RegistryService:
             except StoreConflict:
                 if not retry or attempt == MAX_WRITE_ATTEMPTS - 1:
                     raise
-                await asyncio.sleep(0.001 * (attempt + 1))
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise AssertionError("unreachable")
 
     async def apply(
@@ -225,8 +226,11 @@ class RegistryService:
         errors.raise_if_any()
 
     async def _apply_one(
-        self, tx: Transaction, obj: Object, dry_run: bool, create_only: bool
+        self, tx: Transaction, wanted: Object, dry_run: bool, create_only: bool
     ) -> ApplyOutcome:
+        # A copy per attempt: a retried transaction must start from the request again.
+        obj = type(wanted)()
+        obj.CopyFrom(wanted)
         kind = kind_of(obj)
         meta = obj.metadata
         stored = await tx.get(kind.name, meta.namespace, meta.name)
@@ -274,9 +278,12 @@ class RegistryService:
             m.generation += 1
             if isinstance(updated, pb.Model):
                 updated.status.current_revision += 1
-                await self._add_revision(tx, updated)
         resource = wrap_object(updated)
+        # Compare-and-set first: a concurrent writer makes this fail before anything
+        # else (such as the revision below) collides.
         await tx.update(kind.name, resource, current_rv)
+        if spec_changed and isinstance(updated, pb.Model):
+            await self._add_revision(tx, updated)
         await tx.add_event(
             Event(rv, "MODIFIED", kind.name, m.namespace, m.name, resource)
         )
