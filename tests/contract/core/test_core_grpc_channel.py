@@ -19,15 +19,18 @@ from tests.contract.core.probe import unary, unary_stream
 pytestmark = pytest.mark.timeout(20)
 
 
-async def _sleep_1s(request: bytes, context: Any) -> bytes:
-    await asyncio.sleep(1.0)
-    return b"late"
+def _sleeper(seconds: float) -> Any:
+    async def handler(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(seconds)
+        return b"late"
+
+    return grpc.unary_unary_rpc_method_handler(handler)
 
 
 async def test_calls_without_timeout_get_the_default_deadline(
     serve: Serve, connect: Connect
 ) -> None:
-    server = await serve({"Slow": grpc.unary_unary_rpc_method_handler(_sleep_1s)})
+    server = await serve({"Slow": _sleeper(1.0)})
     slow = unary(connect(server.port, default_timeout_s=0.2), "Slow")
 
     started_s = time.monotonic()
@@ -41,7 +44,7 @@ async def test_calls_without_timeout_get_the_default_deadline(
 async def test_an_explicit_timeout_wins_over_the_default(
     serve: Serve, connect: Connect
 ) -> None:
-    server = await serve({"Slow": grpc.unary_unary_rpc_method_handler(_sleep_1s)})
+    server = await serve({"Slow": _sleeper(0.4)})
     slow = unary(connect(server.port, default_timeout_s=0.2), "Slow")
 
     assert await slow(b"", timeout=5) == b"late"
@@ -94,7 +97,9 @@ async def test_unavailable_is_retried_until_it_succeeds(
 async def test_retries_are_bounded(serve: Serve, connect: Connect) -> None:
     attempts: list[float] = []
     server = await serve({"Down": _flaky(100, attempts)})
-    down = unary(connect(server.port, retry_attempts=3, retry_max_backoff_s=0.1), "Down")
+    down = unary(
+        connect(server.port, retry_attempts=3, retry_max_backoff_s=0.1), "Down"
+    )
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await down(b"")
@@ -149,9 +154,7 @@ async def test_retry_honours_retry_info_within_the_deadline(
     assert time.monotonic() - started_s < 1.0
 
 
-async def test_request_id_travels_to_the_server(
-    serve: Serve, connect: Connect
-) -> None:
+async def test_request_id_travels_to_the_server(serve: Serve, connect: Connect) -> None:
     async def who(request: bytes, context: Any) -> bytes:
         return (request_id_var.get() or "").encode()
 

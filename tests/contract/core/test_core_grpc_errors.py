@@ -147,9 +147,7 @@ async def test_write_style_stream_handler_still_works_and_maps_errors(
 
     received: list[bytes] = []
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for message in unary_stream(connect(server.port), "Push")(
-            b"", timeout=5
-        ):
+        async for message in unary_stream(connect(server.port), "Push")(b"", timeout=5):
             received.append(message)
 
     assert received == [b"first"]

@@ -7,7 +7,7 @@ the production database must behave the same to a client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -393,3 +393,50 @@ async def test_get_missing_and_unknown_kind(registry: Stub) -> None:
     assert err.code() == grpc.StatusCode.NOT_FOUND
     err = await fails(registry.Get(rpb.GetRequest(kind="Deployment", name="x")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda m: setattr(m.metadata, "name", "a\x00b"), "metadata.name"),
+        (lambda m: m.metadata.labels.update({"k": "v\x00"}), "metadata.labels[k]"),
+        (lambda m: setattr(m.spec.model_spec, "model_id", "x" * 5000), "spec.modelSpec.modelId"),
+        (lambda m: setattr(m.spec.model_spec, "version", "٣"), "spec.modelSpec.version"),
+        (lambda m: setattr(m.spec.model_spec.source, "uri", "s3://b/../x"),
+         "spec.modelSpec.source.uri"),
+    ],
+)  # fmt: skip
+async def test_typed_bad_input_is_refused_and_nothing_written(
+    registry: Stub, mutate: Callable[[pb.Model], None], field: str
+) -> None:
+    obj = pb.Model(api_version="registry.matrixinfer.ai/v1alpha1", kind="Model")
+    obj.metadata.name = "m"
+    obj.spec.model_spec.model_id = "m"
+    obj.spec.model_spec.framework = "onnx"
+    obj.spec.model_spec.source.uri = "s3://b/m"
+    mutate(obj)
+    err = await fails(
+        registry.Apply(rpb.ApplyRequest(resources=[pb.Resource(model=obj)]))
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in [f for f, _ in error_details(err).field_violations]
+    assert list((await registry.List(rpb.ListRequest(kind="Model"))).items) == []
+
+
+async def test_manifest_bad_input_over_grpc(registry: Stub) -> None:
+    cases = {
+        "name: x\x00": "manifest",
+        model("m").replace("framework: onnx", "framework: onnx\n    extra: 1"): (
+            "spec.modelSpec.extra"
+        ),
+        model("m").replace('version: "1"', "version: ١٢"): "spec.modelSpec.version",
+        model("m").replace("kind: Model", "kind: Pod"): "kind",
+    }
+    for manifest, field in cases.items():
+        err = await fails(apply(registry, manifest))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, manifest
+        assert field in [f for f, _ in error_details(err).field_violations], manifest
+    huge = "a: " + "x" * (5 << 20)
+    err = await fails(apply(registry, huge))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert list((await registry.List(rpb.ListRequest(kind="Model"))).items) == []

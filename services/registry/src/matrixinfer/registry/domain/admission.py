@@ -92,9 +92,14 @@ def admit(doc: dict[str, Any], where: str = "") -> Object:
     return validate(obj, where)
 
 
-def validate(obj: Object, where: str = "") -> Object:
-    """Validate and default a typed object (from a manifest or a gRPC request)."""
+def validate(obj: Object, where: str = "", typed: bool = False) -> Object:
+    """Validate and default a typed object (from a manifest or, ``typed``, from a gRPC
+    request, whose strings were not checked on the way in)."""
     errors = ViolationCollector()
+    if typed:
+        obj.ClearField("status")
+        structure.check_strings(obj, where.rstrip("."), errors)
+        errors.raise_if_any()
     kind = kind_of(obj)
     obj.api_version = obj.api_version or kind.api_version
     obj.kind = obj.kind or kind.name

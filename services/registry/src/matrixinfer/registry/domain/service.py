@@ -138,7 +138,7 @@ class RegistryService:
             for i, resource in enumerate(resources):
                 where = f"resources[{i}]." if len(resources) > 1 else ""
                 obj = unwrap_resource(resource, f"resources[{i}]")
-                objects.append(admission.validate(obj, where))
+                objects.append(admission.validate(obj, where, typed=True))
         seen: set[tuple[str, str, str]] = set()
         for i, obj in enumerate(objects):
             key = (kind_of(obj).name, obj.metadata.namespace, obj.metadata.name)

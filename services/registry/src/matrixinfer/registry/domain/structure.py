@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from matrixinfer.core.errors import ViolationCollector
 
@@ -128,3 +129,32 @@ def _check_string(value: str, path: str, errors: ViolationCollector) -> None:
         errors.add(path, "must not contain NUL bytes")
     elif len(value) > MAX_STRING_CHARS:
         errors.add(path, f"longer than {MAX_STRING_CHARS} characters")
+
+
+def check_strings(message: Message, path: str, errors: ViolationCollector) -> None:
+    """The string rules above, for objects that arrive typed (gRPC) not as text."""
+    for field, value in message.ListFields():
+        sub = f"{path}.{field.json_name}" if path else field.json_name
+        message_type = field.message_type
+        if message_type is not None and message_type.GetOptions().map_entry:
+            value_is_message = (
+                message_type.fields_by_name["value"].message_type is not None
+            )
+            for key, item in value.items():
+                _check_string(key, f"{sub}[{_shown(key)}]", errors)
+                if value_is_message:
+                    check_strings(item, f"{sub}[{_shown(key)}]", errors)
+                elif isinstance(item, str):
+                    _check_string(item, f"{sub}[{_shown(key)}]", errors)
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                if isinstance(item, Message):
+                    check_strings(item, f"{sub}[{i}]", errors)
+                elif isinstance(item, str):
+                    _check_string(item, f"{sub}[{i}]", errors)
+        elif isinstance(value, Message):
+            check_strings(value, sub, errors)
+        elif isinstance(value, str):
+            _check_string(value, sub, errors)
+        elif isinstance(value, float) and not math.isfinite(value):
+            errors.add(sub, "must be a finite number")
