@@ -90,7 +90,7 @@ class RunningServer:
         """Report NOT_SERVING, then let in-flight RPCs finish for ``grace_s``."""
         # Health first: watchers (balancers, the gateway) stop sending new work
         # while the RPCs already running complete.
-        pass
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
 
     async def wait(self) -> None:
