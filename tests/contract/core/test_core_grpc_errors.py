@@ -232,3 +232,20 @@ async def test_cancellation_reaches_the_handler_and_is_not_an_error(
 
     await asyncio.wait_for(cancelled.wait(), 5)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_many_violations_still_reach_the_client(
+    serve: Serve, connect: Connect
+) -> None:
+    # Trailers beyond the client's metadata limit would turn the answer into an
+    # opaque transport error; the details are cut to fit instead.
+    violations = [
+        FieldViolation(f"spec.items[{i}].name", "x" * 1000) for i in range(1000)
+    ]
+    server = await serve({"Bad": _raiser(InvalidArgument("", violations))})
+
+    rpc_error = await _fail(connect(server.port), "Bad")
+
+    assert rpc_error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    fields = [field for field, _ in error_details(rpc_error).field_violations]
+    assert fields[:2] == ["spec.items[0].name", "spec.items[1].name"]

@@ -23,10 +23,11 @@ from tests.manifests import STACK, model
 Stub = registry_pb2_grpc.RegistryStub
 
 
-async def apply(stub: Stub, manifest: str, **kw: bool) -> rpb.ApplyResponse:
-    response: rpb.ApplyResponse = await stub.Apply(
-        rpb.ApplyRequest(manifest=manifest, **kw)
-    )
+async def apply(
+    stub: Stub, manifest: str, create_only: bool = False
+) -> rpb.ApplyResponse:
+    request = rpb.ApplyRequest(manifest=manifest, create_only=create_only)
+    response: rpb.ApplyResponse = await stub.Apply(request)
     return response
 
 
@@ -400,12 +401,20 @@ async def test_get_missing_and_unknown_kind(registry: Stub) -> None:
     [
         (lambda m: setattr(m.metadata, "name", "a\x00b"), "metadata.name"),
         (lambda m: m.metadata.labels.update({"k": "v\x00"}), "metadata.labels[k]"),
-        (lambda m: setattr(m.spec.model_spec, "model_id", "x" * 5000), "spec.modelSpec.modelId"),
-        (lambda m: setattr(m.spec.model_spec, "version", "٣"), "spec.modelSpec.version"),
-        (lambda m: setattr(m.spec.model_spec.source, "uri", "s3://b/../x"),
-         "spec.modelSpec.source.uri"),
+        (
+            lambda m: setattr(m.spec.model_spec, "model_id", "x" * 5000),
+            "spec.modelSpec.modelId",
+        ),
+        (
+            lambda m: setattr(m.spec.model_spec, "version", "٣"),
+            "spec.modelSpec.version",
+        ),
+        (
+            lambda m: setattr(m.spec.model_spec.source, "uri", "s3://b/../x"),
+            "spec.modelSpec.source.uri",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_typed_bad_input_is_refused_and_nothing_written(
     registry: Stub, mutate: Callable[[pb.Model], None], field: str
 ) -> None:

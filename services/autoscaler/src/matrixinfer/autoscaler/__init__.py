@@ -1,1 +1,4 @@
-"""MatrixInfer autoscaler: replica counts from live load (built in the autoscaler issue)."""
+"""MatrixInfer autoscaler: replica counts from live load.
+
+Built in the autoscaler issue.
+"""

@@ -1,1 +1,4 @@
-"""MatrixInfer gateway: the KServe v2 data plane (built in the gateway issue)."""
+"""MatrixInfer gateway: the KServe v2 data plane.
+
+Built in the gateway issue.
+"""

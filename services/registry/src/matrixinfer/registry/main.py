@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pathlib
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy.engine import make_url
 
 from matrixinfer.api.v1 import registry_pb2
 from matrixinfer.api.v1 import registry_pb2_grpc as rpb_grpc
@@ -24,7 +22,7 @@ from matrixinfer.core.metrics import (
     start_metrics_server,
 )
 from matrixinfer.core.tracing import setup_tracing
-from matrixinfer.registry.db.store import SqlStore
+from matrixinfer.registry.db.store import SqlStore, redacted_url
 from matrixinfer.registry.domain.service import RegistryService
 from matrixinfer.registry.domain.watch import WatchHub
 from matrixinfer.registry.grpc.servicer import RegistryServicer
@@ -53,13 +51,6 @@ class RegistryApp:
 
     @classmethod
     async def start(cls, settings: RegistrySettings) -> RegistryApp:
-        url = make_url(settings.database_url)
-        if url.get_backend_name() == "sqlite" and url.database not in (
-            None,
-            "",
-            ":memory:",
-        ):
-            pathlib.Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         store = await SqlStore.open(
             settings.database_url, pool_size=settings.db_pool_size
         )
@@ -108,15 +99,15 @@ class RegistryApp:
 
 async def _run(settings: RegistrySettings) -> None:
     app = await RegistryApp.start(settings)
-    log.info("registry ready on %s (database %s)", app.address, _safe_url(settings))
+    log.info(
+        "registry ready on %s (database %s)",
+        app.address,
+        redacted_url(settings.database_url),
+    )
     try:
         await serve_forever(app.server, settings.grace_period_s)
     finally:
         await app.stop(0)
-
-
-def _safe_url(settings: RegistrySettings) -> str:
-    return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
 def main() -> None:

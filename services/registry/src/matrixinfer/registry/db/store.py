@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -188,6 +189,13 @@ class SqlStore:
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10) -> SqlStore:
         parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (
+            None,
+            "",
+            ":memory:",
+        ):
+            # The embedded default lives in ./.matrixinfer: create it on first start.
+            pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "postgresql":
             kwargs.update(
@@ -346,6 +354,11 @@ class SqlStore:
             yield None  # catch up on anything committed before LISTEN took effect
             async for _ in conn.notifies():
                 yield None
+
+
+def redacted_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

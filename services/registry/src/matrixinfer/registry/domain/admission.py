@@ -683,7 +683,7 @@ def _autoscaling_policy(
         ),
     )
     for field, json_name, default, low, high in defaults:
-        if not bh.HasField(field):
+        if not bh.HasField(field):  # type: ignore[arg-type]
             setattr(bh, field, default)
         _range(getattr(bh, field), low, high, f"{bp}.{json_name}", errors)
     if bh.panic_window_seconds > bh.stable_window_seconds:
@@ -704,7 +704,7 @@ def _autoscaling_policy(
                 3600,
             ),
         ):
-            if not rules.HasField(field):
+            if not rules.HasField(field):  # type: ignore[arg-type]
                 setattr(rules, field, default)
             _range(getattr(rules, field), low, high, f"{sp}.{json_name}", errors)
         if rules.HasField("max_replicas"):

@@ -43,30 +43,27 @@ def parse_selector(text: str, field: str = "labelSelector") -> Selector:
         return lambda labels: True
     tests: list[Selector] = []
     for part in _split(text):
-        if m := _SET.fullmatch(part):
-            key, op = m.group(1), m.group(4)
-            values = {v.strip() for v in m.group(5).split(",") if v.strip()}
-            if not values or not all(_VALUE_RE.fullmatch(v) for v in values):
-                raise InvalidArgument.field(
-                    field, f"bad value list in {part.strip()!r}"
-                )
-            if op == "in":
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
-            else:
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
-        elif m := _EQ.fullmatch(part):
-            key, op, value = m.group(1), m.group(4), m.group(5)
-            if op == "!=":
-                tests.append(lambda lb, k=key, v=value: lb.get(k) != v)
-            else:
-                tests.append(lambda lb, k=key, v=value: lb.get(k) == v)
-        elif m := _EXISTS.fullmatch(part):
-            negate, key = m.group(1) == "!", m.group(2)
-            if negate:
-                tests.append(lambda lb, k=key: k not in lb)
-            else:
-                tests.append(lambda lb, k=key: k in lb)
-        else:
-            shown = part.strip()[:80]
-            raise InvalidArgument.field(field, f"cannot parse {shown!r}")
+        tests.append(_requirement(part, field))
     return lambda labels: all(t(labels) for t in tests)
+
+
+def _requirement(part: str, field: str) -> Selector:
+    if m := _SET.fullmatch(part):
+        key, op = m.group(1), m.group(4)
+        values = {v.strip() for v in m.group(5).split(",") if v.strip()}
+        if not values or not all(_VALUE_RE.fullmatch(v) for v in values):
+            raise InvalidArgument.field(field, f"bad value list in {part.strip()!r}")
+        if op == "in":
+            return lambda labels: labels.get(key) in values
+        return lambda labels: labels.get(key) not in values
+    if m := _EQ.fullmatch(part):
+        key, op, value = m.group(1), m.group(4), m.group(5)
+        if op == "!=":
+            return lambda labels: labels.get(key) != value
+        return lambda labels: labels.get(key) == value
+    if m := _EXISTS.fullmatch(part):
+        negate, key = m.group(1) == "!", m.group(2)
+        if negate:
+            return lambda labels: key not in labels
+        return lambda labels: key in labels
+    raise InvalidArgument.field(field, f"cannot parse {part.strip()[:80]!r}")

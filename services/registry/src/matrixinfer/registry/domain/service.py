@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import json
 import random
 import re
@@ -197,9 +198,7 @@ class RegistryService:
                 wanted = obj.spec.model_ref.revision
                 if isinstance(model, pb.Model) and wanted:
                     stored = await tx.get("Model", ns, obj.spec.model_ref.name)
-                    newest = (
-                        unwrap_resource(stored).status.current_revision if stored else 0
-                    )
+                    newest = stored.model.status.current_revision if stored else 0
                     if model is batch.get(("Model", ns, obj.spec.model_ref.name)):
                         newest += 1  # the batch may add a revision
                     if wanted > newest:
@@ -229,8 +228,7 @@ class RegistryService:
         self, tx: Transaction, wanted: Object, dry_run: bool, create_only: bool
     ) -> ApplyOutcome:
         # A copy per attempt: a retried transaction must start from the request again.
-        obj = type(wanted)()
-        obj.CopyFrom(wanted)
+        obj = copy.deepcopy(wanted)
         kind = kind_of(obj)
         meta = obj.metadata
         stored = await tx.get(kind.name, meta.namespace, meta.name)
@@ -254,10 +252,9 @@ class RegistryService:
             raise FailedPrecondition(
                 f"{kind.name} {meta.namespace}/{meta.name} is being deleted"
             )
-        updated = type(current)()
-        updated.CopyFrom(current)
+        updated = copy.deepcopy(current)
         spec_changed = updated.spec != obj.spec
-        updated.spec.CopyFrom(obj.spec)
+        _copy_field(updated, obj, "spec")
         m = updated.metadata
         m.labels.clear()
         m.labels.update(obj.metadata.labels)
@@ -440,9 +437,8 @@ class RegistryService:
             current_rv = int(current.metadata.resource_version)
             if wanted_rv and wanted_rv != current_rv:
                 raise _stale(kind.name, namespace, name, current_rv, wanted_rv)
-            updated = type(current)()
-            updated.CopyFrom(current)
-            updated.status.CopyFrom(obj.status)
+            updated = copy.deepcopy(current)
+            _copy_field(updated, obj, "status")
             if isinstance(updated, pb.Model) and isinstance(current, pb.Model):
                 # The registry owns the revision counter.
                 updated.status.current_revision = current.status.current_revision
@@ -480,10 +476,8 @@ class RegistryService:
                 f"Model {namespace}/{name} has no revision {revision}; "
                 f"it has {sorted(revisions)}"
             )
-        old = unwrap_resource(revisions[revision].resource)
-        current = await self.get("Model", namespace, name)
-        target = pb.Model()
-        target.CopyFrom(unwrap_resource(current))
+        old = revisions[revision].resource.model
+        target = copy.deepcopy((await self.get("Model", namespace, name)).model)
         target.spec.CopyFrom(old.spec)
         target.metadata.resource_version = ""
         outcomes = await self.apply("", [wrap_object(target)])
@@ -608,6 +602,11 @@ class RegistryService:
                 yield WatchItem(item.type, item.resource, item.resource_version)
         finally:
             self.hub.unsubscribe(sub)
+
+
+def _copy_field(target: Object, source: Object, name: str) -> None:
+    """Copy spec or status between two objects of the same kind."""
+    getattr(target, name).CopyFrom(getattr(source, name))
 
 
 def _stale(kind: str, namespace: str, name: str, current: int, wanted: int) -> Conflict:

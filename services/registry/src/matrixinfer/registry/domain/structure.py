@@ -97,6 +97,7 @@ def check_single(
 ) -> None:
     kind = field.type
     if kind == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None
         check_message(value, field.message_type, path, errors)
     elif kind == FieldDescriptor.TYPE_STRING:
         if not isinstance(value, str):
