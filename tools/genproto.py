@@ -14,8 +14,8 @@ import shutil
 import sys
 import tempfile
 
-from google.api import annotations_pb2  # googleapis-common-protos ships the .proto files
 import grpc_tools
+from google.api import annotations_pb2  # its package ships the .proto files too
 from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

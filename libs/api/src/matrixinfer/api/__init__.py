@@ -1,1 +1,4 @@
-"""MatrixInfer's contracts: code generated from protos/ lives in ``matrixinfer.api.v1``."""
+"""MatrixInfer's contracts.
+
+Code generated from protos/ lives in ``matrixinfer.api.v1`` (made by `make setup`).
+"""

@@ -42,6 +42,7 @@ def setup_tracing(
     exporter: SpanExporter | None = None,
     *,
     set_global: bool = False,
+    export_timeout_s: float = 5.0,
 ) -> TracerProvider:
     """Build the service's TracerProvider.
 
@@ -52,14 +53,20 @@ def setup_tracing(
 
     The global provider is left alone unless ``set_global``: OTel allows setting it
     only once per process, and the interceptors get the provider explicitly anyway.
-    Callers own the provider and call ``shutdown()`` on it to flush at exit.
+    Callers own the provider and call ``shutdown()`` on it to flush at exit;
+    ``export_timeout_s`` bounds one OTLP export with its retries, so an absent
+    collector delays that shutdown by about that much, not the exporter's 10 s.
     """
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     if otlp_endpoint is not None:
         # Inside the cluster the collector is reached in plaintext; TLS belongs to
         # the mesh or a later setting, not this default.
         provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+            BatchSpanProcessor(
+                OTLPSpanExporter(
+                    endpoint=otlp_endpoint, insecure=True, timeout=export_timeout_s
+                )
+            )
         )
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))

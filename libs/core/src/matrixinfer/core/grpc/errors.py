@@ -173,7 +173,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused
                 if status.code is grpc.StatusCode.INTERNAL:
                     logger.exception("unhandled error in %s", method)
                 else:
-                    logger.info(
+                    # Expected outcomes (NotFound, bad input) are counted by the
+                    # metrics interceptor; at INFO they would flood the hot path.
+                    logger.debug(
                         "%s failed: %s %s",
                         method,
                         status.code.name,

@@ -1,0 +1,1 @@
+"""Registry benchmark: applies per second and watch delivery latency."""
