@@ -27,14 +27,16 @@ from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import InvalidArgument, Unavailable
 from matrixinfer.registry.db.migrate import upgrade_to_head
 from matrixinfer.registry.db.tables import counters, events, resources, revisions
-from matrixinfer.registry.domain.store import Event, Revision, StoreConflict
+from matrixinfer.registry.domain.store import Change, Event, Revision, StoreConflict
 
 log = logging.getLogger(__name__)
 
 
-def _decode(body: bytes) -> pb.Resource:
+def _decode(body: bytes, resource_version: int | None = None) -> pb.Resource:
     resource = pb.Resource()
     resource.ParseFromString(body)
+    if resource_version is not None:
+        _meta(resource).resource_version = str(resource_version)
     return resource
 
 
@@ -45,6 +47,66 @@ def _translate(e: DBAPIError) -> Exception:
     if isinstance(e, OperationalError) or e.connection_invalidated:
         return Unavailable("the registry database is unavailable; try again")
     return e
+
+
+# PostgreSQL: the whole write is one statement, so the counter row (which orders
+# commits) is held for one round trip plus the commit, not for one per table.
+_PG_TARGET = {
+    "insert": """
+    w AS (
+        INSERT INTO resources (kind, namespace, name, uid, resource_version, body)
+        SELECT :kind, :namespace, :name, :uid, value, :body FROM rv RETURNING 1
+    )""",
+    "update": """
+    w AS (
+        UPDATE resources SET resource_version = (SELECT value FROM rv), body = :body
+        WHERE kind = :kind AND namespace = :namespace AND name = :name
+          AND resource_version = :expected_rv
+        RETURNING 1
+    )""",
+    "delete": """
+    w AS (
+        DELETE FROM resources
+        WHERE kind = :kind AND namespace = :namespace AND name = :name
+          AND resource_version = :expected_rv
+        RETURNING 1
+    ),
+    d AS (DELETE FROM revisions WHERE uid = :uid AND :drop_revisions)""",
+}
+_PG_WRITE = {
+    op: text(
+        """
+WITH rv AS (
+    UPDATE counters SET value = value + 1 WHERE name = 'resource_version'
+    RETURNING value
+),"""
+        + target
+        + """,
+e AS (
+    INSERT INTO events (resource_version, type, kind, namespace, name, body, created_s)
+    SELECT value, :event_type, :kind, :namespace, :name, :body, :now FROM rv
+),
+r AS (
+    INSERT INTO revisions (uid, kind, namespace, name, revision, body, created_s)
+    SELECT :uid, :kind, :namespace, :name, :revision, :revision_body, :now
+    FROM rv WHERE :with_revision
+)
+SELECT (SELECT value FROM rv), (SELECT count(*) FROM w), pg_notify(:channel, '')
+"""
+    )
+    for op, target in _PG_TARGET.items()
+}
+
+
+def _body(resource: pb.Resource) -> bytes:
+    """Serialize without the resourceVersion: the column is the one source of it."""
+    meta = _meta(resource)
+    rv = meta.resource_version
+    meta.resource_version = ""
+    try:
+        return resource.SerializeToString()
+    finally:
+        meta.resource_version = rv
 
 
 class SqlTransaction:
@@ -59,7 +121,7 @@ class SqlTransaction:
         # each other's compare-and-set; SQLite already has one writer at a time.
         row = (
             await self.conn.execute(
-                select(resources.c.body)
+                select(resources.c.body, resources.c.resource_version)
                 .where(
                     resources.c.kind == kind,
                     resources.c.namespace == namespace,
@@ -68,107 +130,120 @@ class SqlTransaction:
                 .with_for_update()
             )
         ).first()
-        return _decode(row[0]) if row else None
+        return _decode(row[0], row[1]) if row else None
 
-    async def next_resource_version(self) -> int:
+    async def write(self, change: Change) -> int:
+        meta = _meta(change.resource)
+        body = _body(change.resource)
+        try:
+            if self.postgres:
+                rv, written = await self._write_postgres(change, meta, body)
+            else:
+                rv, written = await self._write_sqlite(change, meta, body)
+        except IntegrityError as e:
+            raise StoreConflict(
+                f"{change.kind} {meta.namespace}/{meta.name} already exists"
+            ) from e
+        if written != 1:
+            raise StoreConflict(
+                f"{change.kind} {meta.namespace}/{meta.name} changed meanwhile"
+            )
+        self.wrote_events = True
+        return rv
+
+    async def _write_postgres(
+        self, change: Change, meta: Any, body: bytes
+    ) -> tuple[int, int]:
+        revision = change.revision
         row = (
             await self.conn.execute(
-                update(counters)
-                .where(counters.c.name == "resource_version")
-                .values(value=counters.c.value + 1)
-                .returning(counters.c.value)
+                _PG_WRITE[change.op],
+                {
+                    "kind": change.kind,
+                    "namespace": meta.namespace,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                    "body": body,
+                    "expected_rv": change.expected_rv,
+                    "event_type": change.event_type,
+                    "now": time.time(),
+                    "drop_revisions": change.drop_revisions,
+                    "with_revision": revision is not None,
+                    "revision": revision.revision if revision else 0,
+                    "revision_body": _body(revision.resource) if revision else b"",
+                    "channel": self.channel,
+                },
             )
         ).one()
-        return int(row[0])
+        return int(row[0]), int(row[1])
 
-    async def insert(self, kind: str, resource: pb.Resource) -> None:
-        meta = _meta(resource)
-        try:
-            await self.conn.execute(
+    async def _write_sqlite(
+        self, change: Change, meta: Any, body: bytes
+    ) -> tuple[int, int]:
+        conn = self.conn
+        rv = int(
+            (
+                await conn.execute(
+                    update(counters)
+                    .where(counters.c.name == "resource_version")
+                    .values(value=counters.c.value + 1)
+                    .returning(counters.c.value)
+                )
+            ).scalar_one()
+        )
+        where = (
+            resources.c.kind == change.kind,
+            resources.c.namespace == meta.namespace,
+            resources.c.name == meta.name,
+            resources.c.resource_version == change.expected_rv,
+        )
+        if change.op == "insert":
+            await conn.execute(
                 insert(resources).values(
-                    kind=kind,
+                    kind=change.kind,
                     namespace=meta.namespace,
                     name=meta.name,
                     uid=meta.uid,
-                    resource_version=int(meta.resource_version),
-                    body=resource.SerializeToString(),
+                    resource_version=rv,
+                    body=body,
                 )
             )
-        except IntegrityError as e:
-            raise StoreConflict(
-                f"{kind} {meta.namespace}/{meta.name} already exists"
-            ) from e
-
-    async def update(self, kind: str, resource: pb.Resource, expected_rv: int) -> None:
-        meta = _meta(resource)
-        result = await self.conn.execute(
-            update(resources)
-            .where(
-                resources.c.kind == kind,
-                resources.c.namespace == meta.namespace,
-                resources.c.name == meta.name,
-                resources.c.resource_version == expected_rv,
+            written = 1
+        elif change.op == "update":
+            result = await conn.execute(
+                update(resources).where(*where).values(resource_version=rv, body=body)
             )
-            .values(
-                resource_version=int(meta.resource_version),
-                body=resource.SerializeToString(),
-            )
-        )
-        if result.rowcount != 1:
-            raise StoreConflict(
-                f"{kind} {meta.namespace}/{meta.name} changed meanwhile"
-            )
-
-    async def delete(
-        self, kind: str, namespace: str, name: str, expected_rv: int
-    ) -> None:
-        result = await self.conn.execute(
-            delete(resources).where(
-                resources.c.kind == kind,
-                resources.c.namespace == namespace,
-                resources.c.name == name,
-                resources.c.resource_version == expected_rv,
-            )
-        )
-        if result.rowcount != 1:
-            raise StoreConflict(f"{kind} {namespace}/{name} changed meanwhile")
-
-    async def add_event(self, event: Event) -> None:
-        await self.conn.execute(
+            written = result.rowcount
+        else:
+            result = await conn.execute(delete(resources).where(*where))
+            written = result.rowcount
+            if change.drop_revisions:
+                await conn.execute(delete(revisions).where(revisions.c.uid == meta.uid))
+        now = time.time()
+        await conn.execute(
             insert(events).values(
-                resource_version=event.resource_version,
-                type=event.type,
-                kind=event.kind,
-                namespace=event.namespace,
-                name=event.name,
-                body=event.resource.SerializeToString(),
-                created_s=time.time(),
+                resource_version=rv,
+                type=change.event_type,
+                kind=change.kind,
+                namespace=meta.namespace,
+                name=meta.name,
+                body=body,
+                created_s=now,
             )
         )
-        if self.postgres and not self.wrote_events:
-            # Delivered at commit; listeners then read the events table.
-            await self.conn.execute(
-                text("SELECT pg_notify(:c, '')"), {"c": self.channel}
+        if change.revision is not None:
+            await conn.execute(
+                insert(revisions).values(
+                    uid=meta.uid,
+                    kind=change.kind,
+                    namespace=meta.namespace,
+                    name=meta.name,
+                    revision=change.revision.revision,
+                    body=_body(change.revision.resource),
+                    created_s=now,
+                )
             )
-        self.wrote_events = True
-
-    async def add_revision(
-        self, uid: str, kind: str, namespace: str, name: str, revision: Revision
-    ) -> None:
-        await self.conn.execute(
-            insert(revisions).values(
-                uid=uid,
-                kind=kind,
-                namespace=namespace,
-                name=name,
-                revision=revision.revision,
-                body=revision.resource.SerializeToString(),
-                created_s=revision.created_s,
-            )
-        )
-
-    async def delete_revisions(self, uid: str) -> None:
-        await self.conn.execute(delete(revisions).where(revisions.c.uid == uid))
+        return rv, written
 
 
 def _meta(resource: pb.Resource) -> Any:
@@ -249,13 +324,13 @@ class SqlStore:
 
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         rows = await self._read(
-            select(resources.c.body).where(
+            select(resources.c.body, resources.c.resource_version).where(
                 resources.c.kind == kind,
                 resources.c.namespace == namespace,
                 resources.c.name == name,
             )
         )
-        return _decode(rows[0][0]) if rows else None
+        return _decode(rows[0][0], rows[0][1]) if rows else None
 
     async def current_resource_version(self) -> int:
         rows = await self._read(
@@ -272,7 +347,9 @@ class SqlStore:
     async def list_page(
         self, kind: str, namespace: str, after: tuple[str, str] | None, limit: int
     ) -> list[pb.Resource]:
-        query = select(resources.c.body).where(resources.c.kind == kind)
+        query = select(resources.c.body, resources.c.resource_version).where(
+            resources.c.kind == kind
+        )
         if namespace:
             query = query.where(resources.c.namespace == namespace)
         if after is not None:
@@ -285,7 +362,7 @@ class SqlStore:
                 )
             )
         query = query.order_by(resources.c.namespace, resources.c.name).limit(limit)
-        return [_decode(row[0]) for row in await self._read(query)]
+        return [_decode(row[0], row[1]) for row in await self._read(query)]
 
     async def events_after(self, resource_version: int, limit: int) -> list[Event]:
         rows = await self._read(
@@ -301,7 +378,10 @@ class SqlStore:
             .order_by(events.c.resource_version)
             .limit(limit)
         )
-        return [Event(int(r[0]), r[1], r[2], r[3], r[4], _decode(r[5])) for r in rows]
+        return [
+            Event(int(r[0]), r[1], r[2], r[3], r[4], _decode(r[5], int(r[0])))
+            for r in rows
+        ]
 
     async def compact(self, keep_events: int, older_than_s: float) -> int:
         """Drop events that are both beyond the newest ``keep_events`` and older than

@@ -43,6 +43,7 @@ from matrixinfer.registry.domain.kinds import wrap as wrap_object
 from matrixinfer.registry.domain.manifest import parse_manifest
 from matrixinfer.registry.domain.selectors import Selector, parse_selector
 from matrixinfer.registry.domain.store import (
+    Change,
     Event,
     Revision,
     Store,
@@ -269,20 +270,12 @@ class RegistryService:
             return ApplyOutcome("unchanged", stored)
         if dry_run:
             return ApplyOutcome("configured", wrap_object(updated))
-        rv = await tx.next_resource_version()
-        m.resource_version = str(rv)
         if spec_changed:
             m.generation += 1
             if isinstance(updated, pb.Model):
                 updated.status.current_revision += 1
-        resource = wrap_object(updated)
-        # Compare-and-set first: a concurrent writer makes this fail before anything
-        # else (such as the revision below) collides.
-        await tx.update(kind.name, resource, current_rv)
-        if spec_changed and isinstance(updated, pb.Model):
-            await self._add_revision(tx, updated)
-        await tx.add_event(
-            Event(rv, "MODIFIED", kind.name, m.namespace, m.name, resource)
+        resource = await _commit(
+            tx, "update", kind, updated, current_rv, revision=spec_changed
         )
         return ApplyOutcome("configured", resource)
 
@@ -297,30 +290,8 @@ class RegistryService:
             obj.status.current_revision = 1
         if dry_run:
             return ApplyOutcome("created", wrap_object(obj))
-        rv = await tx.next_resource_version()
-        meta.resource_version = str(rv)
-        resource = wrap_object(obj)
-        await tx.insert(kind.name, resource)
-        if isinstance(obj, pb.Model):
-            await self._add_revision(tx, obj)
-        await tx.add_event(
-            Event(rv, "ADDED", kind.name, meta.namespace, meta.name, resource)
-        )
+        resource = await _commit(tx, "insert", kind, obj, 0, revision=True)
         return ApplyOutcome("created", resource)
-
-    async def _add_revision(self, tx: Transaction, model: pb.Model) -> None:
-        snapshot = pb.Model()
-        snapshot.CopyFrom(model)
-        snapshot.ClearField("status")
-        snapshot.status.current_revision = model.status.current_revision
-        m = model.metadata
-        await tx.add_revision(
-            m.uid,
-            "Model",
-            m.namespace,
-            m.name,
-            Revision(model.status.current_revision, wrap_object(snapshot), time.time()),
-        )
 
     async def delete(
         self, kind_name: str, namespace: str, name: str, precondition_rv: str
@@ -340,15 +311,8 @@ class RegistryService:
             if obj.metadata.finalizers:
                 if obj.metadata.deletion_timestamp:
                     return stored  # already being deleted
-                rv = await tx.next_resource_version()
                 obj.metadata.deletion_timestamp = now_rfc3339()
-                obj.metadata.resource_version = str(rv)
-                resource = wrap_object(obj)
-                await tx.update(kind.name, resource, current_rv)
-                await tx.add_event(
-                    Event(rv, "MODIFIED", kind.name, namespace, name, resource)
-                )
-                return resource
+                return await _commit(tx, "update", kind, obj, current_rv)
             return await self._remove(tx, kind, obj, current_rv)
 
         return await self._write(run, retry=not wanted_rv)
@@ -356,19 +320,9 @@ class RegistryService:
     async def _remove(
         self, tx: Transaction, kind: Kind, obj: Object, current_rv: int
     ) -> pb.Resource:
-        m = obj.metadata
-        rv = await tx.next_resource_version()
-        m.resource_version = str(rv)
-        if not m.deletion_timestamp:
-            m.deletion_timestamp = now_rfc3339()
-        resource = wrap_object(obj)
-        await tx.delete(kind.name, m.namespace, m.name, current_rv)
-        if kind.has_revisions:
-            await tx.delete_revisions(m.uid)
-        await tx.add_event(
-            Event(rv, "DELETED", kind.name, m.namespace, m.name, resource)
-        )
-        return resource
+        if not obj.metadata.deletion_timestamp:
+            obj.metadata.deletion_timestamp = now_rfc3339()
+        return await _commit(tx, "delete", kind, obj, current_rv)
 
     async def update_finalizers(
         self,
@@ -401,14 +355,7 @@ class RegistryService:
             obj.metadata.finalizers.extend(finalizers)
             if obj.metadata.deletion_timestamp and not finalizers:
                 return await self._remove(tx, kind, obj, current_rv)
-            rv = await tx.next_resource_version()
-            obj.metadata.resource_version = str(rv)
-            resource = wrap_object(obj)
-            await tx.update(kind.name, resource, current_rv)
-            await tx.add_event(
-                Event(rv, "MODIFIED", kind.name, namespace, name, resource)
-            )
-            return resource
+            return await _commit(tx, "update", kind, obj, current_rv)
 
         return await self._write(run, retry=True)
 
@@ -444,14 +391,7 @@ class RegistryService:
                 updated.status.current_revision = current.status.current_revision
             if updated.status == current.status:
                 return stored
-            rv = await tx.next_resource_version()
-            updated.metadata.resource_version = str(rv)
-            result = wrap_object(updated)
-            await tx.update(kind.name, result, current_rv)
-            await tx.add_event(
-                Event(rv, "MODIFIED", kind.name, namespace, name, result)
-            )
-            return result
+            return await _commit(tx, "update", kind, updated, current_rv)
 
         return await self._write(run, retry=not wanted_rv)
 
@@ -602,6 +542,45 @@ class RegistryService:
                 yield WatchItem(item.type, item.resource, item.resource_version)
         finally:
             self.hub.unsubscribe(sub)
+
+
+_EVENT_TYPES = {"insert": "ADDED", "update": "MODIFIED", "delete": "DELETED"}
+
+
+async def _commit(
+    tx: Transaction,
+    op: str,
+    kind: Kind,
+    obj: Object,
+    expected_rv: int,
+    *,
+    revision: bool = False,
+) -> pb.Resource:
+    """Write one change with its event (and Model revision); returns the stored
+    object carrying the resourceVersion the store assigned."""
+    resource = wrap_object(obj)
+    snapshot: Revision | None = None
+    if revision and isinstance(obj, pb.Model):
+        model = copy.deepcopy(obj)
+        model.ClearField("status")
+        model.status.current_revision = obj.status.current_revision
+        model.metadata.resource_version = ""
+        snapshot = Revision(
+            obj.status.current_revision, wrap_object(model), time.time()
+        )
+    change = Change(
+        op=op,
+        event_type=_EVENT_TYPES[op],
+        kind=kind.name,
+        resource=resource,
+        expected_rv=expected_rv,
+        revision=snapshot,
+        drop_revisions=op == "delete" and kind.has_revisions,
+    )
+    rv = await tx.write(change)
+    obj.metadata.resource_version = str(rv)
+    resource = wrap_object(obj)
+    return resource
 
 
 def _copy_field(target: Object, source: Object, name: str) -> None:

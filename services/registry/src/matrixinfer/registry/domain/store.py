@@ -36,29 +36,31 @@ class Revision:
     created_s: float
 
 
+@dataclass(frozen=True)
+class Change:
+    """One object written together with its event (and, for Models, a revision)."""
+
+    op: str  # insert | update | delete
+    event_type: str  # ADDED | MODIFIED | DELETED
+    kind: str
+    #: The object as it will be stored; its resourceVersion is assigned by the store.
+    resource: pb.Resource
+    #: update/delete: the resourceVersion the stored row must still have.
+    expected_rv: int = 0
+    revision: Revision | None = None
+    #: delete: drop the object's revision history too.
+    drop_revisions: bool = False
+
+
 class Transaction(Protocol):
-    async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None: ...
+    async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
+        """Read for update: concurrent writers of the same object wait their turn."""
 
-    async def next_resource_version(self) -> int: ...
+    async def write(self, change: Change) -> int:
+        """Apply ``change``, record its event; returns the new resourceVersion.
 
-    async def insert(self, kind: str, resource: pb.Resource) -> None:
-        """Raises StoreConflict when the name is taken."""
-
-    async def update(self, kind: str, resource: pb.Resource, expected_rv: int) -> None:
-        """Raises StoreConflict unless the stored resourceVersion is ``expected_rv``."""
-
-    async def delete(
-        self, kind: str, namespace: str, name: str, expected_rv: int
-    ) -> None:
-        """Raises StoreConflict unless the stored resourceVersion is ``expected_rv``."""
-
-    async def add_event(self, event: Event) -> None: ...
-
-    async def add_revision(
-        self, uid: str, kind: str, namespace: str, name: str, revision: Revision
-    ) -> None: ...
-
-    async def delete_revisions(self, uid: str) -> None: ...
+        Raises StoreConflict when the name is taken (insert) or the stored
+        resourceVersion is no longer ``expected_rv`` (update, delete)."""
 
 
 class Store(Protocol):
