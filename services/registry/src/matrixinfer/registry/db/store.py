@@ -273,8 +273,10 @@ class SqlStore:
             pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "postgresql":
+            # No pre-ping: it would cost a round trip per checkout. A dropped
+            # connection surfaces as Unavailable (retryable) and is replaced.
             kwargs.update(
-                pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
             )
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
