@@ -33,14 +33,16 @@ typecheck: setup
 importlint: setup
 	$(BIN)/lint-imports
 
-# -p no:cacheprovider keeps clean clones clean; exit code 5 (no tests) fails the build.
+# Every tier. pytest's exit code 5 ("no tests collected") is a failure like any other
+# non-zero code, so an empty run can never pass.
 pytest: setup
 	$(BIN)/python -m pytest
 
 test: lint typecheck importlint pytest
 
+# The registry on SQLite (./.matrixinfer), in the foreground; Ctrl-C stops it.
 run: setup
-	$(BIN)/matrixinfer-registry
+	MATRIXINFER_REGISTRY_LOG_JSON=$${MATRIXINFER_REGISTRY_LOG_JSON:-false} $(BIN)/matrixinfer-registry
 
 bench: setup
 	$(BIN)/python -m bench.registry
