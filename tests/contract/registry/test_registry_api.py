@@ -17,7 +17,7 @@ from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.registry.main import RegistryApp
-from tests.conftest import seed_manifest
+from tests.conftest import ROOT, seed_manifest
 from tests.manifests import STACK, model
 
 Stub = registry_pb2_grpc.RegistryStub
@@ -449,3 +449,9 @@ async def test_manifest_bad_input_over_grpc(registry: Stub) -> None:
     err = await fails(apply(registry, huge))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert list((await registry.List(rpb.ListRequest(kind="Model"))).items) == []
+
+
+async def test_example_manifests_apply(registry: Stub) -> None:
+    for path in sorted((ROOT / "examples" / "manifests").glob("*.yaml")):
+        response = await apply(registry, path.read_text())
+        assert {r.action for r in response.results} == {"created"}, path

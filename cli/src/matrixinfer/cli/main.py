@@ -59,9 +59,13 @@ def _call(fn: Callable[[], T], where: str = "") -> T:
             )
             sys.exit(EXIT_UNREACHABLE)
         prefix = f"{where}: " if where else ""
-        click.echo(f"error ({details.code.name}): {prefix}{details.message}", err=True)
-        for field, description in details.field_violations:
-            click.echo(f"  {field}: {description}", err=True)
+        violations = details.field_violations
+        if violations:
+            click.echo(f"error ({details.code.name}): {prefix}fix these fields:", err=True)
+            for field, description in violations:
+                click.echo(f"  {field}: {description}", err=True)
+        else:
+            click.echo(f"error ({details.code.name}): {prefix}{details.message}", err=True)
         sys.exit(EXIT_SERVER)
 
 
