@@ -1,0 +1,25 @@
+# The registry image: matrixinfer-api, -core and -registry only.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY constraints.txt ./
+COPY protos ./protos
+COPY tools ./tools
+COPY libs/api ./libs/api
+COPY libs/core ./libs/core
+COPY services/registry ./services/registry
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt grpcio-tools mypy-protobuf \
+ && /opt/venv/bin/python tools/genproto.py \
+ && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt \
+      ./libs/api ./libs/core ./services/registry \
+ && /opt/venv/bin/pip uninstall -y grpcio-tools mypy-protobuf
+
+FROM python:3.11-slim
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --system --uid 10001 matrixinfer
+USER 10001
+ENV PATH=/opt/venv/bin:$PATH \
+    MATRIXINFER_REGISTRY_HOST=0.0.0.0 \
+    MATRIXINFER_REGISTRY_METRICS_PORT=9090
+EXPOSE 50051 9090
+ENTRYPOINT ["matrixinfer-registry"]
