@@ -58,14 +58,14 @@ def _call(fn: Callable[[], T], where: str = "") -> T:
                 err=True,
             )
             sys.exit(EXIT_UNREACHABLE)
-        prefix = f"{where}: " if where else ""
+        head = f"error ({details.code.name}): " + (f"{where}: " if where else "")
         violations = details.field_violations
         if violations:
-            click.echo(f"error ({details.code.name}): {prefix}fix these fields:", err=True)
+            click.echo(f"{head}fix these fields:", err=True)
             for field, description in violations:
                 click.echo(f"  {field}: {description}", err=True)
         else:
-            click.echo(f"error ({details.code.name}): {prefix}{details.message}", err=True)
+            click.echo(f"{head}{details.message}", err=True)
         sys.exit(EXIT_SERVER)
 
 
