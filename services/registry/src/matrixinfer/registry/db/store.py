@@ -91,7 +91,8 @@ r AS (
     SELECT :uid, :kind, :namespace, :name, :revision, :revision_body, :now
     FROM rv WHERE :with_revision
 )
-SELECT (SELECT value FROM rv), (SELECT count(*) FROM w), pg_notify(:channel, '')
+SELECT (SELECT value FROM rv), (SELECT count(*) FROM w),
+       pg_notify(:channel, (SELECT value FROM rv)::text)
 """
     )
     for op, target in _PG_TARGET.items()
@@ -114,7 +115,8 @@ class SqlTransaction:
         self.conn = conn
         self.postgres = postgres
         self.channel = channel
-        self.wrote_events = False
+        #: The newest resourceVersion this transaction wrote (0: nothing written).
+        self.newest_rv = 0
 
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         # FOR UPDATE (PostgreSQL): writers of one object queue up instead of failing
@@ -148,7 +150,7 @@ class SqlTransaction:
             raise StoreConflict(
                 f"{change.kind} {meta.namespace}/{meta.name} changed meanwhile"
             )
-        self.wrote_events = True
+        self.newest_rv = max(self.newest_rv, rv)
         return rv
 
     async def _write_postgres(
@@ -257,9 +259,14 @@ class SqlStore:
         self.engine = engine
         self.url = url
         self.postgres = engine.dialect.name == "postgresql"
+        self._read_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.postgres
+            else engine
+        )
         self.channel = channel
         self._write_lock = asyncio.Lock()  # SQLite: one writer at a time
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[int], None]] = []
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10) -> SqlStore:
@@ -298,7 +305,7 @@ class SqlStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    def on_commit(self, callback: Callable[[], None]) -> None:
+    def on_commit(self, callback: Callable[[int], None]) -> None:
         self._callbacks.append(callback)
 
     @contextlib.asynccontextmanager
@@ -313,13 +320,15 @@ class SqlStore:
                 if isinstance(e.orig, psycopg.errors.DeadlockDetected):
                     raise StoreConflict("concurrent writers collided") from e
                 raise _translate(e) from e
-        if tx.wrote_events:
+        if tx.newest_rv:
             for callback in self._callbacks:
-                callback()
+                callback(tx.newest_rv)
 
     async def _read(self, statement: Any) -> list[Any]:
         try:
-            async with self.engine.connect() as conn:
+            # Autocommit: a single read needs no transaction, and a connection that
+            # never began one goes back to the pool without a ROLLBACK round trip.
+            async with self._read_engine.connect() as conn:
                 return list((await conn.execute(statement)).all())
         except DBAPIError as e:
             raise _translate(e) from e
@@ -424,7 +433,7 @@ class SqlStore:
         )
         return [Revision(int(r[0]), _decode(r[1]), float(r[2])) for r in rows]
 
-    async def changes(self) -> AsyncIterator[None]:
+    async def changes(self) -> AsyncIterator[int]:
         """PostgreSQL: one LISTEN connection per process. SQLite: nothing to follow."""
         if not self.postgres:
             await asyncio.Event().wait()
@@ -433,9 +442,9 @@ class SqlStore:
         dsn = params.render_as_string(hide_password=False)
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await conn.execute(f'LISTEN "{self.channel}"')  # noqa: S608 - our own name
-            yield None  # catch up on anything committed before LISTEN took effect
-            async for _ in conn.notifies():
-                yield None
+            yield 0  # catch up on anything committed before LISTEN took effect
+            async for notify in conn.notifies():
+                yield int(notify.payload) if notify.payload.isdigit() else 0
 
 
 def redacted_url(url: str) -> str:

@@ -84,10 +84,12 @@ class Store(Protocol):
 
     async def list_revisions(self, uid: str) -> list[Revision]: ...
 
-    def changes(self) -> AsyncIterator[None]:
-        """Yields whenever another writer (any process) may have committed events."""
+    def changes(self) -> AsyncIterator[int]:
+        """Yields when a writer (any process) committed events: the newest
+        resourceVersion committed, or 0 when unknown."""
 
-    def on_commit(self, callback: Callable[[], None]) -> None:
-        """Called after each local commit that wrote events."""
+    def on_commit(self, callback: Callable[[int], None]) -> None:
+        """Called after each local commit that wrote events, with its newest
+        resourceVersion."""
 
     async def close(self) -> None: ...

@@ -44,11 +44,14 @@ class WatchHub:
     _subs: set[Subscription] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Newest resourceVersion known to be committed; a wake-up at or below last_rv
+    #: (e.g. the NOTIFY echo of our own write) costs no query.
+    _known_rv: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         self.last_rv = await self.store.current_resource_version()
-        self.store.on_commit(self._wake.set)
+        self.store.on_commit(self._committed)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="watch-dispatch"),
             asyncio.create_task(self._feed_loop(), name="watch-feed"),
@@ -65,7 +68,16 @@ class WatchHub:
             self._close(sub, None)
 
     def wake(self) -> None:
+        """Read new events now, whatever is known (used by the periodic poll)."""
+        self._known_rv = max(self._known_rv, self.last_rv + 1)
         self._wake.set()
+
+    def _committed(self, resource_version: int) -> None:
+        if resource_version == 0:
+            self.wake()
+        elif resource_version > self.last_rv:
+            self._known_rv = max(self._known_rv, resource_version)
+            self._wake.set()
 
     async def subscribe(self, after_rv: int, matches: EventFilter) -> Subscription:
         """Events after ``after_rv`` that ``matches``; Expired if they are gone."""
@@ -110,6 +122,8 @@ class WatchHub:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._known_rv <= self.last_rv:
+                continue
             try:
                 await self._dispatch()
             except Exception:
@@ -154,8 +168,8 @@ class WatchHub:
         async def follow() -> None:
             while True:
                 try:
-                    async for _ in self.store.changes():
-                        self._wake.set()
+                    async for resource_version in self.store.changes():
+                        self._committed(resource_version)
                 except Exception as e:
                     log.warning("change feed lost (%s); reconnecting", e)
                 await asyncio.sleep(self.poll_interval_s)
@@ -164,7 +178,7 @@ class WatchHub:
         try:
             while True:
                 await asyncio.sleep(self.poll_interval_s)
-                self._wake.set()
+                self.wake()
         finally:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
