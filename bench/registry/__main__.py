@@ -112,7 +112,7 @@ async def watcher(
 
 
 async def apply_load(
-    stub: registry_pb2_grpc.RegistryStub,
+    stubs: list[registry_pb2_grpc.RegistryStub],
     docs: list[tuple[str, str]],
     concurrency: int,
     batch: int,
@@ -123,7 +123,7 @@ async def apply_load(
     for i in range(0, len(docs), batch):
         queue.put_nowait(docs[i : i + batch])
 
-    async def worker() -> None:
+    async def worker(stub: registry_pb2_grpc.RegistryStub) -> None:
         while not queue.empty():
             chunk = queue.get_nowait()
             text = "[" + ",".join(manifest(n, v) for n, v in chunk) + "]"
@@ -136,7 +136,7 @@ async def apply_load(
                 answered[f"{n}@{v}"] = t1
 
     started = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(concurrency)))
     return time.monotonic() - started
 
 
@@ -148,53 +148,77 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(
-    address: str, n: int, concurrency: int, watchers: int, run: Run
+    addresses: list[str], n: int, concurrency: int, watchers: int, run: Run
 ) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = registry_pb2_grpc.RegistryStub(channel)
-        await stub.Apply(rpb.ApplyRequest(manifest=manifest("warmup", "1")), timeout=30)
-        phases = [
-            ("create", [(f"m{i}", "1") for i in range(n)], 1),
-            ("update", [(f"m{i}", "2") for i in range(n)], 1),
-            ("create_batch20", [(f"b{i}", "1") for i in range(n)], 20),
-        ]
-        for phase, docs, batch in phases:
-            listed = await stub.List(rpb.ListRequest(kind="Model", limit=1))
-            received: dict[str, list[float]] = {}
-            tasks = [
-                asyncio.create_task(
-                    watcher(address, listed.resource_version, received, len(docs))
+    # One connection per registry process (a local subchannel pool each, or gRPC
+    # would share one connection between channels to the same target).
+    channels = [
+        grpc.aio.insecure_channel(a, options=[("grpc.use_local_subchannel_pool", 1)])
+        for a in addresses
+    ]
+    stubs = [registry_pb2_grpc.RegistryStub(c) for c in channels]
+    try:
+        await _measure(addresses, stubs, n, concurrency, watchers, run)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def _measure(
+    addresses: list[str],
+    stubs: list[registry_pb2_grpc.RegistryStub],
+    n: int,
+    concurrency: int,
+    watchers: int,
+    run: Run,
+) -> None:
+    stub = stubs[0]
+    await stub.Apply(rpb.ApplyRequest(manifest=manifest("warmup", "1")), timeout=30)
+    phases = [
+        ("create", [(f"m{i}", "1") for i in range(n)], 1),
+        ("update", [(f"m{i}", "2") for i in range(n)], 1),
+        ("create_batch20", [(f"b{i}", "1") for i in range(n)], 20),
+    ]
+    for phase, docs, batch in phases:
+        listed = await stub.List(rpb.ListRequest(kind="Model", limit=1))
+        received: dict[str, list[float]] = {}
+        tasks = [
+            asyncio.create_task(
+                watcher(
+                    addresses[i % len(addresses)],
+                    listed.resource_version,
+                    received,
+                    len(docs),
                 )
-                for _ in range(watchers)
-            ]
-            await asyncio.sleep(0.5)  # watchers connected
-            sent: dict[str, float] = {}
-            answered: dict[str, float] = {}
-            elapsed = await apply_load(stub, docs, concurrency, batch, sent, answered)
-            await asyncio.wait_for(asyncio.gather(*tasks), 120)
-            from_answer = [
-                max(0.0, t - answered[key]) * 1000
-                for key, ts in received.items()
-                for t in ts
-            ]
-            from_send = [
-                (t - sent[key]) * 1000 for key, ts in received.items() for t in ts
-            ]
-            run.results[f"{phase}_per_s"] = len(docs) / elapsed
-            run.results[f"{phase}_watch_p50_ms"] = pct(from_answer, 0.50)
-            run.results[f"{phase}_watch_p99_ms"] = pct(from_answer, 0.99)
-            run.results[f"{phase}_sent_p50_ms"] = pct(from_send, 0.50)
-            run.results[f"{phase}_sent_p99_ms"] = pct(from_send, 0.99)
-            deliveries = sum(len(ts) for ts in received.values())
-            run.results[f"{phase}_deliveries"] = deliveries
-            print(
-                f"  {phase:15s} {len(docs) / elapsed:8.0f} objects/s   watch latency "
-                f"after answer p50 {pct(from_answer, 0.5):6.1f} ms p99 "
-                f"{pct(from_answer, 0.99):6.1f} ms   after send p50 "
-                f"{pct(from_send, 0.5):6.1f} ms p99 {pct(from_send, 0.99):6.1f} ms   "
-                f"({deliveries} deliveries)",
-                flush=True,
             )
+            for i in range(watchers)
+        ]
+        await asyncio.sleep(0.5)  # watchers connected
+        sent: dict[str, float] = {}
+        answered: dict[str, float] = {}
+        elapsed = await apply_load(stubs, docs, concurrency, batch, sent, answered)
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        from_answer = [
+            max(0.0, t - answered[key]) * 1000
+            for key, ts in received.items()
+            for t in ts
+        ]
+        from_send = [(t - sent[key]) * 1000 for key, ts in received.items() for t in ts]
+        run.results[f"{phase}_per_s"] = len(docs) / elapsed
+        run.results[f"{phase}_watch_p50_ms"] = pct(from_answer, 0.50)
+        run.results[f"{phase}_watch_p99_ms"] = pct(from_answer, 0.99)
+        run.results[f"{phase}_sent_p50_ms"] = pct(from_send, 0.50)
+        run.results[f"{phase}_sent_p99_ms"] = pct(from_send, 0.99)
+        deliveries = sum(len(ts) for ts in received.values())
+        run.results[f"{phase}_deliveries"] = deliveries
+        print(
+            f"  {phase:15s} {len(docs) / elapsed:8.0f} objects/s   watch latency "
+            f"after answer p50 {pct(from_answer, 0.5):6.1f} ms p99 "
+            f"{pct(from_answer, 0.99):6.1f} ms   after send p50 "
+            f"{pct(from_send, 0.5):6.1f} ms p99 {pct(from_send, 0.99):6.1f} ms   "
+            f"({deliveries} deliveries)",
+            flush=True,
+        )
 
 
 def postgres_url() -> str | None:
@@ -206,8 +230,8 @@ def postgres_url() -> str | None:
         return None
 
 
-def run_backend(backend: str, args: argparse.Namespace) -> Run | None:
-    run = Run(backend)
+def run_backend(backend: str, processes: int, args: argparse.Namespace) -> Run | None:
+    run = Run(backend if processes == 1 else f"{backend}, {processes} registries")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
         schema = None
@@ -222,15 +246,18 @@ def run_backend(backend: str, args: argparse.Namespace) -> Run | None:
             with psycopg.connect(base.replace("+psycopg", ""), autocommit=True) as conn:
                 conn.execute(f'CREATE SCHEMA "{schema}"')
             url = f"{base}?options=-csearch_path%3D{schema}"
-        proc, address = start_registry(url, workdir)
+        started = [start_registry(url, workdir) for _ in range(processes)]
+        addresses = [address for _, address in started]
         try:
-            print(f"{backend}: registry at {address}", flush=True)
+            print(f"{run.backend}: registries at {', '.join(addresses)}", flush=True)
             asyncio.run(
-                measure(address, args.objects, args.concurrency, args.watchers, run)
+                measure(addresses, args.objects, args.concurrency, args.watchers, run)
             )
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for proc, _ in started:
+                proc.terminate()
+            for proc, _ in started:
+                proc.wait(timeout=30)
             if schema is not None and (base := postgres_url()) is not None:
                 with psycopg.connect(
                     base.replace("+psycopg", ""), autocommit=True
@@ -247,7 +274,9 @@ def write_markdown(runs: list[Run], args: argparse.Namespace, command: str) -> N
         f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; "
         f"{args.objects} objects per phase, {args.concurrency} concurrent clients, "
-        f"{args.watchers} watchers. Registry and client are separate processes.",
+        f"{args.watchers} watchers. Registry and client are separate processes; "
+        "'2 registries' runs two registry processes on the same PostgreSQL schema "
+        "(as two replicas would), with clients and watchers spread over both.",
         "",
         "| database | phase | objects/s | watch p50 ms | watch p99 ms "
         "| p50 ms from send | p99 ms from send |",
@@ -290,8 +319,10 @@ def main() -> None:
         "--no-write", action="store_true", help="do not touch BENCHMARKS.md"
     )
     args = parser.parse_args()
-    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    runs = [r for b in backends if (r := run_backend(b, args)) is not None]
+    plan = [("sqlite", 1), ("postgresql", 1), ("postgresql", 2)]
+    if args.backend != "both":
+        plan = [(b, n) for b, n in plan if b == args.backend]
+    runs = [r for b, n in plan if (r := run_backend(b, n, args)) is not None]
     command = "make bench  # = python -m bench.registry " + " ".join(sys.argv[1:])
     if not args.no_write and runs:
         write_markdown(runs, args, command.strip())

@@ -73,7 +73,7 @@ class RegistryApp:
                 lambda s: rpb_grpc.add_RegistryServicer_to_server(servicer, s),
                 service_names=[SERVICE_NAME],
                 metrics=GrpcServerMetrics(metrics_registry),
-                tracer_provider=tracer,
+                tracer_provider=tracer if settings.otlp_endpoint else None,
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(

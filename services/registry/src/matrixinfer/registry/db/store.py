@@ -18,7 +18,18 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
-from sqlalchemy import and_, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -99,6 +110,28 @@ SELECT (SELECT value FROM rv), (SELECT count(*) FROM w),
 }
 
 
+# Hot statements are built once; SQLAlchemy then reuses their compiled form.
+_GET = select(resources.c.body, resources.c.resource_version).where(
+    resources.c.kind == bindparam("kind"),
+    resources.c.namespace == bindparam("namespace"),
+    resources.c.name == bindparam("name"),
+)
+_GET_FOR_UPDATE = _GET.with_for_update()
+_EVENTS_AFTER = (
+    select(
+        events.c.resource_version,
+        events.c.type,
+        events.c.kind,
+        events.c.namespace,
+        events.c.name,
+        events.c.body,
+    )
+    .where(events.c.resource_version > bindparam("after"))
+    .order_by(events.c.resource_version)
+    .limit(bindparam("limit"))
+)
+
+
 def _body(resource: pb.Resource) -> bytes:
     """Serialize without the resourceVersion: the column is the one source of it."""
     meta = _meta(resource)
@@ -121,17 +154,8 @@ class SqlTransaction:
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         # FOR UPDATE (PostgreSQL): writers of one object queue up instead of failing
         # each other's compare-and-set; SQLite already has one writer at a time.
-        row = (
-            await self.conn.execute(
-                select(resources.c.body, resources.c.resource_version)
-                .where(
-                    resources.c.kind == kind,
-                    resources.c.namespace == namespace,
-                    resources.c.name == name,
-                )
-                .with_for_update()
-            )
-        ).first()
+        params = {"kind": kind, "namespace": namespace, "name": name}
+        row = (await self.conn.execute(_GET_FOR_UPDATE, params)).first()
         return _decode(row[0], row[1]) if row else None
 
     async def write(self, change: Change) -> int:
@@ -324,22 +348,20 @@ class SqlStore:
             for callback in self._callbacks:
                 callback(tx.newest_rv)
 
-    async def _read(self, statement: Any) -> list[Any]:
+    async def _read(
+        self, statement: Any, params: dict[str, Any] | None = None
+    ) -> list[Any]:
         try:
             # Autocommit: a single read needs no transaction, and a connection that
             # never began one goes back to the pool without a ROLLBACK round trip.
             async with self._read_engine.connect() as conn:
-                return list((await conn.execute(statement)).all())
+                return list((await conn.execute(statement, params)).all())
         except DBAPIError as e:
             raise _translate(e) from e
 
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         rows = await self._read(
-            select(resources.c.body, resources.c.resource_version).where(
-                resources.c.kind == kind,
-                resources.c.namespace == namespace,
-                resources.c.name == name,
-            )
+            _GET, {"kind": kind, "namespace": namespace, "name": name}
         )
         return _decode(rows[0][0], rows[0][1]) if rows else None
 
@@ -377,17 +399,7 @@ class SqlStore:
 
     async def events_after(self, resource_version: int, limit: int) -> list[Event]:
         rows = await self._read(
-            select(
-                events.c.resource_version,
-                events.c.type,
-                events.c.kind,
-                events.c.namespace,
-                events.c.name,
-                events.c.body,
-            )
-            .where(events.c.resource_version > resource_version)
-            .order_by(events.c.resource_version)
-            .limit(limit)
+            _EVENTS_AFTER, {"after": resource_version, "limit": limit}
         )
         return [
             Event(int(r[0]), r[1], r[2], r[3], r[4], _decode(r[5], int(r[0])))
