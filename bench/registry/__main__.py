@@ -118,22 +118,29 @@ async def apply_load(
     batch: int,
     sent: dict[str, float],
     answered: dict[str, float],
+    rate_per_s: float = 0.0,
 ) -> float:
-    queue: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
-    for i in range(0, len(docs), batch):
-        queue.put_nowait(docs[i : i + batch])
+    """Apply ``docs`` from ``concurrency`` clients; with ``rate_per_s`` each Apply is
+    sent at its scheduled time (an open-loop load below saturation)."""
+    queue: asyncio.Queue[tuple[int, list[tuple[str, str]]]] = asyncio.Queue()
+    for n, i in enumerate(range(0, len(docs), batch)):
+        queue.put_nowait((n, docs[i : i + batch]))
+    begin = time.monotonic()
 
     async def worker(stub: registry_pb2_grpc.RegistryStub) -> None:
         while not queue.empty():
-            chunk = queue.get_nowait()
-            text = "[" + ",".join(manifest(n, v) for n, v in chunk) + "]"
+            slot, chunk = queue.get_nowait()
+            if rate_per_s:
+                due = begin + slot / rate_per_s
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            text = "[" + ",".join(manifest(name, v) for name, v in chunk) + "]"
             t0 = time.monotonic()
-            for n, v in chunk:
-                sent[f"{n}@{v}"] = t0
+            for name, v in chunk:
+                sent[f"{name}@{v}"] = t0
             await stub.Apply(rpb.ApplyRequest(manifest=text), timeout=60)
             t1 = time.monotonic()
-            for n, v in chunk:
-                answered[f"{n}@{v}"] = t1
+            for name, v in chunk:
+                answered[f"{name}@{v}"] = t1
 
     started = time.monotonic()
     await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(concurrency)))
@@ -175,11 +182,12 @@ async def _measure(
     stub = stubs[0]
     await stub.Apply(rpb.ApplyRequest(manifest=manifest("warmup", "1")), timeout=30)
     phases = [
-        ("create", [(f"m{i}", "1") for i in range(n)], 1),
-        ("update", [(f"m{i}", "2") for i in range(n)], 1),
-        ("create_batch20", [(f"b{i}", "1") for i in range(n)], 20),
+        ("create", [(f"m{i}", "1") for i in range(n)], 1, 0.0),
+        ("update", [(f"m{i}", "2") for i in range(n)], 1, 0.0),
+        ("create_batch20", [(f"b{i}", "1") for i in range(n)], 20, 0.0),
+        ("update_at_200_per_s", [(f"m{i}", "3") for i in range(n // 2)], 1, 200.0),
     ]
-    for phase, docs, batch in phases:
+    for phase, docs, batch, rate in phases:
         listed = await stub.List(rpb.ListRequest(kind="Model", limit=1))
         received: dict[str, list[float]] = {}
         tasks = [
@@ -196,7 +204,9 @@ async def _measure(
         await asyncio.sleep(0.5)  # watchers connected
         sent: dict[str, float] = {}
         answered: dict[str, float] = {}
-        elapsed = await apply_load(stubs, docs, concurrency, batch, sent, answered)
+        elapsed = await apply_load(
+            stubs, docs, concurrency, batch, sent, answered, rate
+        )
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
         from_answer = [
             max(0.0, t - answered[key]) * 1000
@@ -283,8 +293,12 @@ def write_markdown(runs: list[Run], args: argparse.Namespace, command: str) -> N
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        for phase in ("create", "update", "create_batch20"):
-            r = {k.removeprefix(f"{phase}_"): v for k, v in run.results.items()}
+        for phase in ("create", "update", "create_batch20", "update_at_200_per_s"):
+            r = {
+                metric: run.results[f"{phase}_{metric}"]
+                for metric in ("per_s", "watch_p50_ms", "watch_p99_ms", "sent_p50_ms")
+                + ("sent_p99_ms",)
+            }
             lines.append(
                 f"| {run.backend} | {phase} | {r['per_s']:.0f} | "
                 f"{r['watch_p50_ms']:.1f} | {r['watch_p99_ms']:.1f} | "
