@@ -17,7 +17,7 @@ from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.registry.main import RegistryApp
-from tests.conftest import ROOT, seed_manifest
+from tests.conftest import ROOT, registry_settings, seed_manifest
 from tests.manifests import STACK, model
 
 Stub = registry_pb2_grpc.RegistryStub
@@ -455,3 +455,39 @@ async def test_example_manifests_apply(registry: Stub) -> None:
     for path in sorted((ROOT / "examples" / "manifests").glob("*.yaml")):
         response = await apply(registry, path.read_text())
         assert {r.action for r in response.results} == {"created"}, path
+
+
+@pytest.mark.parametrize("version", ["999999", "abc", "-1", "١"])
+async def test_watch_refuses_resource_versions_it_never_gave(
+    registry: Stub, version: str
+) -> None:
+    await apply(registry, model("a"))
+    stream = registry.Watch(rpb.WatchRequest(kind="Model", resource_version=version))
+    err = await fails(anext(stream.__aiter__()))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in error_details(err).field_violations] == ["resourceVersion"]
+
+
+async def test_restart_keeps_everything(database_url: str) -> None:
+    first = await RegistryApp.start(registry_settings(database_url))
+    try:
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            await apply(stub, STACK)
+            await apply(
+                stub, model("iris", "2").replace("labels: {app: demo, tier: cpu}", "")
+            )
+    finally:
+        await first.stop(0)
+    second = await RegistryApp.start(
+        registry_settings(database_url)
+    )  # migrations again
+    try:
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            listed = await stub.List(rpb.ListRequest(kind="ModelInfer"))
+            assert [i.model_infer.metadata.name for i in listed.items] == ["iris"]
+            revisions = await stub.ListRevisions(rpb.ListRevisionsRequest(name="iris"))
+            assert [r.revision for r in revisions.revisions] == [1, 2]
+    finally:
+        await second.stop(0)

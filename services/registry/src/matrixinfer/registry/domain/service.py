@@ -301,13 +301,7 @@ class RegistryService:
         wanted_rv = parse_rv(precondition_rv)
 
         async def run(tx: Transaction) -> pb.Resource:
-            stored = await tx.get(kind.name, namespace, name)
-            if stored is None:
-                raise NotFound(f"{kind.name} {namespace}/{name} not found")
-            obj = unwrap_resource(stored)
-            current_rv = int(obj.metadata.resource_version)
-            if wanted_rv and wanted_rv != current_rv:
-                raise _stale(kind.name, namespace, name, current_rv, wanted_rv)
+            stored, obj, current_rv = await _load(tx, kind, namespace, name, wanted_rv)
             if obj.metadata.finalizers:
                 if obj.metadata.deletion_timestamp:
                     return stored  # already being deleted
@@ -337,11 +331,7 @@ class RegistryService:
         admission.check_finalizers(add, "add")
 
         async def run(tx: Transaction) -> pb.Resource:
-            stored = await tx.get(kind.name, namespace, name)
-            if stored is None:
-                raise NotFound(f"{kind.name} {namespace}/{name} not found")
-            obj = unwrap_resource(stored)
-            current_rv = int(obj.metadata.resource_version)
+            stored, obj, current_rv = await _load(tx, kind, namespace, name, 0)
             finalizers = [f for f in obj.metadata.finalizers if f not in remove]
             if obj.metadata.deletion_timestamp and add:
                 raise FailedPrecondition(
@@ -377,13 +367,9 @@ class RegistryService:
         )
 
         async def run(tx: Transaction) -> pb.Resource:
-            stored = await tx.get(kind.name, namespace, name)
-            if stored is None:
-                raise NotFound(f"{kind.name} {namespace}/{name} not found")
-            current = unwrap_resource(stored)
-            current_rv = int(current.metadata.resource_version)
-            if wanted_rv and wanted_rv != current_rv:
-                raise _stale(kind.name, namespace, name, current_rv, wanted_rv)
+            stored, current, current_rv = await _load(
+                tx, kind, namespace, name, wanted_rv
+            )
             updated = copy.deepcopy(current)
             _copy_field(updated, obj, "status")
             if isinstance(updated, pb.Model) and isinstance(current, pb.Model):
@@ -517,8 +503,16 @@ class RegistryService:
                     initial.extend(page)
                     if not token:
                         break
-        elif not resource_version:
-            start = await self.store.current_resource_version()
+        else:
+            current = await self.store.current_resource_version()
+            if not resource_version:
+                start = current
+            elif start > current:
+                raise InvalidArgument.field(
+                    "resourceVersion",
+                    f"{start} is newer than the registry's ({current}); use one the "
+                    "registry returned",
+                )
         sub = await self.hub.subscribe(start, matches)
         try:
             for resource in initial:
@@ -586,6 +580,21 @@ async def _commit(
 def _copy_field(target: Object, source: Object, name: str) -> None:
     """Copy spec or status between two objects of the same kind."""
     getattr(target, name).CopyFrom(getattr(source, name))
+
+
+async def _load(
+    tx: Transaction, kind: Kind, namespace: str, name: str, wanted_rv: int
+) -> tuple[pb.Resource, Object, int]:
+    """Read an object for writing; NotFound, or Conflict unless it is at
+    ``wanted_rv`` (when given)."""
+    stored = await tx.get(kind.name, namespace, name)
+    if stored is None:
+        raise NotFound(f"{kind.name} {namespace}/{name} not found")
+    obj = unwrap_resource(stored)
+    current_rv = int(obj.metadata.resource_version)
+    if wanted_rv and wanted_rv != current_rv:
+        raise _stale(kind.name, namespace, name, current_rv, wanted_rv)
+    return stored, obj, current_rv
 
 
 def _stale(kind: str, namespace: str, name: str, current: int, wanted: int) -> Conflict:
