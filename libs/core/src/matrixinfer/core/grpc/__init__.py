@@ -6,21 +6,14 @@ still means grpcio (absolute imports).
 """
 
 from matrixinfer.core.grpc.channel import create_channel
-from matrixinfer.core.grpc.errors import (
-    ErrorDetails,
-    ErrorInterceptor,
-    error_details,
-    status_code_for,
-)
-from matrixinfer.core.grpc.interceptors import MetricsInterceptor, RequestIdInterceptor
+from matrixinfer.core.grpc.errors import ErrorDetails, error_details, status_code_for
+from matrixinfer.core.grpc.interceptors import StandardInterceptor
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
 
 __all__ = [
     "ErrorDetails",
-    "ErrorInterceptor",
-    "MetricsInterceptor",
-    "RequestIdInterceptor",
     "RunningServer",
+    "StandardInterceptor",
     "create_channel",
     "error_details",
     "serve_forever",

@@ -1,6 +1,6 @@
 """The one place that turns our errors into gRPC statuses, and back into details.
 
-Domain code raises :mod:`matrixinfer.core.errors`; :class:`ErrorInterceptor` maps
+Domain code raises :mod:`matrixinfer.core.errors`; :func:`abort_for` maps
 them through :data:`STATUS_CODES` with google.rpc rich details (BadRequest,
 ErrorInfo, RetryInfo) in ``grpc-status-details-bin``, so clients in any language
 can tell which field was wrong or how long to back off. Anything we did not raise
@@ -11,8 +11,7 @@ or backend internals, so it goes to the log (with traceback), never to the calle
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,6 @@ from matrixinfer.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from matrixinfer.core.grpc._handlers import wrap_handler
 
 logger = logging.getLogger(__name__)
 
@@ -150,45 +148,29 @@ def _is_abort(error: BaseException) -> bool:
     return isinstance(error, grpc.aio.AbortError)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignore]
-    """Turns exceptions raised by handlers into statuses via :data:`STATUS_CODES`.
+async def abort_for(context: Any, error: Exception, method: str) -> None:
+    """Answer the RPC with the status :data:`STATUS_CODES` gives ``error``.
 
-    Aborts by the handler itself and cancellation (a BaseException) pass through.
+    Used by the one server interceptor (``StandardInterceptor``) for every handler.
+    Unknown exceptions become INTERNAL with a generic message and are logged with
+    their traceback; our own errors are expected outcomes and logged at DEBUG.
     """
-
-    async def intercept_service(
-        self, continuation: Any, handler_call_details: Any
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-
-        @asynccontextmanager
-        async def translate(context: Any) -> AsyncIterator[None]:
-            try:
-                yield
-            except Exception as error:
-                if _is_abort(error):
-                    raise
-                status = to_rpc_status(error)
-                if status.code is grpc.StatusCode.INTERNAL:
-                    logger.exception("unhandled error in %s", method)
-                else:
-                    # Expected outcomes (NotFound, bad input) are counted by the
-                    # metrics interceptor; at INFO they would flood the hot path.
-                    logger.debug(
-                        "%s failed: %s %s",
-                        method,
-                        status.code.name,
-                        status.message,
-                        extra={"grpc_code": status.code.name},
-                    )
-                await context.abort(
-                    status.code,
-                    status.message,
-                    trailing_metadata=status.trailing_metadata,
-                )
-
-        return wrap_handler(handler, translate)
+    status = to_rpc_status(error)
+    if status.code is grpc.StatusCode.INTERNAL:
+        logger.exception("unhandled error in %s", method, exc_info=error)
+    else:
+        # Expected outcomes (NotFound, bad input) are counted by the metrics; at
+        # INFO they would flood the hot path.
+        logger.debug(
+            "%s failed: %s %s",
+            method,
+            status.code.name,
+            status.message,
+            extra={"grpc_code": status.code.name},
+        )
+    await context.abort(
+        status.code, status.message, trailing_metadata=status.trailing_metadata
+    )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from matrixinfer.core.errors import MatrixInferError
 from matrixinfer.core.grpc._handlers import split_method, wrap_handler
-from matrixinfer.core.grpc.errors import status_code_for
+from matrixinfer.core.grpc.errors import abort_for, status_code_for
 from matrixinfer.core.logging import request_id_var
 from matrixinfer.core.metrics import GrpcServerMetrics
 
@@ -45,30 +45,6 @@ def request_id_from_metadata(metadata: Any) -> str:
     return new_request_id()
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignore]
-    """Binds the request id in :data:`request_id_var` for the handler's whole run."""
-
-    async def intercept_service(
-        self, continuation: Any, handler_call_details: Any
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        request_id = request_id_from_metadata(handler_call_details.invocation_metadata)
-
-        @asynccontextmanager
-        async def bound(context: Any) -> AsyncIterator[None]:
-            token = request_id_var.set(request_id)
-            try:
-                yield
-            finally:
-                # grpc runs each RPC in its own task, so the value cannot leak to
-                # another RPC; the reset only fails if a streaming handler is
-                # finalised from another context, where there is nothing to undo.
-                with suppress(ValueError):
-                    request_id_var.reset(token)
-
-        return wrap_handler(handler, bound)
-
-
 def _context_code(context: Any) -> grpc.StatusCode | None:
     try:
         code = context.code()
@@ -91,10 +67,15 @@ def final_status_code(context: Any, error: BaseException | None) -> grpc.StatusC
     return grpc.StatusCode.UNKNOWN
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignore]
-    """Records count (by final code), latency and in-flight RPCs per method."""
+class StandardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignore]
+    """The one server interceptor every service gets: binds the request id for the
+    handler's run, records metrics and maps errors to statuses (:func:`abort_for`).
 
-    def __init__(self, metrics: GrpcServerMetrics) -> None:
+    These three are one wrapper on purpose: every wrapper layer costs Python work per
+    call and per streamed message, measurably so on the registry's hot path.
+    """
+
+    def __init__(self, metrics: GrpcServerMetrics | None) -> None:
         self._metrics = metrics
 
     async def intercept_service(
@@ -104,29 +85,45 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unus
         if handler is None:
             # Unknown methods are not recorded: their names come from the client.
             return None
-        service, method = split_method(handler_call_details.method)
+        request_id = request_id_from_metadata(handler_call_details.invocation_metadata)
+        full_method: str = handler_call_details.method
         metrics = self._metrics
-        in_flight = metrics.in_flight.labels(service=service, method=method)
-        handling_seconds = metrics.handling_seconds.labels(
-            service=service, method=method
-        )
+        if metrics is not None:
+            service, method = split_method(full_method)
+            in_flight = metrics.in_flight.labels(service=service, method=method)
+            handling_seconds = metrics.handling_seconds.labels(
+                service=service, method=method
+            )
 
         @asynccontextmanager
-        async def measured(context: Any) -> AsyncIterator[None]:
-            in_flight.inc()
+        async def around(context: Any) -> AsyncIterator[None]:
+            token = request_id_var.set(request_id)
+            if metrics is not None:
+                in_flight.inc()
             started_s = time.perf_counter()
             error: BaseException | None = None
             try:
-                yield
+                try:
+                    yield
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise  # the handler already chose its status
+                    await abort_for(context, exc, full_method)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                in_flight.dec()
-                handling_seconds.observe(time.perf_counter() - started_s)
-                code = final_status_code(context, error)
-                metrics.requests_total.labels(
-                    service=service, method=method, code=code.name
-                ).inc()
+                if metrics is not None:
+                    in_flight.dec()
+                    handling_seconds.observe(time.perf_counter() - started_s)
+                    code = final_status_code(context, error)
+                    metrics.requests_total.labels(
+                        service=service, method=method, code=code.name
+                    ).inc()
+                # grpc runs each RPC in its own task, so the value cannot leak to
+                # another RPC; the reset only fails if a streaming handler is
+                # finalised from another context, where there is nothing to undo.
+                with suppress(ValueError):
+                    request_id_var.reset(token)
 
-        return wrap_handler(handler, measured)
+        return wrap_handler(handler, around)

@@ -25,8 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
-from matrixinfer.core.grpc.errors import ErrorInterceptor
-from matrixinfer.core.grpc.interceptors import MetricsInterceptor, RequestIdInterceptor
+from matrixinfer.core.grpc.interceptors import StandardInterceptor
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.settings import ServiceSettings
 from matrixinfer.core.tracing import server_interceptors
@@ -117,10 +116,7 @@ async def start_server(
     stack: list[Any] = []
     if tracer_provider is not None:
         stack.extend(server_interceptors(tracer_provider))
-    stack.append(RequestIdInterceptor())
-    if metrics is not None:
-        stack.append(MetricsInterceptor(metrics))
-    stack.append(ErrorInterceptor())
+    stack.append(StandardInterceptor(metrics))
     stack.extend(interceptors)
 
     server = grpc.aio.server(
