@@ -121,3 +121,55 @@ async def test_watchers_on_each_process_see_writes_through_the_other(
     # Well under the 30 s poll: only NOTIFY can deliver this fast.
     assert await asyncio.wait_for(watch_a, 10) == expected
     assert await asyncio.wait_for(watch_b, 10) == expected
+
+
+async def _watch_versions(address: str, count: int, ready: asyncio.Event) -> list[int]:
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.use_local_subchannel_pool", 1)]
+    ) as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        stream = stub.Watch(rpb.WatchRequest(kind="Model", send_initial_events=True))
+        versions: list[int] = []
+        async for event in stream:
+            if event.initial_events_end:
+                ready.set()
+                continue
+            versions.append(int(event.resource_version))
+            if len(versions) == count:
+                stream.cancel()
+                break
+        return versions
+
+
+async def test_interleaved_writers_every_watcher_sees_one_ordered_history(
+    two_registries: tuple[str, str],
+) -> None:
+    a, b = two_registries
+    ready = [asyncio.Event(), asyncio.Event()]
+    watchers = [
+        asyncio.create_task(_watch_versions(address, 40, event))
+        for address, event in zip((a, b), ready, strict=True)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 10)
+    async with (
+        grpc.aio.insecure_channel(a) as channel_a,
+        grpc.aio.insecure_channel(b) as channel_b,
+    ):
+        stubs = [
+            registry_pb2_grpc.RegistryStub(channel_a),
+            registry_pb2_grpc.RegistryStub(channel_b),
+        ]
+        await asyncio.gather(
+            *(
+                stubs[i % 2].Apply(
+                    rpb.ApplyRequest(manifest=model(f"m{i}")), timeout=10
+                )
+                for i in range(40)
+            )
+        )
+    seen_a = await asyncio.wait_for(watchers[0], 15)
+    seen_b = await asyncio.wait_for(watchers[1], 15)
+    # No gaps, no repeats, in resourceVersion order, and the same on both processes.
+    assert seen_a == sorted(set(seen_a))
+    assert seen_a == list(range(seen_a[0], seen_a[0] + 40))
+    assert seen_b == seen_a

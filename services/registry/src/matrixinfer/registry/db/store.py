@@ -148,8 +148,8 @@ class SqlTransaction:
         self.conn = conn
         self.postgres = postgres
         self.channel = channel
-        #: The newest resourceVersion this transaction wrote (0: nothing written).
-        self.newest_rv = 0
+        #: The events this transaction wrote, in resourceVersion order.
+        self.events: list[Event] = []
 
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         # FOR UPDATE (PostgreSQL): writers of one object queue up instead of failing
@@ -158,7 +158,7 @@ class SqlTransaction:
         row = (await self.conn.execute(_GET_FOR_UPDATE, params)).first()
         return _decode(row[0], row[1]) if row else None
 
-    async def write(self, change: Change) -> int:
+    async def write(self, change: Change) -> Event:
         meta = _meta(change.resource)
         body = _body(change.resource)
         try:
@@ -174,8 +174,14 @@ class SqlTransaction:
             raise StoreConflict(
                 f"{change.kind} {meta.namespace}/{meta.name} changed meanwhile"
             )
-        self.newest_rv = max(self.newest_rv, rv)
-        return rv
+        resource = pb.Resource()
+        resource.CopyFrom(change.resource)
+        _meta(resource).resource_version = str(rv)
+        event = Event(
+            rv, change.event_type, change.kind, meta.namespace, meta.name, resource
+        )
+        self.events.append(event)
+        return event
 
     async def _write_postgres(
         self, change: Change, meta: Any, body: bytes
@@ -290,7 +296,7 @@ class SqlStore:
         )
         self.channel = channel
         self._write_lock = asyncio.Lock()  # SQLite: one writer at a time
-        self._callbacks: list[Callable[[int], None]] = []
+        self._callbacks: list[Callable[[list[Event]], None]] = []
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10) -> SqlStore:
@@ -329,7 +335,7 @@ class SqlStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    def on_commit(self, callback: Callable[[int], None]) -> None:
+    def on_commit(self, callback: Callable[[list[Event]], None]) -> None:
         self._callbacks.append(callback)
 
     @contextlib.asynccontextmanager
@@ -344,9 +350,9 @@ class SqlStore:
                 if isinstance(e.orig, psycopg.errors.DeadlockDetected):
                     raise StoreConflict("concurrent writers collided") from e
                 raise _translate(e) from e
-        if tx.newest_rv:
+        if tx.events:
             for callback in self._callbacks:
-                callback(tx.newest_rv)
+                callback(tx.events)
 
     async def _read(
         self, statement: Any, params: dict[str, Any] | None = None

@@ -571,10 +571,9 @@ async def _commit(
         revision=snapshot,
         drop_revisions=op == "delete" and kind.has_revisions,
     )
-    rv = await tx.write(change)
-    obj.metadata.resource_version = str(rv)
-    resource = wrap_object(obj)
-    return resource
+    event = await tx.write(change)
+    obj.metadata.resource_version = str(event.resource_version)
+    return event.resource
 
 
 def _copy_field(target: Object, source: Object, name: str) -> None:

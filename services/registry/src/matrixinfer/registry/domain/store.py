@@ -56,8 +56,9 @@ class Transaction(Protocol):
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         """Read for update: concurrent writers of the same object wait their turn."""
 
-    async def write(self, change: Change) -> int:
-        """Apply ``change``, record its event; returns the new resourceVersion.
+    async def write(self, change: Change) -> Event:
+        """Apply ``change`` and record its event, which is returned: it carries the
+        new resourceVersion and the object as stored.
 
         Raises StoreConflict when the name is taken (insert) or the stored
         resourceVersion is no longer ``expected_rv`` (update, delete)."""
@@ -88,8 +89,7 @@ class Store(Protocol):
         """Yields when a writer (any process) committed events: the newest
         resourceVersion committed, or 0 when unknown."""
 
-    def on_commit(self, callback: Callable[[int], None]) -> None:
-        """Called after each local commit that wrote events, with its newest
-        resourceVersion."""
+    def on_commit(self, callback: Callable[[list[Event]], None]) -> None:
+        """Called after each local commit that wrote events, with those events."""
 
     async def close(self) -> None: ...

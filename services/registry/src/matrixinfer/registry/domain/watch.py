@@ -47,6 +47,8 @@ class WatchHub:
     #: Newest resourceVersion known to be committed; a wake-up at or below last_rv
     #: (e.g. the NOTIFY echo of our own write) costs no query.
     _known_rv: int = 0
+    #: Events committed by this process, delivered without reading them back.
+    _local: dict[int, Event] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -72,7 +74,15 @@ class WatchHub:
         self._known_rv = max(self._known_rv, self.last_rv + 1)
         self._wake.set()
 
-    def _committed(self, resource_version: int) -> None:
+    def _committed(self, committed: list[Event]) -> None:
+        """Events this process just committed: kept for delivery in order."""
+        for event in committed:
+            if event.resource_version > self.last_rv:
+                self._local[event.resource_version] = event
+        self._notified(committed[-1].resource_version)
+
+    def _notified(self, resource_version: int) -> None:
+        """Something up to ``resource_version`` committed (0: unknown)."""
         if resource_version == 0:
             self.wake()
         elif resource_version > self.last_rv:
@@ -132,35 +142,45 @@ class WatchHub:
 
     async def _dispatch(self) -> None:
         async with self._lock:
-            while True:
-                events = await self.store.events_after(self.last_rv, self.read_batch)
-                if not events:
-                    return
-                for event in events:
-                    for sub in list(self._subs):
-                        if event.resource_version <= sub.last_rv or not sub.matches(
-                            event
-                        ):
-                            continue
-                        try:
-                            sub.queue.put_nowait(event)
-                        except asyncio.QueueFull:
-                            self._subs.discard(sub)
-                            sub.closed = True
-                            # Make room for the error so the watcher learns why.
-                            with contextlib.suppress(asyncio.QueueEmpty):
-                                sub.queue.get_nowait()
-                            sub.queue.put_nowait(
-                                ResourceExhausted(
-                                    "watcher fell too far behind; list again and "
-                                    "watch from the list's resourceVersion"
-                                )
-                            )
-                self.last_rv = events[-1].resource_version
+            while self._known_rv > self.last_rv:
+                # resourceVersions are gap-free and handed out in commit order, so
+                # the next one is either our own (in hand) or must be read: it was
+                # written by another process, or our commit's callback is still due.
+                batch: list[Event] = []
+                rv = self.last_rv + 1
+                while rv in self._local:
+                    batch.append(self._local.pop(rv))
+                    rv += 1
+                if not batch:
+                    batch = await self.store.events_after(self.last_rv, self.read_batch)
+                    if not batch:
+                        return  # known_rv came from a poll: nothing new after all
+                self._deliver(batch)
+                self.last_rv = batch[-1].resource_version
+                for stale in [r for r in self._local if r <= self.last_rv]:
+                    del self._local[stale]
                 for sub in self._subs:
                     sub.last_rv = max(sub.last_rv, self.last_rv)
-                if len(events) < self.read_batch:
-                    return
+
+    def _deliver(self, events: list[Event]) -> None:
+        for event in events:
+            for sub in list(self._subs):
+                if event.resource_version <= sub.last_rv or not sub.matches(event):
+                    continue
+                try:
+                    sub.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    self._subs.discard(sub)
+                    sub.closed = True
+                    # Make room for the error so the watcher learns why.
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        sub.queue.get_nowait()
+                    sub.queue.put_nowait(
+                        ResourceExhausted(
+                            "watcher fell too far behind; list again and watch "
+                            "from the list's resourceVersion"
+                        )
+                    )
 
     async def _feed_loop(self) -> None:
         """Wake on the store's change feed, and poll as a safety net."""
@@ -169,7 +189,7 @@ class WatchHub:
             while True:
                 try:
                     async for resource_version in self.store.changes():
-                        self._committed(resource_version)
+                        self._notified(resource_version)
                 except Exception as e:
                     log.warning("change feed lost (%s); reconnecting", e)
                 await asyncio.sleep(self.poll_interval_s)
