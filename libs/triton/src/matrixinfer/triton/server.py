@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import pathlib
@@ -23,6 +24,19 @@ from matrixinfer.core.errors import DeadlineExceeded, FailedPrecondition, Unavai
 from matrixinfer.triton.install import TritonInstall
 
 log = logging.getLogger(__name__)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the controller dies, even by SIGKILL,
+    so no tritonserver outlives the process that owns it (Linux only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,7 @@ class TritonProcess:
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self._client = triton_grpc.InferenceServerClient(self.grpc_address)
         log.info("started tritonserver pid %s on %s", self.pid, self.grpc_address)
@@ -129,6 +144,12 @@ class TritonProcess:
                     f"tritonserver not ready after {timeout_s:.0f} s"
                 )
             await asyncio.sleep(0.05)
+
+    async def wait(self) -> int:
+        """Until the process exits; its exit code."""
+        if self._process is None:
+            raise FailedPrecondition("tritonserver was not started")
+        return await self._process.wait()
 
     async def is_ready(self) -> bool:
         if self._client is None or self.returncode is not None:

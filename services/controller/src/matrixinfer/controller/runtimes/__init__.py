@@ -1,0 +1,2 @@
+"""Runtimes run replicas: ``local`` (tritonserver processes on this machine) now,
+``kubernetes`` (Deployments, Services, EndpointSlices) next, behind one interface."""

@@ -1,0 +1,78 @@
+"""The runtime interface the reconciler drives.
+
+A replica is one Triton server serving one revision of one ModelInfer's model. The
+reconciler asks for replicas to exist or go away and reads back their state; the
+runtime keeps them alive (restarts with backoff) and calls ``on_change`` whenever a
+replica's state changes, so the owner is reconciled again without polling.
+"""
+
+from __future__ import annotations
+
+import enum
+import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Phase(enum.Enum):
+    PENDING = "Pending"  # waiting for resources (e.g. GPUs)
+    STARTING = "Starting"
+    READY = "Ready"
+    FAILED = "Failed"  # crashed or refused the model; restarting with backoff
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    #: "<namespace>/<ModelInfer name>"
+    owner: str
+    revision: int
+    repository: pathlib.Path
+    models: tuple[str, ...]
+    gpus: int = 0
+    env: tuple[tuple[str, str], ...] = ()
+    args: tuple[str, ...] = ()
+
+
+@dataclass
+class Replica:
+    name: str
+    spec: ReplicaSpec
+    phase: Phase = Phase.STARTING
+    address: str = ""
+    grpc_port: int = 0
+    http_port: int = 0
+    metrics_port: int = 0
+    restarts: int = 0
+    message: str = ""
+    draining: bool = False
+    gpu_ids: tuple[int, ...] = field(default=())
+    #: Seconds since the epoch when draining began (0: not draining).
+    draining_since_s: float = 0.0
+    log_path: pathlib.Path | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+
+OnChange = Callable[[str], None]
+
+
+class Runtime(Protocol):
+    def set_on_change(self, callback: OnChange) -> None: ...
+
+    async def start_replica(self, spec: ReplicaSpec) -> Replica:
+        """Create a replica and start it in the background (it becomes READY later)."""
+
+    async def stop_replica(self, name: str, grace_s: float) -> None: ...
+
+    def replicas(self, owner: str) -> list[Replica]: ...
+
+    def owners(self) -> list[str]: ...
+
+    def mark_draining(self, name: str, now_s: float) -> None: ...
+
+    async def close(self) -> None:
+        """Stop every replica (controller shutdown): nothing may outlive us."""
