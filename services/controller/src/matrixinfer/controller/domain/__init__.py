@@ -1,0 +1,1 @@
+"""Controller domain: reconciling ModelInfer into replicas (no gRPC here)."""

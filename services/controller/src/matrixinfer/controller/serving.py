@@ -1,0 +1,170 @@
+"""From a Model and a ModelInfer to a Triton model repository for one revision.
+
+Framework → backend mapping follows what the server actually has (DESIGN.md §5): an
+``onnx`` Model runs on the ``onnxruntime`` backend where it exists and otherwise on
+the Python backend with ONNX Runtime (same artifact). Inputs and outputs come from the
+Model when it lists them, else from the ONNX graph itself.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import onnx
+
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.controller.artifacts.fetcher import Artifact
+from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
+from matrixinfer.triton import config as tc
+from matrixinfer.triton.python_models import onnx_runtime_model
+from matrixinfer.triton.repository import write_model
+
+_ONNX_TYPES = {
+    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32",
+    7: "INT64", 8: "BYTES", 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32",
+    13: "UINT64", 16: "BF16",
+}  # fmt: skip
+#: Framework → the Triton backend that serves it natively.
+NATIVE_BACKENDS = {
+    "onnx": "onnxruntime",
+    "pytorch": "pytorch",
+    "tensorflow": "tensorflow",
+    "tensorrt": "tensorrt",
+    "openvino": "openvino",
+}
+DEFAULT_MAX_BATCH = 32
+
+
+def _onnx_tensors(
+    values: list[onnx.ValueInfoProto], batched: bool, what: str
+) -> tuple[tc.Tensor, ...]:
+    tensors = []
+    for value in values:
+        kind = value.type.tensor_type
+        data_type = _ONNX_TYPES.get(kind.elem_type)
+        if data_type is None:
+            raise InvalidArgument(f"ONNX {what} {value.name!r} has an unsupported type")
+        dims = [d.dim_value if d.dim_value > 0 else -1 for d in kind.shape.dim]
+        if batched:
+            if not dims or dims[0] != -1:
+                raise InvalidArgument(
+                    f"ONNX {what} {value.name!r} has no variable batch dimension; set "
+                    "batching.maxBatchSize: 0"
+                )
+            dims = dims[1:]
+        reshape = None
+        if not dims:  # a [batch] vector: Triton wants at least one dimension
+            dims, reshape = [1], ()
+        tensors.append(tc.Tensor(value.name, data_type, tuple(dims), reshape))
+    return tuple(tensors)
+
+
+def _spec_tensors(tensors: list[pb.TensorSpec]) -> tuple[tc.Tensor, ...]:
+    return tuple(tc.Tensor(t.name, t.data_type, tuple(t.dims)) for t in tensors)
+
+
+def build_repository(
+    target: pathlib.Path,
+    model_name: str,
+    model: pb.Model,
+    infer: pb.ModelInfer,
+    artifact: Artifact,
+    available_backends: list[str],
+    python_paths: list[str],
+) -> pathlib.Path:
+    """Write ``<target>/<model_name>/{config.pbtxt,1/...}``; returns ``target``."""
+    details = model.spec.model_spec
+    framework = details.framework
+    backend = model.spec.runtime.backend or NATIVE_BACKENDS.get(framework, framework)
+    files: dict[str, bytes | pathlib.Path] = {}
+    batching = infer.spec.batching
+    max_batch = batching.max_batch_size or (
+        details.max_batch_size
+        if details.HasField("max_batch_size")
+        else DEFAULT_MAX_BATCH
+    )
+    inputs = _spec_tensors(list(details.inputs))
+    outputs = _spec_tensors(list(details.outputs))
+    if framework == "onnx":
+        found = artifact.find(".onnx")
+        if found is None:
+            raise InvalidArgument(
+                f"no .onnx file in the artifact {details.source.uri} (expected "
+                "model.onnx or exactly one .onnx file)"
+            )
+        try:
+            graph = onnx.load(str(found), load_external_data=False).graph
+        except Exception as e:
+            raise InvalidArgument(
+                f"{found.name} is not a readable ONNX model: {e}"
+            ) from e
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+            raise InvalidArgument(
+                "ONNX models with external data are not supported (they can point "
+                "outside the model folder)"
+            )
+        initializers = {t.name for t in graph.initializer}
+        graph_inputs = [i for i in graph.input if i.name not in initializers]
+        if not inputs:
+            inputs = _onnx_tensors(graph_inputs, max_batch > 0, "input")
+        if not outputs:
+            outputs = _onnx_tensors(list(graph.output), max_batch > 0, "output")
+        if backend == "onnxruntime" and "onnxruntime" not in available_backends:
+            backend = "python"
+            files["model.py"] = onnx_runtime_model(python_paths).encode()
+        files["model.onnx"] = found
+    elif backend == "python":
+        raise FailedPrecondition(
+            "framework 'python' runs code from the artifact; this controller does not "
+            "run untrusted model code"
+        )
+    else:
+        if backend not in available_backends:
+            raise FailedPrecondition(
+                f"framework {framework!r} needs Triton's {backend!r} backend; this "
+                f"server has only {', '.join(available_backends) or 'none'}"
+            )
+        for path in artifact.path.iterdir():
+            files[path.name] = path
+    if not inputs or not outputs:
+        raise InvalidArgument(
+            "the Model lists no inputs/outputs and the artifact has none"
+        )
+    groups = tuple(
+        tc.InstanceGroup(g.kind or "CPU", g.count or 1, tuple(g.gpus))
+        for g in infer.spec.instance_groups
+    ) or (tc.InstanceGroup("GPU" if infer.spec.resources.gpu else "CPU", 1),)
+    qp = batching.queue_policy
+    serving = tc.ServingConfig(
+        name=model_name,
+        backend=backend,
+        max_batch_size=max_batch,
+        inputs=inputs,
+        outputs=outputs,
+        dynamic_batching=max_batch > 0,
+        preferred_batch_sizes=tuple(batching.preferred_batch_sizes),
+        max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
+        priority_levels=batching.priority_levels,
+        queue_policy=(
+            tc.QueuePolicy(
+                qp.max_queue_size,
+                qp.timeout_action or "REJECT",
+                qp.default_timeout_microseconds,
+            )
+            if batching.HasField("queue_policy")
+            else None
+        ),
+        instance_groups=groups,
+        warmup=(
+            tc.Warmup(
+                infer.spec.warmup.batch_size or 1, infer.spec.warmup.data or "zero"
+            )
+            if infer.spec.warmup.enabled
+            else None
+        ),
+        parameters=dict(model.spec.runtime.parameters),
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    write_model(target, serving, 1, files)
+    return target
