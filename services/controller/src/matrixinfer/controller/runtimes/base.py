@@ -28,6 +28,9 @@ class ReplicaSpec:
     #: "<namespace>/<ModelInfer name>"
     owner: str
     revision: int
+    #: Identity of what the replica serves (model revision + serving config); a
+    #: ModelInfer whose template changes rolls its replicas over.
+    template: str
     repository: pathlib.Path
     models: tuple[str, ...]
     gpus: int = 0

@@ -1,0 +1,5 @@
+"""``python -m matrixinfer.controller`` runs the controller."""
+
+from matrixinfer.controller.main import main
+
+main()

@@ -1,0 +1,89 @@
+"""A local cache of registry objects kept current by Watch, Kubernetes-style: list,
+watch from the list's resourceVersion, relist when the registry says the version is
+too old or the stream breaks. Handlers see every change."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.controller.registry_client import RegistryClient
+from matrixinfer.core.errors import Expired, MatrixInferError
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+Handler = Callable[[str, str, pb.Resource], None]  # (kind, event type, object)
+
+
+def key_of(resource: pb.Resource) -> Key:
+    which = resource.WhichOneof("object")
+    assert which is not None
+    meta = getattr(resource, which).metadata
+    return meta.namespace, meta.name
+
+
+class Informer:
+    def __init__(
+        self, client: RegistryClient, kinds: list[str], handler: Handler
+    ) -> None:
+        self._client = client
+        self._kinds = kinds
+        self._handler = handler
+        self._store: dict[str, dict[Key, pb.Resource]] = {k: {} for k in kinds}
+        self._synced: dict[str, asyncio.Event] = {k: asyncio.Event() for k in kinds}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
+        return self._store[kind].get((namespace, name))
+
+    def items(self, kind: str) -> list[pb.Resource]:
+        return list(self._store[kind].values())
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(kind), name=f"informer-{kind}")
+            for kind in self._kinds
+        ]
+
+    async def wait_synced(self, timeout_s: float) -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(e.wait() for e in self._synced.values())), timeout_s
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, kind: str) -> None:
+        delay = 0.2
+        while True:
+            try:
+                items, version = await self._client.list_all(kind)
+                fresh = {key_of(r): r for r in items}
+                gone = set(self._store[kind]) - set(fresh)
+                for key in gone:
+                    self._handler(kind, "DELETED", self._store[kind].pop(key))
+                for key, resource in fresh.items():
+                    self._store[kind][key] = resource
+                    self._handler(kind, "ADDED", resource)
+                self._synced[kind].set()
+                delay = 0.2
+                async for event in self._client.watch(kind, version):
+                    if event.type == "BOOKMARK":
+                        continue
+                    key = key_of(event.object)
+                    if event.type == "DELETED":
+                        self._store[kind].pop(key, None)
+                    else:
+                        self._store[kind][key] = event.object
+                    self._handler(kind, event.type, event.object)
+            except Expired:
+                log.info("%s watch expired; relisting", kind)
+            except MatrixInferError as e:
+                log.warning("%s watch failed (%s); relisting in %.1f s", kind, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)

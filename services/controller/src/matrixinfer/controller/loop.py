@@ -1,0 +1,119 @@
+"""The control loop: informer events and runtime changes become keys on the work
+queue; workers reconcile one key at a time; failures are retried with backoff; every
+ModelInfer is looked at again at least every ``resync_s``. One failing reconcile is
+logged and the loop goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.controller.informer import Informer, key_of
+from matrixinfer.controller.reconciler import Reconciler
+from matrixinfer.controller.runtimes.base import Runtime
+from matrixinfer.controller.workqueue import WorkQueue
+from matrixinfer.core.errors import MatrixInferError, NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControllerLoop:
+    informer: Informer
+    reconciler: Reconciler
+    runtime: Runtime
+    queue: WorkQueue
+    workers: int = 4
+    resync_s: float = 30.0
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def on_event(self, kind: str, event_type: str, resource: pb.Resource) -> None:
+        namespace, name = key_of(resource)
+        if kind == "ModelInfer":
+            self.queue.add((namespace, name))
+        elif kind == "Model":
+            for item in self.informer.items("ModelInfer"):
+                infer = item.model_infer
+                if (
+                    infer.metadata.namespace == namespace
+                    and infer.spec.model_ref.name == name
+                ):
+                    self.queue.add((namespace, infer.metadata.name))
+        elif kind == "AutoscalingPolicy":
+            self.queue.add(
+                (namespace, resource.autoscaling_policy.spec.target_ref.name)
+            )
+
+    def on_runtime_change(self, owner: str) -> None:
+        namespace, _, name = owner.partition("/")
+        self.queue.add((namespace, name))
+
+    async def start(self) -> None:
+        self.runtime.set_on_change(self.on_runtime_change)
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"reconcile-{i}")
+            for i in range(self.workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.queue.close()
+
+    async def _worker(self) -> None:
+        while True:
+            key: Any = await self.queue.get()
+            try:
+                again = await self.reconciler.reconcile(key)
+            except MatrixInferError as e:
+                delay = self.queue.retry(key)
+                log.info("reconcile %s/%s: %s; again in %.1f s", *key, e.message, delay)
+            except Exception:
+                delay = self.queue.retry(key)
+                log.exception("reconcile %s/%s failed; again in %.1f s", *key, delay)
+            else:
+                self.queue.forget(key)
+                if again is not None:
+                    self.queue.add_after(key, again)
+            finally:
+                self.queue.done(key)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_s)
+            for item in self.informer.items("ModelInfer"):
+                self.queue.add(key_of(item))
+            for owner in self.runtime.owners():  # replicas whose ModelInfer is gone
+                self.on_runtime_change(owner)
+
+    def scale(self, namespace: str, name: str, replicas: int, reason: str) -> int:
+        applied = self.reconciler.scale(namespace, name, replicas, reason)
+        self.queue.add((namespace, name))
+        return applied
+
+    def replicas(self, namespace: str, name: str) -> tuple[list[pb.Endpoint], int]:
+        resource = self.informer.get("ModelInfer", namespace, name)
+        if resource is None:
+            raise NotFound(f"ModelInfer {namespace}/{name} not found")
+        endpoints = [
+            pb.Endpoint(
+                name=r.name,
+                address=r.address,
+                grpc_port=r.grpc_port,
+                http_port=r.http_port,
+                metrics_port=r.metrics_port,
+                revision=r.spec.revision,
+                ready=r.ready,
+                draining=r.draining,
+                restarts=r.restarts,
+            )
+            for r in sorted(
+                self.runtime.replicas(f"{namespace}/{name}"), key=lambda r: r.name
+            )
+        ]
+        return endpoints, self.reconciler.desired(resource.model_infer)

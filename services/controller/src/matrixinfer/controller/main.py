@@ -1,0 +1,143 @@
+"""Composition root of the controller: settings → registry client, informer, runtime,
+artifact fetcher → reconciler and loop → gRPC server (Controller service).
+
+``ControllerApp.start`` is what ``main()`` runs and what tests use in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from matrixinfer.api.v1 import controller_pb2, controller_pb2_grpc
+from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher, ArtifactLimits
+from matrixinfer.controller.grpc.servicer import ControllerServicer
+from matrixinfer.controller.informer import Informer
+from matrixinfer.controller.loop import ControllerLoop
+from matrixinfer.controller.reconciler import Reconciler
+from matrixinfer.controller.registry_client import RegistryClient
+from matrixinfer.controller.runtimes.local import LocalRuntime
+from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.controller.workqueue import WorkQueue
+from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
+from matrixinfer.core.logging import configure_logging
+from matrixinfer.core.metrics import GrpcServerMetrics
+from matrixinfer.triton.install import find_tritonserver, python_paths
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name
+KINDS = ["ModelInfer", "Model", "AutoscalingPolicy"]
+
+
+@dataclass
+class ControllerApp:
+    settings: ControllerSettings
+    channel: grpc.aio.Channel
+    informer: Informer
+    runtime: LocalRuntime
+    loop: ControllerLoop
+    server: RunningServer
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.server.port}"
+
+    @classmethod
+    async def start(cls, settings: ControllerSettings) -> ControllerApp:
+        state = settings.state_dir.resolve()
+        install = find_tritonserver()
+        channel = grpc.aio.insecure_channel(
+            settings.registry_address,
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ],
+        )
+        client = RegistryClient(channel)
+        runtime = LocalRuntime(
+            install=install,
+            state_dir=state,
+            gpu_inventory=tuple(settings.gpus),
+            ready_timeout_s=settings.ready_timeout_s,
+        )
+        queue = WorkQueue()
+        holder: list[ControllerLoop] = []
+        informer = Informer(client, KINDS, lambda *event: holder[0].on_event(*event))
+        reconciler = Reconciler(
+            client=client,
+            informer=informer,
+            runtime=runtime,
+            fetcher=ArtifactFetcher(
+                state / "artifacts",
+                ArtifactLimits(
+                    max_bytes=settings.artifact_max_bytes,
+                    allow_link_local=settings.artifact_allow_link_local,
+                ),
+                settings.s3_endpoint_url,
+            ),
+            repos_dir=state / "repositories",
+            backends=install.backends,
+            python_paths=python_paths(),
+            drain_s=settings.drain_s,
+            stop_grace_s=settings.stop_grace_s,
+            resync_s=settings.resync_s,
+        )
+        loop = ControllerLoop(
+            informer, reconciler, runtime, queue, settings.workers, settings.resync_s
+        )
+        holder.append(loop)
+        servicer = ControllerServicer(loop)
+        try:
+            await informer.start()
+            await loop.start()
+            server = await start_server(
+                settings,
+                lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(
+                    servicer, s
+                ),
+                service_names=[SERVICE_NAME],
+                metrics=GrpcServerMetrics(CollectorRegistry()),
+            )
+        except BaseException:
+            await loop.stop()
+            await informer.stop()
+            await runtime.close()
+            await channel.close()
+            raise
+        return cls(settings, channel, informer, runtime, loop, server)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.server.stop(
+            self.settings.grace_period_s if grace_s is None else grace_s
+        )
+        await self.loop.stop()
+        await self.informer.stop()
+        # Every replica goes with us: no tritonserver outlives its controller.
+        await self.runtime.close()
+        await self.channel.close()
+
+
+async def _run(settings: ControllerSettings) -> None:
+    app = await ControllerApp.start(settings)
+    log.info(
+        "controller ready on %s (registry %s)", app.address, settings.registry_address
+    )
+    try:
+        await serve_forever(app.server, settings.grace_period_s)
+    finally:
+        await app.stop(0)
+
+
+def main() -> None:
+    settings = ControllerSettings()
+    configure_logging(settings.log_level, settings.log_json, settings.service_name)
+    asyncio.run(_run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Controller settings (environment prefix MATRIXINFER_CONTROLLER_)."""
+
+from __future__ import annotations
+
+import pathlib
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from matrixinfer.core.settings import ServiceSettings
+
+
+class ControllerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MATRIXINFER_CONTROLLER_",
+        use_attribute_docstrings=True,
+        extra="ignore",
+    )
+
+    service_name: str = "controller"
+    """Name in logs, traces and health."""
+
+    grpc_port: int = Field(default=50052, ge=0, le=65535)
+    """TCP port of the Controller service (Scale, GetReplicas)."""
+
+    registry_address: str = "127.0.0.1:50051"
+    """host:port of the registry."""
+
+    state_dir: pathlib.Path = pathlib.Path(".matrixinfer/controller")
+    """Model repositories, the artifact cache and replica logs live here."""
+
+    gpus: list[int] = Field(default_factory=list)
+    """GPU ids this controller may hand to replicas (CUDA_VISIBLE_DEVICES), e.g.
+    [0,1]. Empty: replicas that need GPUs stay pending with a condition saying so."""
+
+    workers: int = Field(default=4, ge=1)
+    """ModelInfers reconciled at once (one worker per ModelInfer at a time)."""
+
+    ready_timeout_s: float = Field(default=120.0, gt=0)
+    """How long a replica may take from process start to ready (after warmup)."""
+
+    drain_s: float = Field(default=2.0, ge=0)
+    """Seconds a replica stays marked draining in status, so routers stop sending to it,
+    before it is stopped."""
+
+    stop_grace_s: float = Field(default=10.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL when a replica stops."""
+
+    artifact_max_bytes: int = Field(default=2 << 30, gt=0)
+    """Largest artifact, downloaded or unpacked, in bytes."""
+
+    artifact_allow_link_local: bool = False
+    """Allow artifact sources and S3 endpoints on link-local or cloud metadata
+    addresses (169.254.0.0/16, metadata.google.internal). Off: SSRF protection."""
+
+    s3_endpoint_url: str | None = None
+    """Default endpoint for s3:// sources (MinIO, moto); a Model's endpointUrl wins."""
+
+    resync_s: float = Field(default=30.0, gt=0)
+    """Every ModelInfer is reconciled at least this often, even without events."""
