@@ -1,0 +1,95 @@
+"""A real registry and a real controller in-process, with real tritonserver replicas
+of the iris example."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest_asyncio
+
+from matrixinfer.api.v1 import registry_pb2 as rpb
+from matrixinfer.api.v1 import registry_pb2_grpc
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.controller.main import ControllerApp
+from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.registry.main import RegistryApp
+from tests.conftest import ROOT, registry_settings
+
+IRIS_ONNX = ROOT / "examples/iris/model.onnx"
+
+
+def iris_manifests(uri: str = f"file://{IRIS_ONNX}", **replace: str) -> str:
+    text = (ROOT / "examples/iris/manifests.yaml").read_text()
+    text = text.replace("file://${IRIS_MODEL}", uri)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return text
+
+
+@dataclass
+class Platform:
+    registry: RegistryApp
+    controller: ControllerApp
+    stub: registry_pb2_grpc.RegistryStub
+
+    async def apply(self, manifest: str) -> None:
+        await self.stub.Apply(rpb.ApplyRequest(manifest=manifest), timeout=10)
+
+    async def infer_status(self, name: str = "iris") -> pb.ModelInfer | None:
+        try:
+            resource = await self.stub.Get(
+                rpb.GetRequest(kind="ModelInfer", name=name), timeout=5
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        infer: pb.ModelInfer = resource.model_infer
+        return infer
+
+    async def wait_for(
+        self,
+        predicate: Callable[[pb.ModelInfer | None], bool],
+        timeout_s: float = 60.0,
+        name: str = "iris",
+    ) -> pb.ModelInfer | None:
+        deadline = time.monotonic() + timeout_s
+        infer = await self.infer_status(name)
+        while not predicate(infer):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; last status: {infer}")
+            await asyncio.sleep(0.1)
+            infer = await self.infer_status(name)
+        return infer
+
+
+@pytest_asyncio.fixture
+async def platform(tmp_path: pathlib.Path) -> AsyncIterator[Platform]:
+    registry = await RegistryApp.start(
+        registry_settings(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+    )
+    controller = await ControllerApp.start(
+        ControllerSettings(
+            registry_address=registry.address,
+            grpc_port=0,
+            state_dir=tmp_path / "controller",
+            drain_s=0.5,
+            stop_grace_s=3.0,
+            log_json=False,
+            resync_s=5.0,
+        )
+    )
+    channel = grpc.aio.insecure_channel(
+        registry.address, options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    try:
+        yield Platform(registry, controller, registry_pb2_grpc.RegistryStub(channel))
+    finally:
+        await channel.close()
+        await controller.stop(0)
+        await registry.stop(0)

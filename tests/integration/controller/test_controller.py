@@ -1,0 +1,119 @@
+"""From a manifest to ready Triton replicas and back, with real tritonserver
+processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as triton_grpc
+
+from matrixinfer.api.v1 import registry_pb2 as rpb
+from matrixinfer.api.v1 import resources_pb2 as pb
+from tests.integration.controller.conftest import Platform, iris_manifests
+
+
+def ready(count: int) -> Callable[[pb.ModelInfer | None], bool]:
+    def check(infer: pb.ModelInfer | None) -> bool:
+        return (
+            infer is not None
+            and infer.status.ready_replicas == count
+            and len([e for e in infer.status.endpoints if e.ready and not e.draining])
+            == count
+        )
+
+    return check
+
+
+async def classify(endpoint: pb.Endpoint, rows: list[list[float]]) -> list[int]:
+    client = triton_grpc.InferenceServerClient(
+        f"{endpoint.address}:{endpoint.grpc_port}"
+    )
+    try:
+        tensor = triton_grpc.InferInput("X", [len(rows), 4], "FP32")
+        tensor.set_data_from_numpy(np.array(rows, dtype=np.float32))
+        result = await client.infer("iris", [tensor], client_timeout=10)
+        labels = result.as_numpy("label")
+        assert labels is not None
+        return [int(v) for v in labels.reshape(-1)]
+    finally:
+        await client.close()
+
+
+SETOSA, VIRGINICA = [5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]
+
+
+async def test_apply_ready_infer_delete(platform: Platform) -> None:
+    await platform.apply(iris_manifests())
+    infer = await platform.wait_for(ready(1))
+    assert infer is not None
+    assert infer.status.observed_generation == infer.metadata.generation
+    assert infer.status.model_revision == 1
+    assert "matrixinfer.ai/replicas" in infer.metadata.finalizers
+    conditions = {c.type: c for c in infer.status.conditions}
+    assert conditions["Available"].status == "True"
+    assert conditions["Degraded"].status == "False"
+    (endpoint,) = infer.status.endpoints
+    assert await classify(endpoint, [SETOSA, VIRGINICA]) == [0, 2]
+
+    pids = [r.name for r in platform.controller.runtime.replicas("default/iris")]
+    assert len(pids) == 1
+    await platform.stub.Delete(
+        rpb.DeleteRequest(kind="ModelInfer", name="iris"), timeout=5
+    )
+    await platform.wait_for(lambda i: i is None, timeout_s=30)
+    assert platform.controller.runtime.replicas("default/iris") == []
+    with pytest.raises(ConnectionError):
+        await classify_or_connection_error(endpoint)
+
+
+async def classify_or_connection_error(endpoint: pb.Endpoint) -> None:
+    try:
+        await classify(endpoint, [SETOSA])
+    except Exception as e:  # the server is gone: the call cannot connect
+        raise ConnectionError(str(e)) from e
+
+
+async def test_killed_replica_is_restarted(platform: Platform) -> None:
+    await platform.apply(iris_manifests())
+    await platform.wait_for(ready(1))
+    (replica,) = platform.controller.runtime.replicas("default/iris")
+    running = platform.controller.runtime._replicas[replica.name]
+    assert running.process is not None and running.process.pid is not None
+    os.killpg(running.process.pid, signal.SIGKILL)
+    infer = await platform.wait_for(
+        lambda i: (
+            i is not None
+            and i.status.ready_replicas == 1
+            and i.status.endpoints[0].restarts == 1
+        )
+    )
+    assert infer is not None
+    assert await classify(infer.status.endpoints[0], [VIRGINICA]) == [2]
+
+
+async def test_unreachable_artifact_is_degraded_and_others_unaffected(
+    platform: Platform,
+) -> None:
+    broken = iris_manifests(uri="file:///nonexistent/model.onnx").replace(
+        "iris", "broken"
+    )
+    await platform.apply(broken)
+    infer = await platform.wait_for(
+        lambda i: (
+            i is not None
+            and any(
+                c.type == "Degraded" and c.status == "True" for c in i.status.conditions
+            )
+        ),
+        name="broken",
+    )
+    assert infer is not None
+    degraded = next(c for c in infer.status.conditions if c.type == "Degraded")
+    assert "does not exist" in degraded.message
+    # The controller keeps working for other models.
+    await platform.apply(iris_manifests())
+    await platform.wait_for(ready(1))
