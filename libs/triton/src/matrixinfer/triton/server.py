@@ -15,6 +15,7 @@ import pathlib
 import signal
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import tritonclient.grpc.aio as triton_grpc
@@ -74,6 +75,7 @@ class TritonProcess:
     models: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    shm_prefix: str = field(default_factory=lambda: f"mi{uuid.uuid4().hex[:12]}_")
     _process: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _client: triton_grpc.InferenceServerClient | None = field(default=None, repr=False)
 
@@ -105,6 +107,10 @@ class TritonProcess:
             "--strict-readiness=true",
             # Never let clients change what is served (CVE-2023-31036 class).
             "--disable-auto-complete-config",
+            # The Python backend names its shared-memory regions with this prefix;
+            # servers on one machine sharing the default prefix corrupt each other
+            # (seen here: hangs and SIGABRT when two replicas start together).
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         args += [f"--load-model={m}" for m in self.models]
         return [*args, *self.extra_args]
