@@ -4,13 +4,18 @@ processes."""
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 from collections.abc import Callable
 
+import grpc
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc.aio as triton_grpc
 
+from matrixinfer.api.v1 import controller_pb2 as cpb
+from matrixinfer.api.v1 import controller_pb2_grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import resources_pb2 as pb
 from tests.integration.controller.conftest import Platform, iris_manifests
@@ -117,3 +122,111 @@ async def test_unreachable_artifact_is_degraded_and_others_unaffected(
     # The controller keeps working for other models.
     await platform.apply(iris_manifests())
     await platform.wait_for(ready(1))
+
+
+def unloadable_onnx(path: pathlib.Path) -> None:
+    """A well-formed ONNX graph that ONNX Runtime refuses: it uses an operator that
+    does not exist. The controller can read its inputs and outputs; Triton cannot
+    load it."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("NoSuchOperator", ["X"], ["Y"])],
+        "broken",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [None, 4])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [None, 4])],
+    )
+    onnx.save(onnx.helper.make_model(graph), str(path))
+
+
+async def test_model_triton_refuses_is_degraded_with_tritons_reason(
+    platform: Platform, tmp_path: pathlib.Path
+) -> None:
+    model = tmp_path / "broken.onnx"
+    unloadable_onnx(model)
+    await platform.apply(iris_manifests(uri=f"file://{model}"))
+    infer = await platform.wait_for(
+        lambda i: (
+            i is not None
+            and any(
+                c.type == "Degraded" and c.reason == "ReplicaFailed"
+                for c in i.status.conditions
+            )
+        )
+    )
+    assert infer is not None
+    degraded = next(c for c in infer.status.conditions if c.type == "Degraded")
+    assert "NoSuchOperator" in degraded.message  # Triton's own words reach the user
+    assert infer.status.ready_replicas == 0
+
+
+async def test_unreadable_onnx_is_degraded_before_any_replica(
+    platform: Platform, tmp_path: pathlib.Path
+) -> None:
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not an onnx model at all")
+    await platform.apply(iris_manifests(uri=f"file://{bogus}"))
+    infer = await platform.wait_for(
+        lambda i: (
+            i is not None
+            and any(
+                c.type == "Degraded" and c.status == "True" for c in i.status.conditions
+            )
+        )
+    )
+    assert infer is not None
+    degraded = next(c for c in infer.status.conditions if c.type == "Degraded")
+    assert "not a readable ONNX model" in degraded.message
+    assert platform.controller.runtime.replicas("default/iris") == []
+
+
+async def test_gpu_request_without_gpus_stays_pending(platform: Platform) -> None:
+    await platform.apply(
+        iris_manifests(
+            **{"    - {kind: CPU, count: 1}": "    - {kind: GPU, count: 1}"}
+        ).replace("  replicas: 1", "  replicas: 1\n  resources: {gpu: 1}")
+    )
+    infer = await platform.wait_for(
+        lambda i: (
+            i is not None
+            and any(
+                c.type == "Degraded" and c.status == "True" and "GPU" in c.message
+                for c in i.status.conditions
+            )
+        )
+    )
+    assert infer is not None
+    assert infer.status.ready_replicas == 0
+    degraded = next(c for c in infer.status.conditions if c.type == "Degraded")
+    assert degraded.reason == "ReplicaPending"
+    assert "needs 1 GPU(s); 0 of 0 in the inventory are free" in degraded.message
+
+
+async def test_scale_and_get_replicas(platform: Platform) -> None:
+    await platform.apply(iris_manifests())
+    await platform.wait_for(ready(1))
+    async with grpc.aio.insecure_channel(platform.controller.address) as channel:
+        controller = controller_pb2_grpc.ControllerStub(channel)
+        scaled = await controller.Scale(
+            cpb.ScaleRequest(model_infer="iris", replicas=0, reason="test: to zero"),
+            timeout=5,
+        )
+        assert scaled.replicas == 0
+        infer = await platform.wait_for(
+            lambda i: (
+                i is not None
+                and i.status.replicas == 0
+                and i.status.desired_replicas == 0
+            )
+        )
+        assert infer is not None and infer.status.scale_reason == "test: to zero"
+        replicas = await controller.GetReplicas(
+            cpb.GetReplicasRequest(model_infer="iris")
+        )
+        assert list(replicas.endpoints) == [] and replicas.desired_replicas == 0
+        err = None
+        try:
+            await controller.Scale(
+                cpb.ScaleRequest(model_infer="ghost", replicas=1), timeout=5
+            )
+        except grpc.aio.AioRpcError as e:
+            err = e
+        assert err is not None and err.code() == grpc.StatusCode.NOT_FOUND
