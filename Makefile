@@ -11,7 +11,14 @@ PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 
 .PHONY: setup proto test lint typecheck importlint pytest run bench clean
 
-setup: $(SETUP_STAMP) $(GEN_STAMP)
+AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
+AZURITE_VERSION := 3.35.0
+
+setup: $(SETUP_STAMP) $(GEN_STAMP) $(AZURITE)
+
+# Azurite (Azure Blob emulator, npm) for the controller's az:// artifact tests.
+$(AZURITE):
+	npm install --silent --no-audit --no-fund --prefix .tools/azurite azurite@$(AZURITE_VERSION)
 
 $(SETUP_STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,4 +55,4 @@ bench: setup
 	$(BIN)/python -m bench.registry
 
 clean:
-	rm -rf $(VENV) .matrixinfer libs/api/src/matrixinfer/api/v1
+	rm -rf $(VENV) .tools .matrixinfer libs/api/src/matrixinfer/api/v1

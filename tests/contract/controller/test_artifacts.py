@@ -3,16 +3,24 @@ disk: digests, caching, verification, safe unpacking."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pathlib
+import socket
+import subprocess
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
+from azure.storage.blob import BlobServiceClient
+from gcp_storage_emulator.server import create_server
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 from moto.server import ThreadedMotoServer
 
 from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher, ArtifactLimits
@@ -59,7 +67,7 @@ async def test_s3_object_is_fetched_verified_and_cached(
 ) -> None:
     endpoint, client = s3
     client.put_object(Bucket="models", Key="iris/1/model.onnx", Body=ONNX)
-    fetcher = ArtifactFetcher(tmp_path / "cache", s3_endpoint_url=endpoint)
+    fetcher = ArtifactFetcher(tmp_path / "cache", endpoints={"s3": endpoint})
     digest = hashlib.sha256(ONNX).hexdigest()
     artifact = await fetcher.fetch("s3://models/iris/1/model.onnx", sha256=digest)
     assert artifact.digest == digest
@@ -80,7 +88,7 @@ async def test_s3_prefix_and_archive(
     client.put_object(
         Bucket="models", Key="packed/m.tar.gz", Body=tar_gz({"model.onnx": ONNX})
     )
-    fetcher = ArtifactFetcher(tmp_path / "cache", s3_endpoint_url=endpoint)
+    fetcher = ArtifactFetcher(tmp_path / "cache", endpoints={"s3": endpoint})
     folder = await fetcher.fetch("s3://models/dir/")
     assert sorted(p.name for p in folder.path.iterdir()) == ["labels.txt", "model.onnx"]
     packed = await fetcher.fetch("s3://models/packed/m.tar.gz")
@@ -92,7 +100,7 @@ async def test_wrong_sha256_is_refused(
 ) -> None:
     endpoint, client = s3
     client.put_object(Bucket="models", Key="m.onnx", Body=ONNX)
-    fetcher = ArtifactFetcher(tmp_path / "cache", s3_endpoint_url=endpoint)
+    fetcher = ArtifactFetcher(tmp_path / "cache", endpoints={"s3": endpoint})
     with pytest.raises(InvalidArgument, match="sha256 mismatch"):
         await fetcher.fetch("s3://models/m.onnx", sha256="0" * 64)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []
@@ -102,7 +110,7 @@ async def test_missing_object_and_traversal_keys(
     s3: tuple[str, Any], tmp_path: pathlib.Path
 ) -> None:
     endpoint, client = s3
-    fetcher = ArtifactFetcher(tmp_path / "cache", s3_endpoint_url=endpoint)
+    fetcher = ArtifactFetcher(tmp_path / "cache", endpoints={"s3": endpoint})
     with pytest.raises(FailedPrecondition, match="not found"):
         await fetcher.fetch("s3://models/nope.onnx")
     client.put_object(Bucket="models", Key="evil/../../escape.onnx", Body=ONNX)
@@ -158,3 +166,89 @@ async def test_metadata_addresses_are_refused(uri: str, tmp_path: pathlib.Path) 
     fetcher = ArtifactFetcher(tmp_path / "cache")
     with pytest.raises(InvalidArgument, match="not allowed"):
         await fetcher.fetch(uri)
+
+
+@pytest.fixture
+def gcs() -> Iterator[str]:
+    server = create_server("127.0.0.1", 0, in_memory=True, default_bucket="models")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server._api._httpd.server_port}"
+    finally:
+        server.stop()
+
+
+async def test_gcs_object_and_prefix(gcs: str, tmp_path: pathlib.Path) -> None:
+    client = storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": gcs},
+    )
+    client.bucket("models").blob("iris/model.onnx").upload_from_string(ONNX)
+    client.bucket("models").blob("iris/README").upload_from_string(b"iris")
+    fetcher = ArtifactFetcher(tmp_path / "cache", endpoints={"gs": gcs})
+    single = await fetcher.fetch(
+        "gs://models/iris/model.onnx", sha256=hashlib.sha256(ONNX).hexdigest()
+    )
+    assert (single.path / "model.onnx").read_bytes() == ONNX
+    folder = await fetcher.fetch("gs://models/iris/")
+    assert sorted(p.name for p in folder.path.iterdir()) == ["README", "model.onnx"]
+    with pytest.raises(FailedPrecondition, match="not found"):
+        await fetcher.fetch("gs://models/missing.onnx")
+
+
+AZURITE = ROOT / ".tools/azurite/node_modules/.bin/azurite-blob"
+# Azurite's published development account (the same in every Azurite install).
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
+    "K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@pytest.fixture
+def azurite(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if not AZURITE.exists():
+        pytest.skip(f"Azurite is not installed at {AZURITE} (make setup installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+         "--silent", "--skipApiVersionCheck", "--inMemoryPersistence"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), 1),
+            ):
+                break
+            assert process.poll() is None and time.monotonic() < deadline, (
+                "Azurite did not start"
+            )
+            time.sleep(0.1)
+        connection = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        )
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+        yield connection
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_azure_blob_and_prefix(azurite: str, tmp_path: pathlib.Path) -> None:
+    service = BlobServiceClient.from_connection_string(azurite)
+    container = service.create_container("models")
+    container.upload_blob("iris/model.onnx", ONNX)
+    container.upload_blob("iris/labels.txt", b"setosa")
+    fetcher = ArtifactFetcher(tmp_path / "cache")
+    single = await fetcher.fetch("az://models/iris/model.onnx")
+    assert single.digest == hashlib.sha256(ONNX).hexdigest()
+    folder = await fetcher.fetch("az://models/iris/")
+    assert sorted(p.name for p in folder.path.iterdir()) == ["labels.txt", "model.onnx"]
+    with pytest.raises(FailedPrecondition, match="not found"):
+        await fetcher.fetch("az://models/nope.onnx")

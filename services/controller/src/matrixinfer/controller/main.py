@@ -78,7 +78,15 @@ class ControllerApp:
                     max_bytes=settings.artifact_max_bytes,
                     allow_link_local=settings.artifact_allow_link_local,
                 ),
-                settings.s3_endpoint_url,
+                {
+                    scheme: url
+                    for scheme, url in (
+                        ("s3", settings.s3_endpoint_url),
+                        ("gs", settings.gcs_endpoint_url),
+                        ("az", settings.azure_endpoint_url),
+                    )
+                    if url
+                },
             ),
             repos_dir=state / "repositories",
             backends=install.backends,

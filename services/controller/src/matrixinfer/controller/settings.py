@@ -56,5 +56,13 @@ class ControllerSettings(ServiceSettings):
     s3_endpoint_url: str | None = None
     """Default endpoint for s3:// sources (MinIO, moto); a Model's endpointUrl wins."""
 
+    gcs_endpoint_url: str | None = None
+    """Default endpoint for gs:// sources (e.g. an emulator); credentials come from
+    Application Default Credentials unless an endpoint is set (then anonymous)."""
+
+    azure_endpoint_url: str | None = None
+    """Default account URL for az://<container>/<path> sources; the account key comes
+    from AZURE_STORAGE_CONNECTION_STRING when set."""
+
     resync_s: float = Field(default=30.0, gt=0)
     """Every ModelInfer is reconciled at least this often, even without events."""

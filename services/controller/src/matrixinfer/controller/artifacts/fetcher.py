@@ -19,16 +19,13 @@ import socket
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
-import boto3
-import botocore.config
-import botocore.exceptions
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from matrixinfer.controller.artifacts.extract import extract, is_archive
+from matrixinfer.controller.artifacts.stores import ObjectStore, make_store
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -113,11 +110,13 @@ class ArtifactFetcher:
         self,
         cache_dir: pathlib.Path,
         limits: ArtifactLimits | None = None,
-        s3_endpoint_url: str | None = None,
+        endpoints: dict[str, str] | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.limits = limits or ArtifactLimits()
-        self.s3_endpoint_url = s3_endpoint_url
+        #: Default endpoint per scheme ("s3", "gs", "az") for S3-compatible stores,
+        #: emulators and sovereign clouds; a Model's endpointUrl wins.
+        self.endpoints = dict(endpoints or {})
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def fetch(
@@ -189,9 +188,10 @@ class ArtifactFetcher:
             return await asyncio.to_thread(
                 self._copy_local, pathlib.Path(parsed.path), dest
             )
-        if parsed.scheme == "s3":
+        if parsed.scheme in ("s3", "gs", "az"):
             return await asyncio.to_thread(
-                self._download_s3,
+                self._download_store,
+                parsed.scheme,
                 parsed.netloc,
                 parsed.path.lstrip("/"),
                 dest,
@@ -200,8 +200,8 @@ class ArtifactFetcher:
         if parsed.scheme in ("http", "https"):
             return await self._download_http(uri, dest)
         raise FailedPrecondition(
-            f"{parsed.scheme}:// artifacts are not supported by this controller yet; "
-            "use file://, s3:// or http(s)://"
+            f"{parsed.scheme}:// artifacts are not supported; use file://, s3://, "
+            "gs://, az:// or http(s)://"
         )
 
     def _copy_local(self, source: pathlib.Path, dest: pathlib.Path) -> str | None:
@@ -226,88 +226,54 @@ class ArtifactFetcher:
                 out.write(chunk)
         return digest.hexdigest()
 
-    def _s3(self, endpoint_url: str) -> Any:
-        endpoint = endpoint_url or self.s3_endpoint_url
+    def _download_store(
+        self, scheme: str, bucket: str, key: str, dest: pathlib.Path, endpoint_url: str
+    ) -> str | None:
+        endpoint = endpoint_url or self.endpoints.get(scheme) or None
         if endpoint:
             check_host(urllib.parse.urlsplit(endpoint).hostname or "", self.limits)
-        return boto3.client(
-            "s3",
-            endpoint_url=endpoint or None,
-            config=botocore.config.Config(
-                connect_timeout=10, read_timeout=60, retries={"max_attempts": 3}
-            ),
-        )
-
-    def _download_s3(
-        self, bucket: str, key: str, dest: pathlib.Path, endpoint_url: str
-    ) -> str | None:
-        client = self._s3(endpoint_url)
-        try:
-            if key and not key.endswith("/"):
-                return self._s3_object(client, bucket, key, dest)
-            dest.mkdir(parents=True)
-            paginator = client.get_paginator("list_objects_v2")
-            total = count = 0
-            for page in paginator.paginate(Bucket=bucket, Prefix=key):
-                for item in page.get("Contents", []):
-                    relative = item["Key"][len(key) :]
-                    parts = pathlib.PurePosixPath(relative).parts
-                    if not relative or relative.endswith("/"):
-                        continue
-                    if ".." in parts or relative.startswith("/") or "\\" in relative:
-                        raise InvalidArgument(
-                            f"object key {item['Key']!r} would escape the model folder"
-                        )
-                    total += item["Size"]
-                    count += 1
-                    if total > self.limits.max_bytes or count > self.limits.max_members:
-                        raise InvalidArgument(
-                            f"s3://{bucket}/{key} exceeds the controller's size limits"
-                        )
-                    target = dest / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self._s3_object(client, bucket, item["Key"], target)
-            if count == 0:
-                raise FailedPrecondition(f"s3://{bucket}/{key} holds no objects")
-            return None
-        except botocore.exceptions.EndpointConnectionError as e:
-            raise Unavailable(f"cannot reach the S3 endpoint: {e}") from e
-        except botocore.exceptions.ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "NoSuchBucket", "404"):
-                raise FailedPrecondition(
-                    f"s3://{bucket}/{key} not found ({code})"
-                ) from e
-            if code in (
-                "AccessDenied",
-                "403",
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-            ):
-                raise FailedPrecondition(
-                    f"access to s3://{bucket}/{key} denied ({code})"
-                ) from e
-            raise Unavailable(f"S3 error for s3://{bucket}/{key}: {code or e}") from e
-        except botocore.exceptions.NoCredentialsError as e:
-            raise FailedPrecondition(
-                "no S3 credentials: give the controller AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY"
-            ) from e
-
-    def _s3_object(self, client: Any, bucket: str, key: str, dest: pathlib.Path) -> str:
-        response = client.get_object(Bucket=bucket, Key=key)
-        if response.get("ContentLength", 0) > self.limits.max_bytes:
-            raise InvalidArgument(
-                f"s3://{bucket}/{key} is larger than {self.limits.max_bytes} bytes"
+        store = make_store(scheme, endpoint)
+        where = f"{scheme}://{bucket}/{key}"
+        if key and not key.endswith("/"):
+            return self._read_object(store, bucket, key, dest, where)
+        dest.mkdir(parents=True)
+        total = count = 0
+        for object_key, size in store.list(bucket, key):
+            relative = object_key[len(key) :]
+            if not relative or relative.endswith("/"):
+                continue
+            parts = pathlib.PurePosixPath(relative).parts
+            if ".." in parts or relative.startswith("/") or "\\" in relative:
+                raise InvalidArgument(
+                    f"object key {object_key!r} would escape the model folder"
+                )
+            total += size
+            count += 1
+            if total > self.limits.max_bytes or count > self.limits.max_members:
+                raise InvalidArgument(f"{where} exceeds the controller's size limits")
+            target = dest / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._read_object(
+                store, bucket, object_key, target, f"{scheme}://{bucket}/{object_key}"
             )
+        if count == 0:
+            raise FailedPrecondition(f"{where} holds no objects")
+        return None
+
+    def _read_object(
+        self, store: ObjectStore, bucket: str, key: str, dest: pathlib.Path, where: str
+    ) -> str:
+        size_hint, chunks = store.read(bucket, key)
+        if size_hint is not None and size_hint > self.limits.max_bytes:
+            raise InvalidArgument(f"{where} is over {self.limits.max_bytes} bytes")
         digest = hashlib.sha256()
         size = 0
         with dest.open("wb") as out:
-            for chunk in response["Body"].iter_chunks(1 << 20):
+            for chunk in chunks:
                 size += len(chunk)
                 if size > self.limits.max_bytes:
                     raise InvalidArgument(
-                        f"s3://{bucket}/{key} is over {self.limits.max_bytes} bytes"
+                        f"{where} is over {self.limits.max_bytes} bytes"
                     )
                 digest.update(chunk)
                 out.write(chunk)
