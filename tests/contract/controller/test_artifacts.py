@@ -181,7 +181,7 @@ def gcs() -> Iterator[str]:
 async def test_gcs_object_and_prefix(gcs: str, tmp_path: pathlib.Path) -> None:
     client = storage.Client(
         project="test",
-        credentials=AnonymousCredentials(),
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
         client_options={"api_endpoint": gcs},
     )
     client.bucket("models").blob("iris/model.onnx").upload_from_string(ONNX)
