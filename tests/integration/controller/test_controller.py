@@ -86,9 +86,8 @@ async def test_killed_replica_is_restarted(platform: Platform) -> None:
     await platform.apply(iris_manifests())
     await platform.wait_for(ready(1))
     (replica,) = platform.controller.runtime.replicas("default/iris")
-    running = platform.controller.runtime._replicas[replica.name]
-    assert running.process is not None and running.process.pid is not None
-    os.killpg(running.process.pid, signal.SIGKILL)
+    assert replica.pid is not None
+    os.killpg(replica.pid, signal.SIGKILL)
     infer = await platform.wait_for(
         lambda i: (
             i is not None

@@ -20,6 +20,7 @@ from matrixinfer.controller.informer import Informer
 from matrixinfer.controller.loop import ControllerLoop
 from matrixinfer.controller.reconciler import Reconciler
 from matrixinfer.controller.registry_client import RegistryClient
+from matrixinfer.controller.runtimes.base import Runtime
 from matrixinfer.controller.runtimes.local import LocalRuntime
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.controller.workqueue import WorkQueue
@@ -38,7 +39,7 @@ class ControllerApp:
     settings: ControllerSettings
     channel: grpc.aio.Channel
     informer: Informer
-    runtime: LocalRuntime
+    runtime: Runtime
     loop: ControllerLoop
     server: RunningServer
 
@@ -47,7 +48,10 @@ class ControllerApp:
         return f"{self.settings.host}:{self.server.port}"
 
     @classmethod
-    async def start(cls, settings: ControllerSettings) -> ControllerApp:
+    async def start(
+        cls, settings: ControllerSettings, runtime: Runtime | None = None
+    ) -> ControllerApp:
+        """``runtime``: a different runtime than the local one (bench: FakeRuntime)."""
         state = settings.state_dir.resolve()
         install = find_tritonserver()
         channel = grpc.aio.insecure_channel(
@@ -59,12 +63,13 @@ class ControllerApp:
             ],
         )
         client = RegistryClient(channel)
-        runtime = LocalRuntime(
-            install=install,
-            state_dir=state,
-            gpu_inventory=tuple(settings.gpus),
-            ready_timeout_s=settings.ready_timeout_s,
-        )
+        if runtime is None:
+            runtime = LocalRuntime(
+                install=install,
+                state_dir=state,
+                gpu_inventory=tuple(settings.gpus),
+                ready_timeout_s=settings.ready_timeout_s,
+            )
         queue = WorkQueue()
         holder: list[ControllerLoop] = []
         informer = Informer(client, KINDS, lambda *event: holder[0].on_event(*event))

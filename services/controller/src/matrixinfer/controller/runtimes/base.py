@@ -54,6 +54,8 @@ class Replica:
     #: Seconds since the epoch when draining began (0: not draining).
     draining_since_s: float = 0.0
     log_path: pathlib.Path | None = None
+    #: The server's process id where the runtime has processes (local).
+    pid: int | None = None
 
     @property
     def ready(self) -> bool:

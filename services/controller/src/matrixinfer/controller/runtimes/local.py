@@ -161,6 +161,7 @@ class LocalRuntime:
             started = time.monotonic()
             try:
                 await process.start()
+                replica.pid = process.pid
                 await process.wait_ready(self.ready_timeout_s)
             except MatrixInferError as e:
                 replica.phase = Phase.FAILED
