@@ -1,0 +1,1 @@
+"""Controller benchmark: cold start, rollout, reconcile throughput."""
