@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -118,3 +120,44 @@ async def test_a_model_triton_refuses_reports_tritons_reason(
         await server.stop(grace_s=5)
     assert "iris" in info.value.message
     assert "exited" in info.value.message
+
+
+async def test_server_dies_with_its_owner(tmp_path: pathlib.Path) -> None:
+    """A controller killed with SIGKILL cannot stop its servers; they must go anyway."""
+    write_model(
+        tmp_path / "repo", IRIS, 1, iris_files(ROOT / "examples/iris/model.onnx")
+    )
+    owner_script = f"""
+import asyncio, pathlib, sys
+from matrixinfer.triton.install import find_tritonserver
+from matrixinfer.triton.server import TritonProcess, allocate_ports
+
+async def main():
+    install = find_tritonserver()
+    tmp = pathlib.Path({str(tmp_path)!r})
+    server = TritonProcess(install, tmp / "repo", install.prepare_backends(tmp / "b"),
+                           allocate_ports(), tmp / "owned.log", models=("iris",))
+    await server.start()
+    await server.wait_ready(60)
+    print(server.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", owner_script, stdout=asyncio.subprocess.PIPE
+    )
+    assert owner.stdout is not None
+    line = await asyncio.wait_for(owner.stdout.readline(), 60)
+    server_pid = int(line)
+    os.kill(server_pid, 0)  # running
+    owner.kill()
+    await owner.wait()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(server_pid, 0)
+        except ProcessLookupError:
+            break  # the server and its stubs are gone
+        assert time.monotonic() < deadline, "tritonserver outlived its owner"
+        await asyncio.sleep(0.1)

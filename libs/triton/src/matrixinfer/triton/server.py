@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import time
@@ -27,17 +27,13 @@ from matrixinfer.triton.install import TritonInstall
 log = logging.getLogger(__name__)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if the controller dies, even by SIGKILL,
-    so no tritonserver outlives the process that owns it (Linux only)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+def _die_with_parent() -> list[str]:
+    """A command prefix that makes the server get SIGTERM when its parent dies, even
+    by SIGKILL, so no tritonserver outlives the controller. util-linux ``setpriv``
+    sets it and execs the server; Python code in the forked child (preexec_fn) is
+    not an option: in a threaded process it crashed there (SIGSEGV before exec)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 @dataclass(frozen=True)
@@ -122,12 +118,12 @@ class TritonProcess:
         with self.log_path.open("ab") as out:
             # Own session: stopping kills the stub processes the server spawned too.
             self._process = await asyncio.create_subprocess_exec(
+                *_die_with_parent(),
                 *self.command(),
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         self._client = triton_grpc.InferenceServerClient(self.grpc_address)
         log.info("started tritonserver pid %s on %s", self.pid, self.grpc_address)
