@@ -53,6 +53,7 @@ run: setup
 
 bench: setup
 	$(BIN)/python -m bench.registry
+	$(BIN)/python -m bench.controller
 
 clean:
 	rm -rf $(VENV) .tools .matrixinfer libs/api/src/matrixinfer/api/v1

@@ -3,6 +3,8 @@ cannot silently fall behind the code."""
 
 from __future__ import annotations
 
+from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.core.settings import ServiceSettings
 from matrixinfer.registry.settings import RegistrySettings
 from tests.conftest import ROOT
 
@@ -13,5 +15,17 @@ def test_every_registry_setting_is_documented() -> None:
         f"MATRIXINFER_REGISTRY_{name.upper()}"
         for name in RegistrySettings.model_fields
         if f"`MATRIXINFER_REGISTRY_{name.upper()}`" not in readme
+    ]
+    assert missing == []
+
+
+def test_every_controller_setting_is_documented() -> None:
+    """The common settings are documented once (with the registry's prefix)."""
+    readme = (ROOT / "README.md").read_text()
+    own = set(ControllerSettings.model_fields) - set(ServiceSettings.model_fields)
+    missing = [
+        f"MATRIXINFER_CONTROLLER_{name.upper()}"
+        for name in sorted(own | {"grpc_port"})
+        if f"`MATRIXINFER_CONTROLLER_{name.upper()}`" not in readme
     ]
     assert missing == []
