@@ -9,9 +9,12 @@ and wrong types before Triton ever sees them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+
+from matrixinfer.core.errors import InvalidArgument
 
 INSTANCE_KINDS = {
     "CPU": mc.ModelInstanceGroup.KIND_CPU,
@@ -129,6 +132,32 @@ def build_model_config(spec: ServingConfig) -> mc.ModelConfig:
     for key, value in spec.parameters.items():
         config.parameters[key].string_value = value
     return config
+
+
+def io_from_pbtxt(text: str) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], int]:
+    """Inputs, outputs and max batch size from a ``config.pbtxt`` an artifact ships.
+    Only these are taken: everything else about serving is ours to decide."""
+    try:
+        config = text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as e:
+        raise InvalidArgument(f"the artifact's config.pbtxt does not parse: {e}") from e
+
+    def tensors(items: Any) -> tuple[Tensor, ...]:
+        out = []
+        for item in items:
+            name = mc.DataType.Name(item.data_type).removeprefix("TYPE_")
+            reshape = tuple(item.reshape.shape) if item.HasField("reshape") else None
+            out.append(
+                Tensor(
+                    item.name,
+                    "BYTES" if name == "STRING" else name,
+                    tuple(item.dims),
+                    reshape,
+                )
+            )
+        return tuple(out)
+
+    return tensors(config.input), tensors(config.output), config.max_batch_size
 
 
 def to_pbtxt(config: mc.ModelConfig) -> str:

@@ -79,13 +79,23 @@ def build_repository(
     backend = model.spec.runtime.backend or NATIVE_BACKENDS.get(framework, framework)
     files: dict[str, bytes | pathlib.Path] = {}
     batching = infer.spec.batching
-    max_batch = batching.max_batch_size or (
-        details.max_batch_size
-        if details.HasField("max_batch_size")
-        else DEFAULT_MAX_BATCH
-    )
+    if batching.HasField("max_batch_size"):
+        max_batch = batching.max_batch_size
+    elif details.HasField("max_batch_size"):
+        max_batch = details.max_batch_size
+    else:
+        max_batch = DEFAULT_MAX_BATCH
     inputs = _spec_tensors(list(details.inputs))
     outputs = _spec_tensors(list(details.outputs))
+    shipped = artifact.path / "config.pbtxt"
+    if shipped.is_file() and not (inputs and outputs):
+        # The artifact's own config says what the model takes and gives.
+        shipped_in, shipped_out, shipped_batch = tc.io_from_pbtxt(shipped.read_text())
+        inputs, outputs = inputs or shipped_in, outputs or shipped_out
+        if not (
+            batching.HasField("max_batch_size") or details.HasField("max_batch_size")
+        ):
+            max_batch = shipped_batch
     if framework == "onnx":
         found = artifact.find(".onnx")
         if found is None:
@@ -126,7 +136,8 @@ def build_repository(
                 f"server has only {', '.join(available_backends) or 'none'}"
             )
         for path in artifact.path.iterdir():
-            files[path.name] = path
+            if path.name != "config.pbtxt":  # ours is written from the manifests
+                files[path.name] = path
     if not inputs or not outputs:
         raise InvalidArgument(
             "the Model lists no inputs/outputs and the artifact has none"
