@@ -3,6 +3,7 @@ processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import signal
@@ -47,6 +48,16 @@ async def classify(endpoint: pb.Endpoint, rows: list[list[float]]) -> list[int]:
     finally:
         await client.close()
 
+
+POLICY = """
+apiVersion: registry.matrixinfer.ai/v1alpha1
+kind: AutoscalingPolicy
+metadata: {name: iris}
+spec:
+  targetRef: {name: iris}
+  minReplicas: 0
+  maxReplicas: 1
+"""
 
 SETOSA, VIRGINICA = [5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]
 
@@ -221,6 +232,15 @@ async def test_scale_and_get_replicas(platform: Platform) -> None:
             cpb.GetReplicasRequest(model_infer="iris")
         )
         assert list(replicas.endpoints) == [] and replicas.desired_replicas == 0
+        # With an AutoscalingPolicy, Scale is bounded by it.
+        await platform.apply(POLICY)
+        await asyncio.sleep(0.5)  # the controller's informer sees the policy
+        bounded = await controller.Scale(
+            cpb.ScaleRequest(model_infer="iris", replicas=9, reason="burst"), timeout=5
+        )
+        assert bounded.replicas == 1
+        infer = await platform.wait_for(ready(1))
+        assert infer is not None and infer.status.scale_reason == "burst"
         err = None
         try:
             await controller.Scale(
