@@ -132,7 +132,11 @@ class Reconciler:
         for replica_name in steps.drain:
             self.runtime.mark_draining(replica_name, self.clock())
         await asyncio.gather(
-            *(self.runtime.stop_replica(n, self.stop_grace_s) for n in steps.stop)
+            # Drained replicas serve nothing: do not hold the rollout while they exit.
+            *(
+                self.runtime.stop_replica(n, self.stop_grace_s, wait=False)
+                for n in steps.stop
+            )
         )
         await self._write_status(infer, desired, template, revision, None)
         if any(r.draining for r in self.runtime.replicas(owner)):

@@ -71,7 +71,9 @@ class Runtime(Protocol):
     async def start_replica(self, spec: ReplicaSpec) -> Replica:
         """Create a replica and start it in the background (it becomes READY later)."""
 
-    async def stop_replica(self, name: str, grace_s: float) -> None: ...
+    async def stop_replica(self, name: str, grace_s: float, wait: bool = True) -> None:
+        """Take the replica out of the listings at once and stop it; ``wait=False``
+        returns before the server has finished shutting down."""
 
     def replicas(self, owner: str) -> list[Replica]: ...
 

@@ -34,7 +34,7 @@ class FakeRuntime:
             self._on_change(spec.owner)
         return replica
 
-    async def stop_replica(self, name: str, grace_s: float) -> None:
+    async def stop_replica(self, name: str, grace_s: float, wait: bool = True) -> None:
         replica = self._replicas.pop(name, None)
         if replica is None:
             raise NotFound(f"replica {name} not found")

@@ -44,6 +44,7 @@ class LocalRuntime:
     _on_change: OnChange | None = None
     _backend_dir: pathlib.Path | None = None
     _gpus_free: set[int] = field(default_factory=set)
+    _stopping: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._gpus_free = set(self.gpu_inventory)
@@ -89,25 +90,34 @@ class LocalRuntime:
         )
         return replica
 
-    async def stop_replica(self, name: str, grace_s: float) -> None:
-        running = self._replicas.get(name)
+    async def stop_replica(self, name: str, grace_s: float, wait: bool = True) -> None:
+        running = self._replicas.pop(name, None)  # out of every listing at once
         if running is None:
             raise NotFound(f"replica {name} not found")
         running.stopping = True
+        task = asyncio.create_task(
+            self._finish_stop(running, grace_s), name=f"stop-{name}"
+        )
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        if wait:
+            await task
+
+    async def _finish_stop(self, running: _Running, grace_s: float) -> None:
         if running.task is not None:
             running.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running.task
         if running.process is not None:
             await running.process.stop(grace_s)
-        self._release_gpus(running.replica)
+        self._release_gpus(running.replica)  # only now: the process held them
         running.replica.phase = Phase.STOPPED
-        del self._replicas[name]
         self._changed(running.replica)
 
     async def close(self) -> None:
         await asyncio.gather(
             *(self.stop_replica(name, 5.0) for name in list(self._replicas)),
+            *list(self._stopping),
             return_exceptions=True,
         )
 
