@@ -100,20 +100,8 @@ class ControllerLoop:
         resource = self.informer.get("ModelInfer", namespace, name)
         if resource is None:
             raise NotFound(f"ModelInfer {namespace}/{name} not found")
-        endpoints = [
-            pb.Endpoint(
-                name=r.name,
-                address=r.address,
-                grpc_port=r.grpc_port,
-                http_port=r.http_port,
-                metrics_port=r.metrics_port,
-                revision=r.spec.revision,
-                ready=r.ready,
-                draining=r.draining,
-                restarts=r.restarts,
-            )
-            for r in sorted(
-                self.runtime.replicas(f"{namespace}/{name}"), key=lambda r: r.name
-            )
-        ]
+        replicas = sorted(
+            self.runtime.replicas(f"{namespace}/{name}"), key=lambda r: r.name
+        )
+        endpoints = [r.endpoint() for r in replicas]
         return endpoints, self.reconciler.desired(resource.model_infer)

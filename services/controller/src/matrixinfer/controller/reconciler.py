@@ -251,18 +251,9 @@ class Reconciler:
         key = (infer.metadata.namespace, infer.metadata.name)
         if key in self._scaled:
             status.scale_reason = self._scaled[key][1]
-        for r in sorted(replicas, key=lambda r: r.name):
-            status.endpoints.add(
-                name=r.name,
-                address=r.address,
-                grpc_port=r.grpc_port,
-                http_port=r.http_port,
-                metrics_port=r.metrics_port,
-                revision=r.spec.revision,
-                ready=r.ready,
-                draining=r.draining,
-                restarts=r.restarts,
-            )
+        status.endpoints.extend(
+            r.endpoint() for r in sorted(replicas, key=lambda r: r.name)
+        )
         unavailable = infer.spec.rollout.max_unavailable
         if desired == 0:
             available = ("True", "ScaledToZero", "no replicas are wanted")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from matrixinfer.api.v1 import resources_pb2 as pb
+
 
 class Phase(enum.Enum):
     PENDING = "Pending"  # waiting for resources (e.g. GPUs)
@@ -60,6 +62,20 @@ class Replica:
     @property
     def ready(self) -> bool:
         return self.phase is Phase.READY
+
+    def endpoint(self) -> pb.Endpoint:
+        """How status (and GetReplicas) show this replica to routers and users."""
+        return pb.Endpoint(
+            name=self.name,
+            address=self.address,
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+            metrics_port=self.metrics_port,
+            revision=self.spec.revision,
+            ready=self.ready,
+            draining=self.draining,
+            restarts=self.restarts,
+        )
 
 
 OnChange = Callable[[str], None]
