@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.informer import Informer, key_of
 from matrixinfer.controller.reconciler import Reconciler
 from matrixinfer.controller.runtimes.base import Runtime
 from matrixinfer.controller.workqueue import WorkQueue
 from matrixinfer.core.errors import MatrixInferError, NotFound
+from matrixinfer.core.registry.informer import Informer, key_of
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,8 @@ from prometheus_client import CollectorRegistry
 from matrixinfer.api.v1 import controller_pb2, controller_pb2_grpc
 from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher, ArtifactLimits
 from matrixinfer.controller.grpc.servicer import ControllerServicer
-from matrixinfer.controller.informer import Informer
 from matrixinfer.controller.loop import ControllerLoop
 from matrixinfer.controller.reconciler import Reconciler
-from matrixinfer.controller.registry_client import RegistryClient
 from matrixinfer.controller.runtimes.base import Runtime
 from matrixinfer.controller.runtimes.local import LocalRuntime
 from matrixinfer.controller.settings import ControllerSettings
@@ -27,6 +25,8 @@ from matrixinfer.controller.workqueue import WorkQueue
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
 from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
+from matrixinfer.core.registry.client import RegistryClient
+from matrixinfer.core.registry.informer import Informer
 from matrixinfer.triton.install import find_tritonserver, python_paths
 
 log = logging.getLogger(__name__)

@@ -21,11 +21,11 @@ from matrixinfer.api.v1 import meta_pb2
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher
 from matrixinfer.controller.domain.rollout import ReplicaView, plan
-from matrixinfer.controller.informer import Informer
-from matrixinfer.controller.registry_client import RegistryClient
 from matrixinfer.controller.runtimes.base import Phase, ReplicaSpec, Runtime
 from matrixinfer.controller.serving import build_repository
 from matrixinfer.core.errors import MatrixInferError, NotFound
+from matrixinfer.core.registry.client import RegistryClient
+from matrixinfer.core.registry.informer import Informer
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import logging
 from collections.abc import Callable
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.registry_client import RegistryClient
 from matrixinfer.core.errors import Expired, MatrixInferError
+from matrixinfer.core.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""The controller's one adapter to the registry: every registry RPC goes through
-here, with deadlines, and gRPC errors become ours."""
+"""The one adapter other services use to reach the registry: every registry RPC goes
+through here, with deadlines, and gRPC errors become ours."""
 
 from __future__ import annotations
 
