@@ -18,7 +18,8 @@ def infer_request(name: str, version: str = "", payload: bytes = b"\x00" * 64) -
     tensor = request.inputs.add(name="X", datatype="FP32", shape=[1, 16])
     tensor.parameters["p"].int64_param = 7
     request.raw_input_contents.append(payload)
-    return request.SerializeToString()
+    raw: bytes = request.SerializeToString()
+    return raw
 
 
 def test_peek_reads_name_and_version() -> None:
