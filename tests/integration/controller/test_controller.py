@@ -19,7 +19,7 @@ from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.api.v1 import controller_pb2_grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import resources_pb2 as pb
-from tests.integration.controller.conftest import Platform, iris_manifests
+from tests.integration.conftest import Platform, iris_manifests
 
 
 def ready(count: int) -> Callable[[pb.ModelInfer | None], bool]:

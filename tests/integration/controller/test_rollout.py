@@ -13,7 +13,7 @@ import tritonclient.grpc.aio as triton_grpc
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import resources_pb2 as pb
-from tests.integration.controller.conftest import Platform, iris_manifests
+from tests.integration.conftest import Platform, iris_manifests
 
 ROW = np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 

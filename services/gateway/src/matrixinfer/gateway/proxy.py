@@ -1,0 +1,299 @@
+"""The KServe v2 gRPC front door: ``inference.GRPCInferenceService`` served with
+generic handlers on raw bytes, so tensors are never decoded. Model-scoped calls are
+routed by the model name read from the wire (:mod:`matrixinfer.gateway.wire`) to a
+replica chosen by the balancer, on a persistent channel per replica; ``UNAVAILABLE``
+is retried on another replica. Repository, shared-memory, trace and log APIs are
+refused: clients must never change what is served or reach Triton internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from matrixinfer.core.errors import (
+    DeadlineExceeded,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from matrixinfer.gateway.balancer import Balancer
+from matrixinfer.gateway.routing import RoutingTable, Server
+from matrixinfer.gateway.wire import peek_model, with_model
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+ROUTED = ("ModelReady", "ModelMetadata", "ModelInfer", "ModelConfig", "ModelStatistics")
+REFUSED = (
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+)
+# Metadata a client sends that must not reach Triton (credentials) or is per hop.
+_DROPPED = {
+    "authorization",
+    "x-api-key",
+    "te",
+    "content-type",
+    "user-agent",
+    "grpc-timeout",
+}
+_SHM_NAMES = re.compile(r"triton_python_backend_shm_region_\S*")
+
+
+def _clean(details: str | None) -> str:
+    """Backend error text without internal shared-memory names (the Wiz chain)."""
+    return _SHM_NAMES.sub("<internal>", details or "")[:1024]
+
+
+def _live_response() -> bytes:
+    return (
+        b"\x08\x01"  # ServerLiveResponse{live: true} / ServerReadyResponse{ready: true}
+    )
+
+
+class Upstreams:
+    """One persistent channel per replica address."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+        ]
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(
+                address, options=self._options
+            )
+        return channel
+
+    async def retire(self, live: set[str]) -> None:
+        for address in [a for a in self._channels if a not in live]:
+            await self._channels.pop(address).close(grace=5.0)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+class InferenceProxy:
+    def __init__(
+        self,
+        table: Callable[[], RoutingTable],
+        upstreams: Upstreams,
+        balancer: Balancer,
+        default_timeout_s: float,
+        max_timeout_s: float,
+        ready: Callable[[], bool],
+    ) -> None:
+        self._table = table
+        self._upstreams = upstreams
+        self._balancer = balancer
+        self._default_timeout_s = default_timeout_s
+        self._max_timeout_s = max_timeout_s
+        self._ready = ready
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        handlers: dict[str, grpc.RpcMethodHandler] = {
+            "ServerLive": grpc.unary_unary_rpc_method_handler(self._server_live),
+            "ServerReady": grpc.unary_unary_rpc_method_handler(self._server_ready),
+            "ServerMetadata": grpc.unary_unary_rpc_method_handler(
+                self._server_metadata
+            ),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self._stream),
+        }
+        for method in ROUTED:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(self._routed(method))
+        for method in REFUSED:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(
+                self._refused(method)
+            )
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    # ------------------------------------------------------------------ server-level
+
+    async def _server_live(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return _live_response()
+
+    async def _server_ready(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return _live_response() if self._ready() else b""
+
+    async def _server_metadata(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        name, version = b"matrixinfer-gateway", b"0.1.0"
+        return (
+            b"\x0a"
+            + bytes([len(name)])
+            + name
+            + b"\x12"
+            + bytes([len(version)])
+            + version
+        )
+
+    def _refused(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            raise PermissionDenied(f"{method} is not available through the gateway")
+
+        return refuse
+
+    # ------------------------------------------------------------------ routed calls
+
+    def _timeout_s(
+        self, context: grpc.aio.ServicerContext, server: Server, rule_ms: int
+    ) -> float:
+        remaining = context.time_remaining()
+        cap = (rule_ms or server.timeout_ms) / 1000.0
+        wanted = remaining if remaining is not None else self._default_timeout_s
+        return max(0.0, min(wanted, cap, self._max_timeout_s))
+
+    @staticmethod
+    def _forwarded_metadata(
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            (k, v)
+            for k, v in (context.invocation_metadata() or ())
+            if k not in _DROPPED and not k.startswith(":") and not k.endswith("-bin")
+        )
+
+    def _routed(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+        path = f"/{SERVICE}/{method}"
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            name, version = peek_model(request)
+            headers = {
+                k: v
+                for k, v in (context.invocation_metadata() or ())
+                if isinstance(v, str)
+            }
+            route, rule, server = self._table().resolve(name, version, headers)
+            if server.triton_model and server.triton_model != name:
+                request = with_model(request, name=server.triton_model)
+            if method == "ModelReady" and not server.replicas:
+                return b""  # ModelReadyResponse{ready: false}
+            deadline = time.monotonic() + self._timeout_s(
+                context, server, rule.timeout_ms
+            )
+            metadata = self._forwarded_metadata(context)
+            tried: set[str] = set()
+            attempts = 1 + max(0, server.retry_attempts)
+            last: grpc.aio.AioRpcError | None = None
+            for _ in range(attempts):
+                address = self._balancer.pick(
+                    server.replicas, tried, server.max_concurrent_per_replica
+                )
+                if address is None:
+                    break
+                tried.add(address)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(
+                        f"{method} for model {name!r} ran out of time"
+                    )
+                self._balancer.started(address)
+                failed = False
+                try:
+                    stub = self._upstreams.channel(address).unary_unary(path)
+                    response: bytes = await stub(
+                        request, timeout=remaining, metadata=metadata
+                    )
+                    return response
+                except grpc.aio.AioRpcError as e:
+                    failed = e.code() in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.INTERNAL,
+                    )
+                    if (
+                        e.code().name in server.retry_on
+                        and e.code() == grpc.StatusCode.UNAVAILABLE
+                    ):
+                        last = e
+                        continue
+                    await context.abort(e.code(), _clean(e.details()))
+                    raise AssertionError("unreachable") from None
+                finally:
+                    self._balancer.finished(
+                        address, failed, server.consecutive_errors, server.ejection_s
+                    )
+            if last is not None:
+                raise Unavailable(
+                    f"no replica of model {name!r} answered: {_clean(last.details())}"
+                )
+            if server.replicas and server.max_concurrent_per_replica:
+                raise ResourceExhausted(
+                    f"every replica of model {name!r} is at its concurrency limit",
+                    retry_after_s=0.1,
+                )
+            raise Unavailable(f"model {name!r} has no ready replica")
+
+        return call
+
+    async def _stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """A stream is pinned to one replica, chosen by its first request."""
+        iterator = requests.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        name, version = peek_model(first)
+        headers = {
+            k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+        }
+        _, _, server = self._table().resolve(name, version, headers)
+        address = self._balancer.pick(
+            server.replicas, set(), server.max_concurrent_per_replica
+        )
+        if address is None:
+            raise Unavailable(f"model {name!r} has no ready replica")
+        rename = (
+            server.triton_model
+            if server.triton_model and server.triton_model != name
+            else None
+        )
+
+        async def upstream_requests() -> AsyncIterator[bytes]:
+            yield with_model(first, name=rename) if rename else first
+            async for message in iterator:
+                yield with_model(message, name=rename) if rename else message
+
+        self._balancer.started(address)
+        failed = False
+        try:
+            call = self._upstreams.channel(address).stream_stream(
+                f"/{SERVICE}/ModelStreamInfer"
+            )(upstream_requests(), metadata=self._forwarded_metadata(context))
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as e:
+            failed = e.code() == grpc.StatusCode.UNAVAILABLE
+            await context.abort(e.code(), _clean(e.details()))
+        finally:
+            self._balancer.finished(
+                address, failed, server.consecutive_errors, server.ejection_s
+            )
