@@ -15,6 +15,7 @@ import pytest
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.core.apikeys import hash_api_key
 from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.registry.main import RegistryApp
 from tests.conftest import ROOT, registry_settings, seed_manifest
@@ -491,3 +492,50 @@ async def test_restart_keeps_everything(database_url: str) -> None:
             assert [r.revision for r in revisions.revisions] == [1, 2]
     finally:
         await second.stop(0)
+
+
+async def test_api_keys_show_the_secret_once(registry: Stub) -> None:
+    created = await registry.CreateApiKey(
+        rpb.CreateApiKeyRequest(
+            subject="ci-bot", scopes=["infer:iris"], tenant="team-a"
+        )
+    )
+    secret = created.secret
+    assert secret.startswith("mik_") and created.api_key.metadata.name in secret
+    assert created.api_key.spec.hash == hash_api_key(secret)
+    stored = (
+        await registry.Get(
+            rpb.GetRequest(kind="ApiKey", name=created.api_key.metadata.name)
+        )
+    ).api_key
+    assert secret not in str(stored) and stored.spec.hash == hash_api_key(secret)
+    revoked = (
+        await registry.RevokeApiKey(
+            rpb.RevokeApiKeyRequest(name=created.api_key.metadata.name)
+        )
+    ).api_key
+    assert revoked.spec.revoked
+
+
+async def test_api_keys_cannot_be_applied_or_malformed(registry: Stub) -> None:
+    manifest = (
+        "apiVersion: security.matrixinfer.ai/v1alpha1\nkind: ApiKey\n"
+        "metadata: {name: abc}\nspec: {subject: x, hash: 'sha256:00'}\n"
+    )
+    err = await fails(apply(registry, manifest))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "CreateApiKey" in err.details()
+    err = await fails(
+        registry.CreateApiKey(
+            rpb.CreateApiKeyRequest(
+                subject="",
+                scopes=["infer:../x", "root"],
+                tenant="a b",
+                expires_at="soon",
+            )
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [f for f, _ in error_details(err).field_violations]
+    assert fields == ["subject", "scopes[0]", "scopes[1]", "tenant", "expiresAt"]
+    assert list((await registry.List(rpb.ListRequest(kind="ApiKey"))).items) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Iterable
+from datetime import datetime
 from ipaddress import ip_address
 from typing import Any
 
@@ -711,7 +712,50 @@ def _autoscaling_policy(
             _range(rules.max_replicas, 1, 1000, f"{sp}.maxReplicas", errors)
 
 
+def _api_key(obj: pb.ApiKey, path: str, errors: ViolationCollector) -> None:
+    errors.add(
+        "kind",
+        "ApiKeys are created with CreateApiKey (matrixinfer apikey create), which "
+        "shows the secret once; they cannot be applied",
+    )
+
+
+_SCOPE = re.compile(r"admin|infer:\*|infer:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_TENANT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_api_key_request(
+    namespace: str, subject: str, scopes: list[str], tenant: str, expires_at: str
+) -> float | None:
+    """Validate a CreateApiKey request; returns the expiry in epoch seconds."""
+    errors = ViolationCollector()
+    check_name(namespace, "namespace", errors)
+    if not subject or len(subject) > 253 or not subject.isprintable():
+        errors.add("subject", "required: at most 253 printable characters")
+    if not scopes:
+        errors.add("scopes", "at least one: infer:*, infer:<model> or admin")
+    for i, scope in enumerate(scopes):
+        if not scope.isascii() or not _SCOPE.fullmatch(scope):
+            errors.add(f"scopes[{i}]", "must be infer:*, infer:<model name> or admin")
+    if tenant and not _TENANT.fullmatch(tenant):
+        errors.add("tenant", "at most 64 letters, digits, '.', '_' or '-'")
+    expires_s: float | None = None
+    if expires_at:
+        try:
+            when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                raise ValueError("no time zone")
+            expires_s = when.timestamp()
+        except ValueError:
+            errors.add(
+                "expiresAt", "must be an RFC 3339 time such as 2027-01-31T00:00:00Z"
+            )
+    errors.raise_if_any()
+    return expires_s
+
+
 _RULES: dict[str, Any] = {
+    "ApiKey": _api_key,
     "Model": _model,
     "ModelInfer": _model_infer,
     "ModelServer": _model_server,

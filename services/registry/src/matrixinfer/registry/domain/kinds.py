@@ -17,7 +17,12 @@ from matrixinfer.core.errors import InvalidArgument
 # mypy cannot express "a protobuf message with these fields" without a union, so the
 # union below is the type the domain passes around.
 Object = (
-    pb.Model | pb.ModelInfer | pb.ModelServer | pb.ModelRoute | pb.AutoscalingPolicy
+    pb.Model
+    | pb.ModelInfer
+    | pb.ModelServer
+    | pb.ModelRoute
+    | pb.AutoscalingPolicy
+    | pb.ApiKey
 )
 
 
@@ -67,6 +72,7 @@ KINDS: tuple[Kind, ...] = (
         pb.AutoscalingPolicy,
         "autoscaling_policy",
     ),
+    Kind("ApiKey", "security.matrixinfer.ai", "apikeys", pb.ApiKey, "api_key"),
 )
 
 BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.core.apikeys import api_key_id, generate_api_key
 from matrixinfer.core.errors import (
     AlreadyExists,
     Conflict,
@@ -380,6 +381,52 @@ class RegistryService:
             return await _commit(tx, "update", kind, updated, current_rv)
 
         return await self._write(run, retry=not wanted_rv)
+
+    # ------------------------------------------------------------------ API keys
+
+    async def create_api_key(
+        self,
+        namespace: str,
+        subject: str,
+        scopes: list[str],
+        tenant: str,
+        expires_at: str,
+    ) -> tuple[pb.Resource, str]:
+        """A new key: the secret is returned here once and stored nowhere."""
+        namespace = namespace or "default"
+        admission.check_api_key_request(namespace, subject, scopes, tenant, expires_at)
+        secret, digest = generate_api_key()
+        key_id = api_key_id(secret)
+        assert key_id is not None
+        key = pb.ApiKey(api_version="security.matrixinfer.ai/v1alpha1", kind="ApiKey")
+        key.metadata.name = key_id
+        key.metadata.namespace = namespace
+        key.spec.subject = subject
+        key.spec.scopes.extend(dict.fromkeys(scopes))
+        key.spec.tenant = tenant
+        key.spec.hash = digest
+        key.spec.expires_at = expires_at
+
+        async def run(tx: Transaction) -> ApplyOutcome:
+            return await self._apply_one(tx, key, False, True)
+
+        outcome = await self._write(run, retry=False)
+        return outcome.resource, secret
+
+    async def revoke_api_key(self, namespace: str, name: str) -> pb.Resource:
+        kind = BY_NAME["ApiKey"]
+        namespace = namespace or "default"
+
+        async def run(tx: Transaction) -> pb.Resource:
+            stored, obj, current_rv = await _load(tx, kind, namespace, name, 0)
+            assert isinstance(obj, pb.ApiKey)
+            if obj.spec.revoked:
+                return stored
+            obj.spec.revoked = True
+            obj.metadata.generation += 1
+            return await _commit(tx, "update", kind, obj, current_rv)
+
+        return await self._write(run, retry=True)
 
     # ------------------------------------------------------------------ revisions
 

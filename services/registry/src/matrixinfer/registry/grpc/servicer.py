@@ -103,6 +103,23 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
             list(request.remove),
         )
 
+    async def CreateApiKey(
+        self, request: rpb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.CreateApiKeyResponse:
+        resource, secret = await self.service.create_api_key(
+            request.namespace,
+            request.subject,
+            list(request.scopes),
+            request.tenant,
+            request.expires_at,
+        )
+        return rpb.CreateApiKeyResponse(api_key=resource.api_key, secret=secret)
+
+    async def RevokeApiKey(
+        self, request: rpb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Resource:
+        return await self.service.revoke_api_key(request.namespace, request.name)
+
     async def ListRevisions(
         self, request: rpb.ListRevisionsRequest, context: grpc.aio.ServicerContext
     ) -> rpb.ListRevisionsResponse:
