@@ -27,7 +27,10 @@ ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 async def gateway(platform: Platform, tmp_path: pathlib.Path) -> AsyncIterator[str]:
     app = await GatewayApp.start(
         GatewaySettings(
-            registry_address=platform.registry.address, grpc_port=0, log_json=False
+            registry_address=platform.registry.address,
+            grpc_port=0,
+            log_json=False,
+            auth_mode="off",
         )
     )
     try:

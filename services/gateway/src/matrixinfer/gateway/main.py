@@ -7,10 +7,13 @@ gRPC proxy on one port.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import grpc
+import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
@@ -18,13 +21,24 @@ from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
+from matrixinfer.gateway.auth import (
+    ApiKeyRecord,
+    Authenticator,
+    InMemoryApiKeyStore,
+    JwtSettings,
+)
 from matrixinfer.gateway.balancer import Balancer
 from matrixinfer.gateway.proxy import SERVICE, InferenceProxy, Upstreams
+from matrixinfer.gateway.ratelimit import (
+    LocalTokenBucket,
+    RateLimiter,
+    RedisTokenBucket,
+)
 from matrixinfer.gateway.routing import RoutingTable, build_table
 from matrixinfer.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-KINDS = ["ModelRoute", "ModelServer", "ModelInfer", "Model"]
+KINDS = ["ModelRoute", "ModelServer", "ModelInfer", "Model", "ApiKey"]
 
 
 @dataclass
@@ -33,6 +47,7 @@ class Routes:
 
     informer: Informer | None = None
     table: RoutingTable = field(default_factory=RoutingTable)
+    api_keys: InMemoryApiKeyStore = field(default_factory=InMemoryApiKeyStore)
     synced: bool = False
 
     def rebuild(self, *_: object) -> None:
@@ -45,6 +60,39 @@ class Routes:
             [r.model_infer for r in informer.items("ModelInfer")],
             [r.model for r in informer.items("Model")],
         )
+        self.api_keys.records = {
+            key.metadata.name: ApiKeyRecord(
+                key_id=key.metadata.name,
+                hash=key.spec.hash,
+                subject=key.spec.subject,
+                scopes=frozenset(key.spec.scopes),
+                tenant=key.spec.tenant or None,
+                revoked=key.spec.revoked,
+                expires_at_s=_epoch_s(key.spec.expires_at),
+            )
+            for key in (r.api_key for r in informer.items("ApiKey"))
+        }
+
+
+def _epoch_s(rfc3339: str) -> float | None:
+    if not rfc3339:
+        return None
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def _authenticator(
+    settings: GatewaySettings, keys: InMemoryApiKeyStore
+) -> Authenticator:
+    jwt = None
+    if settings.jwt_issuer and settings.jwt_audience and settings.jwks_path:
+        jwt = JwtSettings(
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            jwks=json.loads(settings.jwks_path.read_text()),
+        )
+    if settings.auth_mode == "off":
+        log.warning("authentication is OFF: every caller may use every model")
+    return Authenticator(keys, jwt, allow_anonymous=settings.auth_mode == "off")
 
 
 @dataclass
@@ -67,6 +115,19 @@ class GatewayApp:
         informer = Informer(RegistryClient(channel), KINDS, routes.rebuild)
         routes.informer = informer
         upstreams = Upstreams(settings.max_message_bytes)
+        redis_client = (
+            redis.asyncio.Redis.from_url(settings.redis_url)
+            if settings.redis_url
+            else None
+        )
+        limiter = RateLimiter(
+            LocalTokenBucket(),
+            RedisTokenBucket(
+                redis_client, failure_mode=settings.rate_limit_failure_mode
+            )
+            if redis_client is not None
+            else None,
+        )
         proxy = InferenceProxy(
             table=lambda: routes.table,
             upstreams=upstreams,
@@ -74,6 +135,8 @@ class GatewayApp:
             default_timeout_s=settings.default_timeout_s,
             max_timeout_s=settings.max_timeout_s,
             ready=lambda: routes.synced,
+            authenticator=_authenticator(settings, routes.api_keys),
+            limiter=limiter,
         )
         try:
             await informer.start()

@@ -22,8 +22,10 @@ from matrixinfer.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from matrixinfer.gateway.auth import Authenticator, authorize_infer
 from matrixinfer.gateway.balancer import Balancer
-from matrixinfer.gateway.routing import RoutingTable, Server
+from matrixinfer.gateway.ratelimit import Limit, RateLimiter
+from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
 from matrixinfer.gateway.wire import peek_model, with_model
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,11 @@ class InferenceProxy:
         default_timeout_s: float,
         max_timeout_s: float,
         ready: Callable[[], bool],
+        authenticator: Authenticator,
+        limiter: RateLimiter,
     ) -> None:
+        self._authenticator = authenticator
+        self._limiter = limiter
         self._table = table
         self._upstreams = upstreams
         self._balancer = balancer
@@ -180,17 +186,36 @@ class InferenceProxy:
             if k not in _DROPPED and not k.startswith(":") and not k.endswith("-bin")
         )
 
+    async def _admit(
+        self, context: grpc.aio.ServicerContext, name: str, version: str
+    ) -> tuple[Route, Rule, Server]:
+        """Authenticate, authorize, route and rate-limit one call (in that order:
+        nothing about a model is revealed to a caller who may not use it)."""
+        all_headers: dict[str, list[str]] = {}
+        for key, value in context.invocation_metadata() or ():
+            if isinstance(value, str):
+                all_headers.setdefault(key.lower(), []).append(value)
+        principal = self._authenticator.authenticate(all_headers)
+        authorize_infer(principal, name)
+        headers = {k: v[-1] for k, v in all_headers.items()}
+        route, rule, server = self._table().resolve(name, version, headers)
+        limit = route.rate_limit
+        if limit is not None:
+            await self._limiter.check(
+                name,
+                principal.tenant,
+                Limit(limit.rate_per_s, limit.burst),
+                limit.per,
+                limit.global_,
+            )
+        return route, rule, server
+
     def _routed(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         path = f"/{SERVICE}/{method}"
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             name, version = peek_model(request)
-            headers = {
-                k: v
-                for k, v in (context.invocation_metadata() or ())
-                if isinstance(v, str)
-            }
-            route, rule, server = self._table().resolve(name, version, headers)
+            route, rule, server = await self._admit(context, name, version)
             if server.triton_model and server.triton_model != name:
                 request = with_model(request, name=server.triton_model)
             if method == "ModelReady" and not server.replicas:
@@ -262,10 +287,7 @@ class InferenceProxy:
         except StopAsyncIteration:
             return
         name, version = peek_model(first)
-        headers = {
-            k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
-        }
-        _, _, server = self._table().resolve(name, version, headers)
+        _, _, server = await self._admit(context, name, version)
         address = self._balancer.pick(
             server.replicas, set(), server.max_concurrent_per_replica
         )

@@ -79,10 +79,19 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class RouteLimit:
+    rate_per_s: float
+    burst: int
+    per: str  # route | tenant
+    global_: bool
+
+
+@dataclass(frozen=True)
 class Route:
     model_name: str
     namespace: str
     rules: tuple[Rule, ...]
+    rate_limit: RouteLimit | None = None
 
 
 @dataclass
@@ -165,8 +174,15 @@ def build_table(
             rules.append(
                 Rule(rule.name, rule.match.version, headers, targets, rule.timeout_ms)
             )
+        limit = None
+        if r.spec.HasField("rate_limit"):
+            rl = r.spec.rate_limit
+            shared = bool(getattr(rl, "global"))  # `global` is a Python keyword
+            limit = RouteLimit(
+                rl.requests_per_second, rl.burst, rl.per or "route", shared
+            )
         # The first route of a name wins (namespaces in order); clients see one model.
         table.routes.setdefault(
-            r.spec.model_name, Route(r.spec.model_name, ns, tuple(rules))
+            r.spec.model_name, Route(r.spec.model_name, ns, tuple(rules), limit)
         )
     return table

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -31,3 +34,25 @@ class GatewaySettings(ServiceSettings):
 
     max_timeout_s: float = Field(default=300.0, gt=0)
     """A client's deadline is capped at this."""
+
+    auth_mode: Literal["required", "off"] = "required"
+    """required: every inference call needs an API key (x-api-key or Bearer) or a JWT.
+    off: anyone may call every model; only for local development (`make run`)."""
+
+    jwt_issuer: str | None = None
+    """Expected `iss` of JWTs; JWTs are accepted only when issuer, audience and JWKS
+    are all set."""
+
+    jwt_audience: str | None = None
+    """Expected `aud` of JWTs."""
+
+    jwks_path: pathlib.Path | None = None
+    """A JWKS document (JSON) with the public keys JWTs are verified against."""
+
+    redis_url: str | None = None
+    """Redis for rate limits marked `global` (shared by every gateway process), e.g.
+    redis://127.0.0.1:6379/0. Unset: such limits apply per process."""
+
+    rate_limit_failure_mode: Literal["open", "closed"] = "open"
+    """When Redis does not answer: open lets requests through (Envoy's default:
+    availability over strictness), closed refuses them."""
