@@ -4,10 +4,15 @@ consecutive failures. State is per gateway process and small."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+
+def _weight(key: str, replica: str) -> bytes:
+    return hashlib.blake2b(f"{key}\0{replica}".encode(), digest_size=8).digest()
 
 
 @dataclass
@@ -30,8 +35,15 @@ class Balancer:
         return state
 
     def pick(
-        self, replicas: Sequence[str], exclude: set[str], cap: int = 0
+        self,
+        replicas: Sequence[str],
+        exclude: set[str],
+        cap: int = 0,
+        affinity: str | None = None,
     ) -> str | None:
+        """A replica for one call. With ``affinity`` (a sticky header's value) the
+        same replica is chosen while it is available (rendezvous hashing: when a
+        replica goes, only its own keys move)."""
         now = self.clock()
         candidates = [
             r
@@ -48,6 +60,8 @@ class Balancer:
                 return None
         if len(candidates) == 1:
             return candidates[0]
+        if affinity is not None:
+            return max(candidates, key=lambda r: _weight(affinity, r))
         a, b = self.rng.sample(candidates, 2)
         return a if self.state(a).outstanding <= self.state(b).outstanding else b
 

@@ -188,9 +188,10 @@ class InferenceProxy:
 
     async def _admit(
         self, context: grpc.aio.ServicerContext, name: str, version: str
-    ) -> tuple[Route, Rule, Server]:
+    ) -> tuple[Route, Rule, Server, str | None]:
         """Authenticate, authorize, route and rate-limit one call (in that order:
-        nothing about a model is revealed to a caller who may not use it)."""
+        nothing about a model is revealed to a caller who may not use it). Also
+        returns the sticky-routing key when the ModelServer asks for one."""
         all_headers: dict[str, list[str]] = {}
         for key, value in context.invocation_metadata() or ():
             if isinstance(value, str):
@@ -208,14 +209,15 @@ class InferenceProxy:
                 limit.per,
                 limit.global_,
             )
-        return route, rule, server
+        affinity = headers.get(server.hash_header) if server.hash_header else None
+        return route, rule, server, affinity
 
     def _routed(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         path = f"/{SERVICE}/{method}"
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             name, version = peek_model(request)
-            route, rule, server = await self._admit(context, name, version)
+            route, rule, server, affinity = await self._admit(context, name, version)
             if server.triton_model and server.triton_model != name:
                 request = with_model(request, name=server.triton_model)
             if method == "ModelReady" and not server.replicas:
@@ -229,7 +231,7 @@ class InferenceProxy:
             last: grpc.aio.AioRpcError | None = None
             for _ in range(attempts):
                 address = self._balancer.pick(
-                    server.replicas, tried, server.max_concurrent_per_replica
+                    server.replicas, tried, server.max_concurrent_per_replica, affinity
                 )
                 if address is None:
                     break
@@ -287,9 +289,9 @@ class InferenceProxy:
         except StopAsyncIteration:
             return
         name, version = peek_model(first)
-        _, _, server = await self._admit(context, name, version)
+        _, _, server, affinity = await self._admit(context, name, version)
         address = self._balancer.pick(
-            server.replicas, set(), server.max_concurrent_per_replica
+            server.replicas, set(), server.max_concurrent_per_replica, affinity
         )
         if address is None:
             raise Unavailable(f"model {name!r} has no ready replica")
