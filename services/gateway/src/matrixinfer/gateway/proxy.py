@@ -8,7 +8,9 @@ refused: clients must never change what is served or reach Triton internals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -111,6 +113,11 @@ class InferenceProxy:
     ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
+        # Mirrored copies run beside the real traffic; bounded, so a slow mirror
+        # target can never pile up work in the gateway.
+        self._mirrors: set[asyncio.Task[None]] = set()
+        self._max_mirrors = 64
+        self._rng = random.Random()
         self._table = table
         self._upstreams = upstreams
         self._balancer = balancer
@@ -212,6 +219,34 @@ class InferenceProxy:
         affinity = headers.get(server.hash_header) if server.hash_header else None
         return route, rule, server, affinity
 
+    def _mirror(
+        self, path: str, request: bytes, name: str, mirror: tuple[Server, int]
+    ) -> None:
+        target, percent = mirror
+        if (
+            self._rng.uniform(0, 100) >= percent
+            or len(self._mirrors) >= self._max_mirrors
+        ):
+            return
+        address = self._balancer.pick(
+            target.replicas, set(), target.max_concurrent_per_replica
+        )
+        if address is None:
+            return
+        if target.triton_model and target.triton_model != name:
+            request = with_model(request, name=target.triton_model)
+
+        async def send() -> None:
+            try:
+                stub = self._upstreams.channel(address).unary_unary(path)
+                await stub(request, timeout=target.timeout_ms / 1000.0)
+            except grpc.aio.AioRpcError as e:
+                log.debug("mirror to %s failed: %s", address, e.code().name)
+
+        task = asyncio.create_task(send())
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
     def _routed(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         path = f"/{SERVICE}/{method}"
 
@@ -222,6 +257,8 @@ class InferenceProxy:
                 request = with_model(request, name=server.triton_model)
             if method == "ModelReady" and not server.replicas:
                 return b""  # ModelReadyResponse{ready: false}
+            if method == "ModelInfer" and rule.mirror is not None:
+                self._mirror(path, request, name, rule.mirror)
             deadline = time.monotonic() + self._timeout_s(
                 context, server, rule.timeout_ms
             )

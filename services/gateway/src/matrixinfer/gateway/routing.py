@@ -60,6 +60,8 @@ class Rule:
     headers: tuple[HeaderMatch, ...]
     targets: tuple[tuple[Server, int], ...]
     timeout_ms: int = 0
+    #: A copy of this share (percent) of the traffic goes here; answers are dropped.
+    mirror: tuple[Server, int] | None = None
 
     def matches(self, version: str, headers: Mapping[str, str]) -> bool:
         if self.version and version != self.version:
@@ -171,8 +173,18 @@ def build_table(
                 )
                 for name, m in rule.match.headers.items()
             )
+            mirror = None
+            if rule.HasField("mirror") and (ns, rule.mirror.model_server) in built:
+                mirror = (built[(ns, rule.mirror.model_server)], rule.mirror.percent)
             rules.append(
-                Rule(rule.name, rule.match.version, headers, targets, rule.timeout_ms)
+                Rule(
+                    rule.name,
+                    rule.match.version,
+                    headers,
+                    targets,
+                    rule.timeout_ms,
+                    mirror,
+                )
             )
         limit = None
         if r.spec.HasField("rate_limit"):

@@ -1,0 +1,100 @@
+"""Mirrored traffic reaches the shadow replicas; callers only see the primary's
+answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.gateway.main import GatewayApp
+from matrixinfer.gateway.settings import GatewaySettings
+from tests.integration.conftest import Platform, iris_manifests
+
+SHADOW = """
+---
+apiVersion: workload.matrixinfer.ai/v1alpha1
+kind: ModelInfer
+metadata: {name: shadow}
+spec:
+  modelRef: {name: iris}
+  replicas: 1
+---
+apiVersion: networking.matrixinfer.ai/v1alpha1
+kind: ModelServer
+metadata: {name: shadow}
+spec:
+  modelInferRef: shadow
+  model: iris
+"""
+MIRRORED_ROUTE = """  rules:
+    - targets: [{modelServer: iris}]
+      mirror: {modelServer: shadow, percent: 100}"""
+
+
+def ready(infer: pb.ModelInfer | None) -> bool:
+    return infer is not None and infer.status.ready_replicas == 1
+
+
+async def inference_count(endpoint: pb.Endpoint) -> int:
+    client = triton_aio.InferenceServerClient(
+        f"{endpoint.address}:{endpoint.grpc_port}"
+    )
+    try:
+        stats = await client.get_inference_statistics("iris", as_json=True)
+        return int(
+            stats["model_stats"][0]["inference_stats"]["success"].get("count", 0)
+        )
+    finally:
+        await client.close()
+
+
+async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
+    manifests = iris_manifests().replace(
+        "  rules:\n    - targets: [{modelServer: iris}]", MIRRORED_ROUTE
+    )
+    await platform.apply(manifests + SHADOW)
+    primary = await platform.wait_for(ready, 90)
+    shadow = await platform.wait_for(ready, 90, name="shadow")
+    assert primary is not None and shadow is not None
+    app = await GatewayApp.start(
+        GatewaySettings(
+            registry_address=platform.registry.address,
+            grpc_port=0,
+            log_json=False,
+            auth_mode="off",
+        )
+    )
+    client = triton_aio.InferenceServerClient(app.address)
+    try:
+        for _ in range(100):
+            route = app.routes.table.routes.get("iris")
+            rule = route.rules[0] if route else None
+            if (
+                rule
+                and rule.targets[0][0].replicas
+                and rule.mirror
+                and rule.mirror[0].replicas
+            ):
+                break
+            await asyncio.sleep(0.05)
+        # Counted from here on: warmup requests count as inferences too.
+        shadow_before = await inference_count(shadow.status.endpoints[0])
+        primary_before = await inference_count(primary.status.endpoints[0])
+        tensor = triton_aio.InferInput("X", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32))
+        for _ in range(20):
+            result = await client.infer("iris", [tensor])
+            labels = result.as_numpy("label")
+            assert labels is not None and labels.reshape(-1).tolist() == [2]
+        for _ in range(100):  # mirrored copies are sent in the background
+            if await inference_count(shadow.status.endpoints[0]) - shadow_before == 20:
+                break
+            await asyncio.sleep(0.05)
+        assert await inference_count(shadow.status.endpoints[0]) - shadow_before == 20
+        assert await inference_count(primary.status.endpoints[0]) - primary_before == 20
+    finally:
+        await client.close()
+        await app.stop(0)
