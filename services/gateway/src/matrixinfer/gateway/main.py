@@ -21,6 +21,12 @@ from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
+from matrixinfer.gateway.activation import (
+    AutoscalerActivator,
+    LoadReporter,
+    LoadTracker,
+    NoopActivator,
+)
 from matrixinfer.gateway.auth import (
     ApiKeyRecord,
     Authenticator,
@@ -49,6 +55,11 @@ class Routes:
     table: RoutingTable = field(default_factory=RoutingTable)
     api_keys: InMemoryApiKeyStore = field(default_factory=InMemoryApiKeyStore)
     synced: bool = False
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def changed(self) -> None:
+        """Returns after the next rebuild (held requests wait on this)."""
+        await self._changed.wait()
 
     def rebuild(self, *_: object) -> None:
         informer = self.informer
@@ -72,6 +83,9 @@ class Routes:
             )
             for key in (r.api_key for r in informer.items("ApiKey"))
         }
+        # Wake everyone waiting, then arm a fresh event for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
 def _epoch_s(rfc3339: str) -> float | None:
@@ -103,6 +117,11 @@ class GatewayApp:
     routes: Routes
     upstreams: Upstreams
     server: RunningServer
+    tracker: LoadTracker
+    reporter: LoadReporter | None = None
+    autoscaler: grpc.aio.Channel | None = None
+
+    _sync_task: asyncio.Task[None] = field(init=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -115,6 +134,12 @@ class GatewayApp:
         informer = Informer(RegistryClient(channel), KINDS, routes.rebuild)
         routes.informer = informer
         upstreams = Upstreams(settings.max_message_bytes)
+        tracker = LoadTracker()
+        autoscaler = (
+            grpc.aio.insecure_channel(settings.autoscaler_address)
+            if settings.autoscaler_address
+            else None
+        )
         redis_client = (
             redis.asyncio.Redis.from_url(settings.redis_url)
             if settings.redis_url
@@ -137,7 +162,14 @@ class GatewayApp:
             ready=lambda: routes.synced,
             authenticator=_authenticator(settings, routes.api_keys),
             limiter=limiter,
+            activator=AutoscalerActivator(autoscaler)
+            if autoscaler
+            else NoopActivator(),
+            tracker=tracker,
+            table_changed=routes.changed,
+            max_held_per_model=settings.max_held_per_model,
         )
+        reporter = LoadReporter(autoscaler, tracker) if autoscaler else None
         try:
             await informer.start()
             server = await start_server(
@@ -150,8 +182,20 @@ class GatewayApp:
             await informer.stop()
             await channel.close()
             raise
-        app = cls(settings, channel, informer, routes, upstreams, server)
-        asyncio.get_running_loop().create_task(app._mark_synced())
+        app = cls(
+            settings,
+            channel,
+            informer,
+            routes,
+            upstreams,
+            server,
+            tracker,
+            reporter,
+            autoscaler,
+        )
+        if reporter is not None:
+            reporter.start()
+        app._sync_task = asyncio.get_running_loop().create_task(app._mark_synced())
         return app
 
     async def _mark_synced(self) -> None:
@@ -163,9 +207,14 @@ class GatewayApp:
         await self.server.stop(
             self.settings.grace_period_s if grace_s is None else grace_s
         )
+        if self.reporter is not None:
+            await self.reporter.stop()
+        self._sync_task.cancel()
         await self.informer.stop()
         await self.upstreams.close()
         await self.channel.close()
+        if self.autoscaler is not None:
+            await self.autoscaler.close()
 
 
 async def _run(settings: GatewaySettings) -> None:

@@ -9,11 +9,12 @@ refused: clients must never change what is served or reach Triton internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from matrixinfer.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from matrixinfer.gateway.activation import Activator, LoadTracker
 from matrixinfer.gateway.auth import Authenticator, authorize_infer
 from matrixinfer.gateway.balancer import Balancer
 from matrixinfer.gateway.ratelimit import Limit, RateLimiter
@@ -110,7 +112,15 @@ class InferenceProxy:
         ready: Callable[[], bool],
         authenticator: Authenticator,
         limiter: RateLimiter,
+        activator: Activator,
+        tracker: LoadTracker,
+        table_changed: Callable[[], Awaitable[None]],
+        max_held_per_model: int = 1000,
     ) -> None:
+        self._activator = activator
+        self._tracker = tracker
+        self._table_changed = table_changed
+        self._max_held_per_model = max_held_per_model
         self._authenticator = authenticator
         self._limiter = limiter
         # Mirrored copies run beside the real traffic; bounded, so a slow mirror
@@ -195,7 +205,7 @@ class InferenceProxy:
 
     async def _admit(
         self, context: grpc.aio.ServicerContext, name: str, version: str
-    ) -> tuple[Route, Rule, Server, str | None]:
+    ) -> tuple[Route, Rule, Server, str | None, dict[str, str]]:
         """Authenticate, authorize, route and rate-limit one call (in that order:
         nothing about a model is revealed to a caller who may not use it). Also
         returns the sticky-routing key when the ModelServer asks for one."""
@@ -217,7 +227,42 @@ class InferenceProxy:
                 limit.global_,
             )
         affinity = headers.get(server.hash_header) if server.hash_header else None
-        return route, rule, server, affinity
+        return route, rule, server, affinity, headers
+
+    async def _hold(
+        self,
+        name: str,
+        version: str,
+        headers: dict[str, str],
+        server: Server,
+        deadline: float,
+    ) -> Server:
+        """Wait for a replica of a model scaled to zero, asking for one first."""
+        load = self._tracker.load((server.namespace, server.model_infer))
+        if load.held >= self._max_held_per_model:
+            raise ResourceExhausted(
+                f"too many requests are waiting for model {name!r} to start",
+                retry_after_s=1.0,
+            )
+        load.held += 1
+        activation = asyncio.create_task(
+            self._activator.activate(server.namespace, server.model_infer)
+        )
+        self._mirrors.add(activation)  # keep a reference until it is done
+        activation.add_done_callback(self._mirrors.discard)
+        try:
+            while not server.replicas:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(
+                        f"model {name!r} had no ready replica before the deadline"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._table_changed(), remaining)
+                _, _, server = self._table().resolve(name, version, headers)
+            return server
+        finally:
+            load.held -= 1
 
     def _mirror(
         self, path: str, request: bytes, name: str, mirror: tuple[Server, int]
@@ -252,69 +297,94 @@ class InferenceProxy:
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             name, version = peek_model(request)
-            route, rule, server, affinity = await self._admit(context, name, version)
-            if server.triton_model and server.triton_model != name:
-                request = with_model(request, name=server.triton_model)
+            route, rule, server, affinity, headers = await self._admit(
+                context, name, version
+            )
             if method == "ModelReady" and not server.replicas:
                 return b""  # ModelReadyResponse{ready: false}
-            if method == "ModelInfer" and rule.mirror is not None:
-                self._mirror(path, request, name, rule.mirror)
             deadline = time.monotonic() + self._timeout_s(
                 context, server, rule.timeout_ms
             )
-            metadata = self._forwarded_metadata(context)
-            tried: set[str] = set()
-            attempts = 1 + max(0, server.retry_attempts)
-            last: grpc.aio.AioRpcError | None = None
-            for _ in range(attempts):
-                address = self._balancer.pick(
-                    server.replicas, tried, server.max_concurrent_per_replica, affinity
+            load = self._tracker.load((server.namespace, server.model_infer))
+            if method == "ModelInfer":
+                load.arrivals += 1
+                if not server.replicas:
+                    server = await self._hold(name, version, headers, server, deadline)
+                if rule.mirror is not None:
+                    self._mirror(path, request, name, rule.mirror)
+            if server.triton_model and server.triton_model != name:
+                request = with_model(request, name=server.triton_model)
+            load.in_flight += 1
+            try:
+                return await self._forward(
+                    method, path, request, context, name, server, affinity, deadline
                 )
-                if address is None:
-                    break
-                tried.add(address)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded(
-                        f"{method} for model {name!r} ran out of time"
-                    )
-                self._balancer.started(address)
-                failed = False
-                try:
-                    stub = self._upstreams.channel(address).unary_unary(path)
-                    response: bytes = await stub(
-                        request, timeout=remaining, metadata=metadata
-                    )
-                    return response
-                except grpc.aio.AioRpcError as e:
-                    failed = e.code() in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.INTERNAL,
-                    )
-                    if (
-                        e.code().name in server.retry_on
-                        and e.code() == grpc.StatusCode.UNAVAILABLE
-                    ):
-                        last = e
-                        continue
-                    await context.abort(e.code(), _clean(e.details()))
-                    raise AssertionError("unreachable") from None
-                finally:
-                    self._balancer.finished(
-                        address, failed, server.consecutive_errors, server.ejection_s
-                    )
-            if last is not None:
-                raise Unavailable(
-                    f"no replica of model {name!r} answered: {_clean(last.details())}"
-                )
-            if server.replicas and server.max_concurrent_per_replica:
-                raise ResourceExhausted(
-                    f"every replica of model {name!r} is at its concurrency limit",
-                    retry_after_s=0.1,
-                )
-            raise Unavailable(f"model {name!r} has no ready replica")
+            finally:
+                load.in_flight -= 1
 
         return call
+
+    async def _forward(
+        self,
+        method: str,
+        path: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext,
+        name: str,
+        server: Server,
+        affinity: str | None,
+        deadline: float,
+    ) -> bytes:
+        metadata = self._forwarded_metadata(context)
+        tried: set[str] = set()
+        attempts = 1 + max(0, server.retry_attempts)
+        last: grpc.aio.AioRpcError | None = None
+        for _ in range(attempts):
+            address = self._balancer.pick(
+                server.replicas, tried, server.max_concurrent_per_replica, affinity
+            )
+            if address is None:
+                break
+            tried.add(address)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{method} for model {name!r} ran out of time")
+            self._balancer.started(address)
+            failed = False
+            try:
+                stub = self._upstreams.channel(address).unary_unary(path)
+                response: bytes = await stub(
+                    request, timeout=remaining, metadata=metadata
+                )
+                return response
+            except grpc.aio.AioRpcError as e:
+                failed = e.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.INTERNAL,
+                )
+                # Only UNAVAILABLE is safe to retry: the request never ran.
+                if (
+                    e.code() == grpc.StatusCode.UNAVAILABLE
+                    and "UNAVAILABLE" in server.retry_on
+                ):
+                    last = e
+                    continue
+                await context.abort(e.code(), _clean(e.details()))
+                raise AssertionError("unreachable") from None
+            finally:
+                self._balancer.finished(
+                    address, failed, server.consecutive_errors, server.ejection_s
+                )
+        if last is not None:
+            raise Unavailable(
+                f"no replica of model {name!r} answered: {_clean(last.details())}"
+            )
+        if server.replicas and server.max_concurrent_per_replica:
+            raise ResourceExhausted(
+                f"every replica of model {name!r} is at its concurrency limit",
+                retry_after_s=0.1,
+            )
+        raise Unavailable(f"model {name!r} has no ready replica")
 
     async def _stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -326,7 +396,12 @@ class InferenceProxy:
         except StopAsyncIteration:
             return
         name, version = peek_model(first)
-        _, _, server, affinity = await self._admit(context, name, version)
+        _, rule, server, affinity, headers = await self._admit(context, name, version)
+        if not server.replicas:
+            deadline = time.monotonic() + self._timeout_s(
+                context, server, rule.timeout_ms
+            )
+            server = await self._hold(name, version, headers, server, deadline)
         address = self._balancer.pick(
             server.replicas, set(), server.max_concurrent_per_replica, affinity
         )

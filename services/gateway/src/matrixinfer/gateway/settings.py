@@ -49,6 +49,15 @@ class GatewaySettings(ServiceSettings):
     jwks_path: pathlib.Path | None = None
     """A JWKS document (JSON) with the public keys JWTs are verified against."""
 
+    autoscaler_address: str | None = None
+    """host:port of the autoscaler: load reports go there every second and models at
+    zero are activated through it. Unset: no reports; held requests wait for whoever
+    scales the model up."""
+
+    max_held_per_model: int = Field(default=1000, ge=0)
+    """Requests held per model while it scales up from zero; more get
+    RESOURCE_EXHAUSTED (a bounded queue, never unbounded memory)."""
+
     redis_url: str | None = None
     """Redis for rate limits marked `global` (shared by every gateway process), e.g.
     redis://127.0.0.1:6379/0. Unset: such limits apply per process."""

@@ -1,0 +1,127 @@
+"""Scale-from-zero and load reporting: the gateway's side of the autoscaler.
+
+A request for a model with no ready replica is held (bounded per model, until its
+deadline) while the autoscaler is asked to activate the model; it continues as soon
+as the routing table shows a replica. Per-model load (in flight, arrivals, held) is
+counted on the request path with plain integers and streamed to the autoscaler
+about once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from matrixinfer.api.v1 import autoscaler_pb2 as apb
+from matrixinfer.api.v1 import autoscaler_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, ModelInfer)
+
+
+class Activator(Protocol):
+    async def activate(self, namespace: str, model_infer: str) -> None: ...
+
+
+class NoopActivator:
+    """Used until an autoscaler is configured: held requests wait for whoever scales
+    the ModelInfer up (an operator, `Controller.Scale`)."""
+
+    async def activate(self, namespace: str, model_infer: str) -> None:
+        return None
+
+
+class AutoscalerActivator:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 2.0) -> None:
+        self._stub = autoscaler_pb2_grpc.AutoscalerStub(channel)
+        self._timeout_s = timeout_s
+
+    async def activate(self, namespace: str, model_infer: str) -> None:
+        try:
+            await self._stub.Activate(
+                apb.ActivateRequest(namespace=namespace, model_infer=model_infer),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as e:
+            # Held requests still wait for replicas; the next request asks again.
+            log.warning(
+                "Activate %s/%s failed: %s", namespace, model_infer, e.code().name
+            )
+
+
+@dataclass
+class Load:
+    in_flight: int = 0
+    arrivals: int = 0
+    held: int = 0
+
+
+@dataclass
+class LoadTracker:
+    """Counters per ModelInfer, touched on every request (no locks: one event loop)."""
+
+    loads: dict[Key, Load] = field(default_factory=dict)
+
+    def load(self, key: Key) -> Load:
+        load = self.loads.get(key)
+        if load is None:
+            load = self.loads[key] = Load()
+        return load
+
+    def snapshot(self, window_s: float, gateway_id: str) -> apb.LoadReport:
+        report = apb.LoadReport(gateway_id=gateway_id, window_seconds=window_s)
+        for (namespace, name), load in list(self.loads.items()):
+            report.models.add(
+                namespace=namespace,
+                model_infer=name,
+                in_flight=load.in_flight,
+                arrivals=load.arrivals,
+                held=load.held,
+            )
+            load.arrivals = 0
+            if not (load.in_flight or load.held):
+                del self.loads[(namespace, name)]
+        return report
+
+
+class LoadReporter:
+    """Streams LoadReport to the autoscaler every ``interval_s``; reconnects."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, tracker: LoadTracker, interval_s: float = 1.0
+    ) -> None:
+        self._stub = autoscaler_pb2_grpc.AutoscalerStub(channel)
+        self._tracker = tracker
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.gateway_id = f"gateway-{uuid.uuid4().hex[:8]}"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="load-reporter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _reports(self) -> AsyncIterator[apb.LoadReport]:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            yield self._tracker.snapshot(self._interval_s, self.gateway_id)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._stub.ReportLoad(self._reports())
+            except grpc.aio.AioRpcError as e:
+                log.warning("load reports interrupted (%s); retrying", e.code().name)
+            await asyncio.sleep(self._interval_s)
