@@ -66,6 +66,24 @@ def _clean(details: str | None) -> str:
     return _SHM_NAMES.sub("<internal>", details or "")[:1024]
 
 
+class UpstreamError(Exception):
+    """Triton answered with an error status; it goes to the caller as is (cleaned)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def grpc_headers(context: grpc.aio.ServicerContext) -> dict[str, list[str]]:
+    """Every metadata value per lowercase key (duplicates stay visible to auth)."""
+    headers: dict[str, list[str]] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            headers.setdefault(key.lower(), []).append(value)
+    return headers
+
+
 def _live_response() -> bytes:
     return (
         b"\x08\x01"  # ServerLiveResponse{live: true} / ServerReadyResponse{ready: true}
@@ -186,33 +204,29 @@ class InferenceProxy:
     # ------------------------------------------------------------------ routed calls
 
     def _timeout_s(
-        self, context: grpc.aio.ServicerContext, server: Server, rule_ms: int
+        self, remaining: float | None, server: Server, rule_ms: int
     ) -> float:
-        remaining = context.time_remaining()
         cap = (rule_ms or server.timeout_ms) / 1000.0
         wanted = remaining if remaining is not None else self._default_timeout_s
         return max(0.0, min(wanted, cap, self._max_timeout_s))
 
     @staticmethod
     def _forwarded_metadata(
-        context: grpc.aio.ServicerContext,
+        headers: dict[str, list[str]],
     ) -> tuple[tuple[str, str], ...]:
         return tuple(
             (k, v)
-            for k, v in (context.invocation_metadata() or ())
+            for k, values in headers.items()
             if k not in _DROPPED and not k.startswith(":") and not k.endswith("-bin")
+            for v in values
         )
 
     async def _admit(
-        self, context: grpc.aio.ServicerContext, name: str, version: str
+        self, all_headers: dict[str, list[str]], name: str, version: str
     ) -> tuple[Route, Rule, Server, str | None, dict[str, str]]:
         """Authenticate, authorize, route and rate-limit one call (in that order:
         nothing about a model is revealed to a caller who may not use it). Also
         returns the sticky-routing key when the ModelServer asks for one."""
-        all_headers: dict[str, list[str]] = {}
-        for key, value in context.invocation_metadata() or ():
-            if isinstance(value, str):
-                all_headers.setdefault(key.lower(), []).append(value)
         principal = self._authenticator.authenticate(all_headers)
         authorize_infer(principal, name)
         headers = {k: v[-1] for k, v in all_headers.items()}
@@ -293,49 +307,62 @@ class InferenceProxy:
         task.add_done_callback(self._mirrors.discard)
 
     def _routed(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
-        path = f"/{SERVICE}/{method}"
-
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            name, version = peek_model(request)
-            route, rule, server, affinity, headers = await self._admit(
-                context, name, version
-            )
-            if method == "ModelReady" and not server.replicas:
-                return b""  # ModelReadyResponse{ready: false}
-            deadline = time.monotonic() + self._timeout_s(
-                context, server, rule.timeout_ms
-            )
-            load = self._tracker.load((server.namespace, server.model_infer))
-            if method == "ModelInfer":
-                load.arrivals += 1
-                if not server.replicas:
-                    server = await self._hold(name, version, headers, server, deadline)
-                if rule.mirror is not None:
-                    self._mirror(path, request, name, rule.mirror)
-            if server.triton_model and server.triton_model != name:
-                request = with_model(request, name=server.triton_model)
-            load.in_flight += 1
             try:
-                return await self._forward(
-                    method, path, request, context, name, server, affinity, deadline
+                return await self.handle(
+                    method, request, grpc_headers(context), context.time_remaining()
                 )
-            finally:
-                load.in_flight -= 1
+            except UpstreamError as e:
+                await context.abort(e.code, e.message)
+                raise AssertionError("unreachable") from None
 
         return call
+
+    async def handle(
+        self,
+        method: str,
+        request: bytes,
+        headers: dict[str, list[str]],
+        time_remaining_s: float | None,
+    ) -> bytes:
+        """One model-scoped call, whatever transport brought it (gRPC or REST)."""
+        path = f"/{SERVICE}/{method}"
+        name, version = peek_model(request)
+        route, rule, server, affinity, flat = await self._admit(headers, name, version)
+        if method == "ModelReady" and not server.replicas:
+            return b""  # ModelReadyResponse{ready: false}
+        deadline = time.monotonic() + self._timeout_s(
+            time_remaining_s, server, rule.timeout_ms
+        )
+        load = self._tracker.load((server.namespace, server.model_infer))
+        if method == "ModelInfer":
+            load.arrivals += 1
+            if not server.replicas:
+                server = await self._hold(name, version, flat, server, deadline)
+            if rule.mirror is not None:
+                self._mirror(path, request, name, rule.mirror)
+        if server.triton_model and server.triton_model != name:
+            request = with_model(request, name=server.triton_model)
+        load.in_flight += 1
+        try:
+            return await self._forward(
+                method, path, request, self._forwarded_metadata(headers), name, server,
+                affinity, deadline,
+            )  # fmt: skip
+        finally:
+            load.in_flight -= 1
 
     async def _forward(
         self,
         method: str,
         path: str,
         request: bytes,
-        context: grpc.aio.ServicerContext,
+        metadata: tuple[tuple[str, str], ...],
         name: str,
         server: Server,
         affinity: str | None,
         deadline: float,
     ) -> bytes:
-        metadata = self._forwarded_metadata(context)
         tried: set[str] = set()
         attempts = 1 + max(0, server.retry_attempts)
         last: grpc.aio.AioRpcError | None = None
@@ -369,8 +396,7 @@ class InferenceProxy:
                 ):
                     last = e
                     continue
-                await context.abort(e.code(), _clean(e.details()))
-                raise AssertionError("unreachable") from None
+                raise UpstreamError(e.code(), _clean(e.details())) from None
             finally:
                 self._balancer.finished(
                     address, failed, server.consecutive_errors, server.ejection_s
@@ -396,12 +422,13 @@ class InferenceProxy:
         except StopAsyncIteration:
             return
         name, version = peek_model(first)
-        _, rule, server, affinity, headers = await self._admit(context, name, version)
+        headers = grpc_headers(context)
+        _, rule, server, affinity, flat = await self._admit(headers, name, version)
         if not server.replicas:
             deadline = time.monotonic() + self._timeout_s(
-                context, server, rule.timeout_ms
+                context.time_remaining(), server, rule.timeout_ms
             )
-            server = await self._hold(name, version, headers, server, deadline)
+            server = await self._hold(name, version, flat, server, deadline)
         address = self._balancer.pick(
             server.replicas, set(), server.max_concurrent_per_replica, affinity
         )
@@ -423,7 +450,7 @@ class InferenceProxy:
         try:
             call = self._upstreams.channel(address).stream_stream(
                 f"/{SERVICE}/ModelStreamInfer"
-            )(upstream_requests(), metadata=self._forwarded_metadata(context))
+            )(upstream_requests(), metadata=self._forwarded_metadata(headers))
             async for response in call:
                 yield response
         except grpc.aio.AioRpcError as e:
