@@ -68,6 +68,7 @@ async def start_gateway(platform: Platform, autoscaler: str | None) -> GatewayAp
         GatewaySettings(
             registry_address=platform.registry.address,
             grpc_port=0,
+            http_port=0,
             log_json=False,
             auth_mode="off",
             autoscaler_address=autoscaler,

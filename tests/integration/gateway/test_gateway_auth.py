@@ -44,7 +44,10 @@ def infer_request() -> service_pb2.ModelInferRequest:
 async def secured(platform: Platform) -> AsyncIterator[Secured]:
     app = await GatewayApp.start(
         GatewaySettings(
-            registry_address=platform.registry.address, grpc_port=0, log_json=False
+            registry_address=platform.registry.address,
+            grpc_port=0,
+            http_port=0,
+            log_json=False,
         )
     )
     channel = grpc.aio.insecure_channel(app.address)

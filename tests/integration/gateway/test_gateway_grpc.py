@@ -29,6 +29,7 @@ async def gateway(platform: Platform, tmp_path: pathlib.Path) -> AsyncIterator[s
         GatewaySettings(
             registry_address=platform.registry.address,
             grpc_port=0,
+            http_port=0,
             log_json=False,
             auth_mode="off",
         )

@@ -63,6 +63,7 @@ async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
         GatewaySettings(
             registry_address=platform.registry.address,
             grpc_port=0,
+            http_port=0,
             log_json=False,
             auth_mode="off",
         )

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import grpc
 import redis.asyncio
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
@@ -40,6 +41,7 @@ from matrixinfer.gateway.ratelimit import (
     RateLimiter,
     RedisTokenBucket,
 )
+from matrixinfer.gateway.rest import rest_app
 from matrixinfer.gateway.routing import RoutingTable, build_table
 from matrixinfer.gateway.settings import GatewaySettings
 
@@ -118,6 +120,8 @@ class GatewayApp:
     upstreams: Upstreams
     server: RunningServer
     tracker: LoadTracker
+    rest: web.AppRunner
+    http_port: int
     reporter: LoadReporter | None = None
     autoscaler: grpc.aio.Channel | None = None
 
@@ -126,6 +130,10 @@ class GatewayApp:
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.server.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.http_port}"
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> GatewayApp:
@@ -170,15 +178,25 @@ class GatewayApp:
             max_held_per_model=settings.max_held_per_model,
         )
         reporter = LoadReporter(autoscaler, tracker) if autoscaler else None
+        metrics = CollectorRegistry()
+        rest = web.AppRunner(
+            rest_app(proxy, lambda: routes.synced, metrics, settings.max_message_bytes),
+            access_log=None,
+        )
         try:
             await informer.start()
             server = await start_server(
                 settings,
                 lambda s: s.add_generic_rpc_handlers((proxy.handler(),)),
                 service_names=[SERVICE],
-                metrics=GrpcServerMetrics(CollectorRegistry()),
+                metrics=GrpcServerMetrics(metrics),
             )
+            await rest.setup()
+            site = web.TCPSite(rest, settings.host, settings.http_port)
+            await site.start()
+            http_port = int(rest.addresses[0][1])
         except BaseException:
+            await rest.cleanup()
             await informer.stop()
             await channel.close()
             raise
@@ -190,6 +208,8 @@ class GatewayApp:
             upstreams,
             server,
             tracker,
+            rest,
+            http_port,
             reporter,
             autoscaler,
         )
@@ -207,6 +227,7 @@ class GatewayApp:
         await self.server.stop(
             self.settings.grace_period_s if grace_s is None else grace_s
         )
+        await self.rest.cleanup()
         if self.reporter is not None:
             await self.reporter.stop()
         self._sync_task.cancel()

@@ -22,6 +22,9 @@ class GatewaySettings(ServiceSettings):
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     """KServe v2 gRPC port; 8001 is Triton's, so clients change only the host."""
 
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    """KServe v2 HTTP/JSON port (Triton's 8000); also /metrics, /healthz, /readyz."""
+
     registry_address: str = "127.0.0.1:50051"
     """host:port of the registry (routing comes from its Watch)."""
 

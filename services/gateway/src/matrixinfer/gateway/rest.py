@@ -1,0 +1,412 @@
+"""KServe v2 over HTTP/JSON, transcoded onto the same call path as gRPC.
+
+JSON tensors become raw tensor bytes (numpy does the packing), Triton's binary tensor
+data extension (``Inference-Header-Content-Length``) is understood both ways, so
+``tritonclient.http`` and curl work unchanged. Errors keep the gRPC status's meaning
+in HTTP terms (401, 403, 404, 429 with Retry-After, 503, 504) with KServe's
+``{"error": ...}`` body and never echo credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from aiohttp import web
+from google.protobuf import json_format
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from tritonclient.grpc import service_pb2
+
+from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceExhausted
+from matrixinfer.core.grpc.errors import status_code_for
+from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_MAX_JSON_DEPTH = 64
+DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}  # fmt: skip
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def _error(
+    code: grpc.StatusCode, message: str, retry_after_s: float | None = None
+) -> web.Response:
+    response = web.json_response({"error": message}, status=HTTP_STATUS.get(code, 500))
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return response
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidArgument(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(value: str) -> Any:
+    raise InvalidArgument(f"{value} is not valid JSON")
+
+
+def _parse_json(raw: bytes) -> Any:
+    depth = 0
+    for byte in raw:  # refuse deep nesting before the recursive parser sees it
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > _MAX_JSON_DEPTH:
+                raise InvalidArgument(
+                    f"JSON nested deeper than {_MAX_JSON_DEPTH} levels"
+                )
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        return json.loads(
+            raw, object_pairs_hook=_strict_object, parse_constant=_reject_constant
+        )
+    except (ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, InvalidArgument):
+            raise
+        raise InvalidArgument(f"request body is not valid JSON: {e}") from e
+
+
+def _bytes_tensor(values: list[Any], path: str) -> bytes:
+    out = bytearray()
+    for value in values:
+        if isinstance(value, str):
+            data = value.encode()
+        elif isinstance(value, bytes):
+            data = value
+        else:
+            raise InvalidArgument.field(path, "BYTES data must be strings")
+        out += struct.pack("<I", len(data)) + data
+    return bytes(out)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def build_infer_request(
+    model: str, version: str, body: dict[str, Any], binary: bytes
+) -> tuple[service_pb2.ModelInferRequest, dict[str, bool]]:
+    """The gRPC request for a JSON infer body; also which outputs go back binary."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+    if isinstance(body.get("id"), str):
+        request.id = body["id"]
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidArgument.field("inputs", "a non-empty list is required")
+    offset = 0
+    for i, spec in enumerate(inputs):
+        path = f"inputs[{i}]"
+        if not isinstance(spec, dict):
+            raise InvalidArgument.field(path, "must be an object")
+        name, datatype, shape = (
+            spec.get("name"),
+            spec.get("datatype"),
+            spec.get("shape"),
+        )
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument.field(f"{path}.name", "required")
+        if datatype not in DTYPES and datatype != "BYTES":
+            raise InvalidArgument.field(f"{path}.datatype", "not a KServe v2 data type")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31
+            for d in shape
+        ):
+            raise InvalidArgument.field(
+                f"{path}.shape", "must be a list of non-negative integers"
+            )
+        count = math.prod(shape)
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        parameters = spec.get("parameters") or {}
+        size = (
+            parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        )
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidArgument.field(
+                    f"{path}.parameters.binary_data_size", "past the body's end"
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+        else:
+            data = spec.get("data")
+            if data is None:
+                raise InvalidArgument.field(
+                    f"{path}.data", "required (or binary_data_size)"
+                )
+            flat = _flatten(data)
+            if len(flat) != count:
+                raise InvalidArgument.field(
+                    f"{path}.data",
+                    f"has {len(flat)} values; shape {shape} needs {count}",
+                )
+            if datatype == "BYTES":
+                raw = _bytes_tensor(flat, f"{path}.data")
+            else:
+                try:
+                    raw = np.asarray(flat, dtype=DTYPES[datatype]).tobytes()
+                except (TypeError, ValueError, OverflowError) as e:
+                    raise InvalidArgument.field(
+                        f"{path}.data", f"not {datatype} values: {e}"
+                    ) from e
+        if (
+            datatype != "BYTES"
+            and len(raw) != count * np.dtype(DTYPES[datatype]).itemsize
+        ):
+            raise InvalidArgument.field(
+                f"{path}", "data size does not match shape and datatype"
+            )
+        del tensor  # described; the bytes go in raw_input_contents, in input order
+        request.raw_input_contents.append(raw)
+    given = body.get("parameters")
+    defaults: dict[str, Any] = given if isinstance(given, dict) else {}
+    binary_default = bool(defaults.get("binary_data_output", False))
+    binary_outputs: dict[str, bool] = {}
+    for j, out in enumerate(body.get("outputs") or []):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise InvalidArgument.field(f"outputs[{j}].name", "required")
+        request.outputs.add(name=out["name"])
+        given_params = out.get("parameters")
+        params: dict[str, Any] = given_params if isinstance(given_params, dict) else {}
+        binary_outputs[out["name"]] = bool(params.get("binary_data", binary_default))
+    binary_outputs.setdefault("*", binary_default)
+    return request, binary_outputs
+
+
+def _decode_output(datatype: str, raw: bytes) -> list[Any]:
+    if datatype == "BYTES":
+        values, pos = [], 0
+        while pos + 4 <= len(raw):
+            (length,) = struct.unpack_from("<I", raw, pos)
+            pos += 4
+            chunk = raw[pos : pos + length]
+            pos += length
+            try:
+                values.append(chunk.decode())
+            except UnicodeDecodeError:
+                values.append(chunk.hex())
+        return values
+    result: list[Any] = np.frombuffer(raw, dtype=DTYPES[datatype]).tolist()
+    return result
+
+
+def infer_response(
+    response: service_pb2.ModelInferResponse, binary_outputs: dict[str, bool]
+) -> web.Response:
+    outputs, tail = [], bytearray()
+    for i, out in enumerate(response.outputs):
+        raw = (
+            response.raw_output_contents[i]
+            if i < len(response.raw_output_contents)
+            else b""
+        )
+        item: dict[str, Any] = {
+            "name": out.name,
+            "datatype": out.datatype,
+            "shape": list(out.shape),
+        }
+        if binary_outputs.get(out.name, binary_outputs.get("*", False)):
+            item["parameters"] = {"binary_data_size": len(raw)}
+            tail += raw
+        else:
+            item["data"] = _decode_output(out.datatype, raw)
+        outputs.append(item)
+    header = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+    }
+    if response.id:
+        header["id"] = response.id
+    header["outputs"] = outputs
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    if not tail:
+        return web.Response(body=encoded, content_type="application/json")
+    result = web.Response(
+        body=encoded + bytes(tail), content_type="application/octet-stream"
+    )
+    result.headers[HEADER_LENGTH] = str(len(encoded))
+    return result
+
+
+def _headers(request: web.Request) -> dict[str, list[str]]:
+    headers: dict[str, list[str]] = {}
+    for key, value in request.headers.items():
+        headers.setdefault(key.lower(), []).append(value)
+    return headers
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except UpstreamError as e:
+        return _error(e.code, e.message)
+    except ResourceExhausted as e:
+        return _error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, e.message, e.retry_after_s or 1.0
+        )
+    except MatrixInferError as e:
+        return _error(status_code_for(e), e.message)
+
+
+def rest_app(
+    proxy: InferenceProxy,
+    ready: Callable[[], bool],
+    metrics: CollectorRegistry,
+    max_body_bytes: int,
+) -> web.Application:
+    async def model_call(method: str, request: web.Request, message: Any) -> bytes:
+        return await proxy.handle(
+            method, message.SerializeToString(), _headers(request), None
+        )
+
+    def names(request: web.Request) -> tuple[str, str]:
+        return request.match_info["model"], request.match_info.get("version", "")
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def server_ready(request: web.Request) -> web.Response:
+        return web.json_response({"ready": ready()}, status=200 if ready() else 503)
+
+    async def server_metadata(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "name": "matrixinfer-gateway",
+                "version": "0.1.0",
+                "extensions": ["binary_tensor_data"],
+            }
+        )
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        model, version = names(request)
+        raw = await model_call(
+            "ModelMetadata",
+            request,
+            service_pb2.ModelMetadataRequest(name=model, version=version),
+        )
+        message = service_pb2.ModelMetadataResponse.FromString(raw)
+        return web.json_response(
+            json_format.MessageToDict(message, preserving_proto_field_name=True)
+        )
+
+    async def model_ready(request: web.Request) -> web.Response:
+        model, version = names(request)
+        raw = await model_call(
+            "ModelReady",
+            request,
+            service_pb2.ModelReadyRequest(name=model, version=version),
+        )
+        is_ready = service_pb2.ModelReadyResponse.FromString(raw).ready
+        return web.json_response(
+            {"name": model, "ready": is_ready}, status=200 if is_ready else 400
+        )
+
+    async def model_config(request: web.Request) -> web.Response:
+        model, version = names(request)
+        raw = await model_call(
+            "ModelConfig",
+            request,
+            service_pb2.ModelConfigRequest(name=model, version=version),
+        )
+        config = service_pb2.ModelConfigResponse.FromString(raw).config
+        return web.json_response(
+            json_format.MessageToDict(config, preserving_proto_field_name=True)
+        )
+
+    async def model_stats(request: web.Request) -> web.Response:
+        model, version = names(request)
+        raw = await model_call(
+            "ModelStatistics",
+            request,
+            service_pb2.ModelStatisticsRequest(name=model, version=version),
+        )
+        stats = service_pb2.ModelStatisticsResponse.FromString(raw)
+        return web.json_response(
+            json_format.MessageToDict(stats, preserving_proto_field_name=True)
+        )
+
+    async def infer(request: web.Request) -> web.Response:
+        model, version = names(request)
+        body = await request.read()
+        length = request.headers.get(HEADER_LENGTH)
+        if length is not None:
+            if not length.isdigit() or int(length) > len(body):
+                raise InvalidArgument.field(
+                    HEADER_LENGTH, "must be the JSON part's length"
+                )
+            header, binary = body[: int(length)], body[int(length) :]
+        else:
+            header, binary = body, b""
+        message, binary_outputs = build_infer_request(
+            model, version, _parse_json(header), binary
+        )
+        raw = await proxy.handle(
+            "ModelInfer", message.SerializeToString(), _headers(request), None
+        )
+        return infer_response(
+            service_pb2.ModelInferResponse.FromString(raw), binary_outputs
+        )
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(metrics))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[errors])
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", server_ready)
+    app.router.add_get("/healthz", live)
+    app.router.add_get("/readyz", server_ready)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/v2", server_metadata)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(prefix + "/ready", model_ready)
+        app.router.add_get(prefix + "/config", model_config)
+        app.router.add_get(prefix + "/stats", model_stats)
+        app.router.add_post(prefix + "/infer", infer)
+    return app
