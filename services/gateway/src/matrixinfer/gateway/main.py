@@ -124,6 +124,7 @@ class GatewayApp:
     http_port: int
     reporter: LoadReporter | None = None
     autoscaler: grpc.aio.Channel | None = None
+    redis_client: redis.asyncio.Redis | None = None
 
     _sync_task: asyncio.Task[None] = field(init=False, repr=False)
 
@@ -212,6 +213,7 @@ class GatewayApp:
             http_port,
             reporter,
             autoscaler,
+            redis_client,
         )
         if reporter is not None:
             reporter.start()
@@ -236,6 +238,8 @@ class GatewayApp:
         await self.channel.close()
         if self.autoscaler is not None:
             await self.autoscaler.close()
+        if self.redis_client is not None:
+            await self.redis_client.aclose()
 
 
 async def _run(settings: GatewaySettings) -> None:
