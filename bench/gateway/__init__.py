@@ -1,0 +1,1 @@
+"""Gateway benchmark: direct-to-Triton against through-the-gateway."""
