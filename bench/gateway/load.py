@@ -33,6 +33,7 @@ def load(
 ) -> None:
     """Send the same request from ``concurrency`` tasks for ``seconds``; put (count,
     failures, p50 s, p99 s) on ``out``."""
+
     async def run() -> tuple[int, int, list[float]]:
         payload = request_bytes()
         latencies: list[float] = []
