@@ -21,11 +21,11 @@ from aiohttp import web
 from google.protobuf import json_format
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from tritonclient.grpc import service_pb2
 
 from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceExhausted
 from matrixinfer.core.grpc.errors import status_code_for
 from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
+from matrixinfer.triton.protocol import service_pb2
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _MAX_JSON_DEPTH = 64
