@@ -17,6 +17,8 @@ from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.main import ControllerApp
 from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.gateway.main import GatewayApp
+from matrixinfer.gateway.settings import GatewaySettings
 from matrixinfer.registry.main import RegistryApp
 from tests.conftest import ROOT, registry_settings
 
@@ -93,3 +95,27 @@ async def platform(tmp_path: pathlib.Path) -> AsyncIterator[Platform]:
         await channel.close()
         await controller.stop(0)
         await registry.stop(0)
+
+
+async def start_gateway(platform: Platform, **settings: object) -> GatewayApp:
+    """A gateway on ephemeral ports following this platform's registry (auth off
+    unless the test says otherwise)."""
+    values: dict[str, object] = {
+        "registry_address": platform.registry.address,
+        "grpc_port": 0,
+        "http_port": 0,
+        "log_json": False,
+        "auth_mode": "off",
+    }
+    values.update(settings)
+    return await GatewayApp.start(GatewaySettings(**values))  # type: ignore[arg-type]
+
+
+async def wait_routed(app: GatewayApp, model: str = "iris", replicas: int = 1) -> None:
+    """Until the gateway's table (fed by Watch) reaches ``replicas`` of ``model``."""
+    for _ in range(200):
+        route = app.routes.table.routes.get(model)
+        if route is not None and len(route.rules[0].targets[0][0].replicas) >= replicas:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateway never routed {model!r} to {replicas} replica(s)")

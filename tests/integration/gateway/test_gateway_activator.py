@@ -18,8 +18,7 @@ from matrixinfer.api.v1 import autoscaler_pb2 as apb
 from matrixinfer.api.v1 import autoscaler_pb2_grpc, controller_pb2_grpc
 from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.gateway.main import GatewayApp
-from matrixinfer.gateway.settings import GatewaySettings
-from tests.integration.conftest import Platform, iris_manifests
+from tests.integration.conftest import Platform, iris_manifests, start_gateway
 
 
 class RecordingAutoscaler(autoscaler_pb2_grpc.AutoscalerServicer):
@@ -59,21 +58,12 @@ def tensor() -> triton_aio.InferInput:
     return t
 
 
-async def start_gateway(platform: Platform, autoscaler: str | None) -> GatewayApp:
+async def gateway_at_zero(platform: Platform, autoscaler: str | None) -> GatewayApp:
     await platform.apply(iris_manifests(**{"replicas: 1": "replicas: 0"}))
     await platform.wait_for(
         lambda i: i is not None and i.status.observed_generation == 1
     )
-    app = await GatewayApp.start(
-        GatewaySettings(
-            registry_address=platform.registry.address,
-            grpc_port=0,
-            http_port=0,
-            log_json=False,
-            auth_mode="off",
-            autoscaler_address=autoscaler,
-        )
-    )
+    app = await start_gateway(platform, autoscaler_address=autoscaler)
     for _ in range(100):
         if "iris" in app.routes.table.routes:
             break
@@ -89,7 +79,7 @@ async def test_request_at_zero_is_held_activated_and_answered(
     autoscaler_pb2_grpc.add_AutoscalerServicer_to_server(autoscaler, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    app = await start_gateway(platform, f"127.0.0.1:{port}")
+    app = await gateway_at_zero(platform, f"127.0.0.1:{port}")
     client = triton_aio.InferenceServerClient(app.address)
     try:
         assert not await client.is_model_ready("iris")
@@ -112,7 +102,7 @@ async def test_request_at_zero_is_held_activated_and_answered(
 
 
 async def test_held_request_ends_at_its_deadline(platform: Platform) -> None:
-    app = await start_gateway(platform, None)  # nobody scales it up
+    app = await gateway_at_zero(platform, None)  # nobody scales it up
     client = triton_aio.InferenceServerClient(app.address)
     try:
         with pytest.raises(InferenceServerException) as info:

@@ -16,8 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.gateway.main import GatewayApp
-from matrixinfer.gateway.settings import GatewaySettings
-from tests.integration.conftest import Platform, iris_manifests
+from tests.integration.conftest import Platform, iris_manifests, start_gateway
 
 LIMITED_ROUTE = """  rules:
     - targets: [{modelServer: iris}]
@@ -42,14 +41,7 @@ def infer_request() -> service_pb2.ModelInferRequest:
 
 @pytest_asyncio.fixture
 async def secured(platform: Platform) -> AsyncIterator[Secured]:
-    app = await GatewayApp.start(
-        GatewaySettings(
-            registry_address=platform.registry.address,
-            grpc_port=0,
-            http_port=0,
-            log_json=False,
-        )
-    )
+    app = await start_gateway(platform, auth_mode="required")
     channel = grpc.aio.insecure_channel(app.address)
     try:
         manifests = iris_manifests().replace(

@@ -9,9 +9,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.gateway.main import GatewayApp
-from matrixinfer.gateway.settings import GatewaySettings
-from tests.integration.conftest import Platform, iris_manifests
+from tests.integration.conftest import Platform, iris_manifests, start_gateway
 
 SHADOW = """
 ---
@@ -59,15 +57,7 @@ async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
     primary = await platform.wait_for(ready, 90)
     shadow = await platform.wait_for(ready, 90, name="shadow")
     assert primary is not None and shadow is not None
-    app = await GatewayApp.start(
-        GatewaySettings(
-            registry_address=platform.registry.address,
-            grpc_port=0,
-            http_port=0,
-            log_json=False,
-            auth_mode="off",
-        )
-    )
+    app = await start_gateway(platform)
     client = triton_aio.InferenceServerClient(app.address)
     try:
         for _ in range(100):

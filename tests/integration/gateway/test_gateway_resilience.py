@@ -15,34 +15,14 @@ import pytest
 import redis.asyncio
 import tritonclient.grpc.aio as triton_aio
 
-from matrixinfer.gateway.main import GatewayApp
-from matrixinfer.gateway.settings import GatewaySettings
-from tests.integration.conftest import Platform, iris_manifests
+from tests.integration.conftest import (
+    Platform,
+    iris_manifests,
+    start_gateway,
+    wait_routed,
+)
 
 REDIS_URL = os.environ.get("MATRIXINFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-async def gateway(platform: Platform, **settings: object) -> GatewayApp:
-    app = await GatewayApp.start(
-        GatewaySettings(
-            registry_address=platform.registry.address,
-            grpc_port=0,
-            http_port=0,
-            log_json=False,
-            auth_mode="off",
-            **settings,  # type: ignore[arg-type]
-        )
-    )
-    return app
-
-
-async def routed(app: GatewayApp, replicas: int) -> None:
-    for _ in range(200):
-        route = app.routes.table.routes.get("iris")
-        if route and len(route.rules[0].targets[0][0].replicas) >= replicas:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the gateway never saw the replicas")
 
 
 def tensor() -> triton_aio.InferInput:
@@ -58,7 +38,7 @@ async def test_killing_a_replica_under_load_fails_no_request(
     await platform.wait_for(
         lambda i: i is not None and i.status.ready_replicas == 2, 90
     )
-    app = await gateway(platform)
+    app = await start_gateway(platform)
     client = triton_aio.InferenceServerClient(app.address)
     results = {"ok": 0, "failed": 0}
     stop = asyncio.Event()
@@ -74,7 +54,7 @@ async def test_killing_a_replica_under_load_fails_no_request(
                 results["failed"] += 1
 
     try:
-        await routed(app, 2)
+        await wait_routed(app, replicas=2)
         workers = [asyncio.create_task(load()) for _ in range(4)]
         await asyncio.sleep(1.0)
         victim = platform.controller.runtime.replicas("default/iris")[0]
@@ -113,15 +93,11 @@ async def test_two_gateways_share_a_global_limit_through_redis(
     )
     await platform.apply(manifests)
     await platform.wait_for(lambda i: i is not None and i.status.ready_replicas == 1)
-    apps = [await gateway(platform, redis_url=REDIS_URL) for _ in range(2)]
+    apps = [await start_gateway(platform, redis_url=REDIS_URL) for _ in range(2)]
     clients = [triton_aio.InferenceServerClient(app.address) for app in apps]
     try:
         for app in apps:
-            for _ in range(200):
-                r = app.routes.table.routes.get(route)
-                if r and r.rules[0].targets[0][0].replicas:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_routed(app, route)
 
         async def attempt(client: triton_aio.InferenceServerClient) -> bool:
             try:

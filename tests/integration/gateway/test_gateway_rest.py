@@ -16,8 +16,12 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from matrixinfer.gateway.main import GatewayApp
-from matrixinfer.gateway.settings import GatewaySettings
-from tests.integration.conftest import Platform, iris_manifests
+from tests.integration.conftest import (
+    Platform,
+    iris_manifests,
+    start_gateway,
+    wait_routed,
+)
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
@@ -26,25 +30,13 @@ ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 async def gateway(
     platform: Platform, tmp_path: pathlib.Path
 ) -> AsyncIterator[GatewayApp]:
-    app = await GatewayApp.start(
-        GatewaySettings(
-            registry_address=platform.registry.address,
-            grpc_port=0,
-            http_port=0,
-            log_json=False,
-            auth_mode="off",
-        )
-    )
+    app = await start_gateway(platform)
     try:
         await platform.apply(iris_manifests())
         await platform.wait_for(
             lambda i: i is not None and i.status.ready_replicas == 1
         )
-        for _ in range(100):
-            route = app.routes.table.routes.get("iris")
-            if route and route.rules[0].targets[0][0].replicas:
-                break
-            await asyncio.sleep(0.05)
+        await wait_routed(app)
         yield app
     finally:
         await app.stop(0)

@@ -321,53 +321,53 @@ def rest_app(
             }
         )
 
-    async def model_metadata(request: web.Request) -> web.Response:
+    async def model_query(request: web.Request, method: str) -> Any:
+        """A model-scoped gRPC query, answered with its response message."""
         model, version = names(request)
+        kinds = {
+            "ModelMetadata": (
+                service_pb2.ModelMetadataRequest,
+                service_pb2.ModelMetadataResponse,
+            ),
+            "ModelReady": (
+                service_pb2.ModelReadyRequest,
+                service_pb2.ModelReadyResponse,
+            ),
+            "ModelConfig": (
+                service_pb2.ModelConfigRequest,
+                service_pb2.ModelConfigResponse,
+            ),
+            "ModelStatistics": (
+                service_pb2.ModelStatisticsRequest,
+                service_pb2.ModelStatisticsResponse,
+            ),
+        }
+        request_type, response_type = kinds[method]
         raw = await model_call(
-            "ModelMetadata",
-            request,
-            service_pb2.ModelMetadataRequest(name=model, version=version),
+            method, request, request_type(name=model, version=version)
         )
-        message = service_pb2.ModelMetadataResponse.FromString(raw)
+        return response_type.FromString(raw)
+
+    def as_json(message: Any) -> web.Response:
         return web.json_response(
             json_format.MessageToDict(message, preserving_proto_field_name=True)
         )
 
+    async def model_metadata(request: web.Request) -> web.Response:
+        return as_json(await model_query(request, "ModelMetadata"))
+
     async def model_ready(request: web.Request) -> web.Response:
-        model, version = names(request)
-        raw = await model_call(
-            "ModelReady",
-            request,
-            service_pb2.ModelReadyRequest(name=model, version=version),
-        )
-        is_ready = service_pb2.ModelReadyResponse.FromString(raw).ready
+        is_ready = (await model_query(request, "ModelReady")).ready
+        name = request.match_info["model"]
         return web.json_response(
-            {"name": model, "ready": is_ready}, status=200 if is_ready else 400
+            {"name": name, "ready": is_ready}, status=200 if is_ready else 400
         )
 
     async def model_config(request: web.Request) -> web.Response:
-        model, version = names(request)
-        raw = await model_call(
-            "ModelConfig",
-            request,
-            service_pb2.ModelConfigRequest(name=model, version=version),
-        )
-        config = service_pb2.ModelConfigResponse.FromString(raw).config
-        return web.json_response(
-            json_format.MessageToDict(config, preserving_proto_field_name=True)
-        )
+        return as_json((await model_query(request, "ModelConfig")).config)
 
     async def model_stats(request: web.Request) -> web.Response:
-        model, version = names(request)
-        raw = await model_call(
-            "ModelStatistics",
-            request,
-            service_pb2.ModelStatisticsRequest(name=model, version=version),
-        )
-        stats = service_pb2.ModelStatisticsResponse.FromString(raw)
-        return web.json_response(
-            json_format.MessageToDict(stats, preserving_proto_field_name=True)
-        )
+        return as_json(await model_query(request, "ModelStatistics"))
 
     async def infer(request: web.Request) -> web.Response:
         model, version = names(request)
