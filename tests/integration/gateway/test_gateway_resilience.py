@@ -93,7 +93,14 @@ async def test_two_gateways_share_a_global_limit_through_redis(
     )
     await platform.apply(manifests)
     await platform.wait_for(lambda i: i is not None and i.status.ready_replicas == 1)
-    apps = [await start_gateway(platform, redis_url=REDIS_URL) for _ in range(2)]
+    # A generous Redis timeout: on a loaded 2-core machine a 50 ms timeout can fail
+    # open, which is the documented behaviour but not what this test measures.
+    apps = [
+        await start_gateway(
+            platform, redis_url=REDIS_URL, rate_limit_redis_timeout_s=2.0
+        )
+        for _ in range(2)
+    ]
     clients = [triton_aio.InferenceServerClient(app.address) for app in apps]
     try:
         for app in apps:

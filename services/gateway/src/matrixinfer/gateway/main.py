@@ -157,7 +157,9 @@ class GatewayApp:
         limiter = RateLimiter(
             LocalTokenBucket(),
             RedisTokenBucket(
-                redis_client, failure_mode=settings.rate_limit_failure_mode
+                redis_client,
+                failure_mode=settings.rate_limit_failure_mode,
+                timeout_s=settings.rate_limit_redis_timeout_s,
             )
             if redis_client is not None
             else None,

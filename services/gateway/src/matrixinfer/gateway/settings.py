@@ -65,6 +65,10 @@ class GatewaySettings(ServiceSettings):
     """Redis for rate limits marked `global` (shared by every gateway process), e.g.
     redis://127.0.0.1:6379/0. Unset: such limits apply per process."""
 
+    rate_limit_redis_timeout_s: float = Field(default=0.05, gt=0)
+    """How long a request waits for Redis before the failure mode applies; short,
+    because it is added to every rate-limited request while Redis struggles."""
+
     rate_limit_failure_mode: Literal["open", "closed"] = "open"
     """When Redis does not answer: open lets requests through (Envoy's default:
     availability over strictness), closed refuses them."""
