@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import signal
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -193,9 +195,12 @@ class GatewayApp:
                 lambda s: s.add_generic_rpc_handlers((proxy.handler(),)),
                 service_names=[SERVICE],
                 metrics=GrpcServerMetrics(metrics),
+                reuse_port=settings.workers > 1,
             )
             await rest.setup()
-            site = web.TCPSite(rest, settings.host, settings.http_port)
+            site = web.TCPSite(
+                rest, settings.host, settings.http_port, reuse_port=settings.workers > 1
+            )
             await site.start()
             http_port = int(rest.addresses[0][1])
         except BaseException:
@@ -253,10 +258,37 @@ async def _run(settings: GatewaySettings) -> None:
         await app.stop(0)
 
 
+def _worker(values: dict[str, object]) -> None:
+    settings = GatewaySettings.model_validate(values)
+    configure_logging(settings.log_level, settings.log_json, settings.service_name)
+    # The parent stops its workers with SIGTERM; SIGINT (Ctrl-C in a terminal) is
+    # the parent's to handle, not every worker's at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_run(settings))
+
+
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, settings.log_json, settings.service_name)
-    asyncio.run(_run(settings))
+    if settings.workers > 1 and 0 in (settings.grpc_port, settings.http_port):
+        raise SystemExit(
+            "MATRIXINFER_GATEWAY_WORKERS > 1 needs fixed gRPC and HTTP ports"
+        )
+    # Spawned, not forked: a fork of a process with gRPC threads can hang.
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(settings.model_dump(),), daemon=True)
+        for _ in range(settings.workers - 1)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        asyncio.run(_run(settings))
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=settings.grace_period_s + 5)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ class GatewaySettings(ServiceSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     """KServe v2 HTTP/JSON port (Triton's 8000); also /metrics, /healthz, /readyz."""
 
+    workers: int = Field(default=1, ge=1, le=64)
+    """Gateway processes sharing the two ports (SO_REUSEPORT; the kernel spreads
+    connections). Python serves one core per process; needs fixed ports."""
+
     registry_address: str = "127.0.0.1:50051"
     """host:port of the registry (routing comes from its Watch)."""
 
