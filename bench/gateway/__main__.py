@@ -111,6 +111,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             "MATRIXINFER_GATEWAY_HTTP_PORT": str(http_port),
             "MATRIXINFER_GATEWAY_AUTH_MODE": "off",
             "MATRIXINFER_GATEWAY_LOG_LEVEL": "WARNING",
+            "MATRIXINFER_GATEWAY_WORKERS": str(args.workers),
         }
         gateway = subprocess.Popen(
             [sys.executable, "-m", "matrixinfer.gateway"], env=env
@@ -179,6 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rows = asyncio.run(main_async(args))
@@ -189,8 +191,9 @@ def main() -> None:
         f"Measured: {measured} on {platform.machine()}, {os.cpu_count()} CPUs; gRPC, "
         "one iris replica (Python backend + ONNX Runtime, dynamic batching), "
         f"{args.seconds:.0f} s per point, one load process (Python grpc.aio, "
-        "pre-serialized request), the gateway as its own single process with auth "
-        "off and no rate limit.",
+        f"pre-serialized request), the gateway with {args.workers} worker process(es), "
+        "auth off and no rate limit. Gateway CPU counts the first worker's process "
+        "only, so it is exact only with one worker.",
         "",
         "| concurrency | direct req/s | gateway req/s | ratio | direct p50/p99 ms "
         "| gateway p50/p99 ms | added p50 ms | gateway CPU µs/req "
