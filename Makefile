@@ -54,6 +54,7 @@ run: setup
 bench: setup
 	$(BIN)/python -m bench.registry
 	$(BIN)/python -m bench.controller
+	$(BIN)/python -m bench.gateway
 
 clean:
 	rm -rf $(VENV) .tools .matrixinfer libs/api/src/matrixinfer/api/v1
