@@ -16,8 +16,7 @@ PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 def request_bytes() -> bytes:
     request = service_pb2.ModelInferRequest(model_name="iris")
-    tensor = request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
-    del tensor
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
     request.raw_input_contents.append(
         np.array([[6.7, 3.0, 5.2, 2.3]], np.float32).tobytes()
     )

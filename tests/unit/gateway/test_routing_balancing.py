@@ -52,7 +52,6 @@ def table(rules: list[dict[str, object]]):  # type: ignore[no-untyped-def]
         [route(rules)],
         [server("stable", "iris-v1"), server("canary", "iris-v2")],
         [infer("iris-v1", [9001, 9002], draining=9002), infer("iris-v2", [9003])],
-        [],
     )
 
 

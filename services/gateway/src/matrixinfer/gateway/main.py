@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -48,7 +49,7 @@ from matrixinfer.gateway.routing import RoutingTable, build_table
 from matrixinfer.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-KINDS = ["ModelRoute", "ModelServer", "ModelInfer", "Model", "ApiKey"]
+KINDS = ["ModelRoute", "ModelServer", "ModelInfer", "ApiKey"]
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Routes:
     table: RoutingTable = field(default_factory=RoutingTable)
     api_keys: InMemoryApiKeyStore = field(default_factory=InMemoryApiKeyStore)
     synced: bool = False
+    #: Told about each new table (the gateway drops state of replicas that went).
+    on_rebuild: Callable[[RoutingTable], None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def changed(self) -> None:
@@ -73,8 +76,9 @@ class Routes:
             [r.model_route for r in informer.items("ModelRoute")],
             [r.model_server for r in informer.items("ModelServer")],
             [r.model_infer for r in informer.items("ModelInfer")],
-            [r.model for r in informer.items("Model")],
         )
+        if self.on_rebuild is not None:
+            self.on_rebuild(self.table)
         self.api_keys.records = {
             key.metadata.name: ApiKeyRecord(
                 key_id=key.metadata.name,
@@ -166,10 +170,28 @@ class GatewayApp:
             if redis_client is not None
             else None,
         )
+        balancer = Balancer()
+        background: set[asyncio.Task[None]] = set()
+
+        def forget_gone(table: RoutingTable) -> None:
+            live = {
+                replica
+                for route in table.routes.values()
+                for rule in route.rules
+                for server in [s for s, _ in rule.targets]
+                + ([rule.mirror[0]] if rule.mirror else [])
+                for replica in server.replicas
+            }
+            balancer.forget_except(live)
+            task = asyncio.get_running_loop().create_task(upstreams.retire(live))
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+        routes.on_rebuild = forget_gone
         proxy = InferenceProxy(
             table=lambda: routes.table,
             upstreams=upstreams,
-            balancer=Balancer(),
+            balancer=balancer,
             default_timeout_s=settings.default_timeout_s,
             max_timeout_s=settings.max_timeout_s,
             ready=lambda: routes.synced,

@@ -28,7 +28,7 @@ from matrixinfer.core.errors import (
 from matrixinfer.gateway.activation import Activator, LoadTracker
 from matrixinfer.gateway.auth import Authenticator, authorize_infer
 from matrixinfer.gateway.balancer import Balancer
-from matrixinfer.gateway.ratelimit import Limit, RateLimiter
+from matrixinfer.gateway.ratelimit import RateLimiter
 from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
 from matrixinfer.gateway.wire import peek_model, with_model
 
@@ -95,6 +95,7 @@ class Upstreams:
 
     def __init__(self, max_message_bytes: int) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._unary: dict[tuple[str, str], Any] = {}
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -109,14 +110,28 @@ class Upstreams:
             )
         return channel
 
+    def unary(self, address: str, path: str) -> Any:
+        """The raw-bytes call object for one method on one replica, made once: the
+        request path only looks it up."""
+        call = self._unary.get((address, path))
+        if call is None:
+            call = self._unary[(address, path)] = self.channel(address).unary_unary(
+                path
+            )
+        return call
+
     async def retire(self, live: set[str]) -> None:
+        """Close the channels of replicas that are gone."""
         for address in [a for a in self._channels if a not in live]:
+            for key in [k for k in self._unary if k[0] == address]:
+                del self._unary[key]
             await self._channels.pop(address).close(grace=5.0)
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._unary.clear()
 
 
 class InferenceProxy:
@@ -234,11 +249,7 @@ class InferenceProxy:
         limit = route.rate_limit
         if limit is not None:
             await self._limiter.check(
-                name,
-                principal.tenant,
-                Limit(limit.rate_per_s, limit.burst),
-                limit.per,
-                limit.global_,
+                name, principal.tenant, limit.limit, limit.per, limit.global_
             )
         affinity = headers.get(server.hash_header) if server.hash_header else None
         return route, rule, server, affinity, headers
@@ -297,7 +308,7 @@ class InferenceProxy:
 
         async def send() -> None:
             try:
-                stub = self._upstreams.channel(address).unary_unary(path)
+                stub = self._upstreams.unary(address, path)
                 await stub(request, timeout=target.timeout_ms / 1000.0)
             except grpc.aio.AioRpcError as e:
                 log.debug("mirror to %s failed: %s", address, e.code().name)
@@ -379,7 +390,7 @@ class InferenceProxy:
             self._balancer.started(address)
             failed = False
             try:
-                stub = self._upstreams.channel(address).unary_unary(path)
+                stub = self._upstreams.unary(address, path)
                 response: bytes = await stub(
                     request, timeout=remaining, metadata=metadata
                 )

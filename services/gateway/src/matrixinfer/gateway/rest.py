@@ -156,7 +156,8 @@ def build_infer_request(
                 f"{path}.shape", "must be a list of non-negative integers"
             )
         count = math.prod(shape)
-        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        # Described here; the bytes go in raw_input_contents, in input order.
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
         parameters = spec.get("parameters") or {}
         size = (
             parameters.get("binary_data_size") if isinstance(parameters, dict) else None
@@ -196,7 +197,6 @@ def build_infer_request(
             raise InvalidArgument.field(
                 f"{path}", "data size does not match shape and datatype"
             )
-        del tensor  # described; the bytes go in raw_input_contents, in input order
         request.raw_input_contents.append(raw)
     given = body.get("parameters")
     defaults: dict[str, Any] = given if isinstance(given, dict) else {}

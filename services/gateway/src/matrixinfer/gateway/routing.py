@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import NotFound
+from matrixinfer.gateway.ratelimit import Limit
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class RouteLimit:
-    rate_per_s: float
-    burst: int
+    limit: Limit
     per: str  # route | tenant
     global_: bool
 
@@ -117,7 +117,6 @@ def build_table(
     routes: list[pb.ModelRoute],
     servers: list[pb.ModelServer],
     infers: list[pb.ModelInfer],
-    models: list[pb.Model],
 ) -> RoutingTable:
     endpoints: dict[tuple[str, str], tuple[str, ...]] = {}
     model_of: dict[tuple[str, str], str] = {}
@@ -191,7 +190,7 @@ def build_table(
             rl = r.spec.rate_limit
             shared = bool(getattr(rl, "global"))  # `global` is a Python keyword
             limit = RouteLimit(
-                rl.requests_per_second, rl.burst, rl.per or "route", shared
+                Limit(rl.requests_per_second, rl.burst), rl.per or "route", shared
             )
         # The first route of a name wins (namespaces in order); clients see one model.
         table.routes.setdefault(

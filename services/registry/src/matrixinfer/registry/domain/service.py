@@ -563,8 +563,8 @@ class RegistryService:
         sub = await self.hub.subscribe(start, matches)
         try:
             for resource in initial:
-                _, rv_s = _rv_of(resource)
-                yield WatchItem("ADDED", resource, rv_s)
+                rv = int(unwrap_resource(resource).metadata.resource_version or 0)
+                yield WatchItem("ADDED", resource, rv)
             if send_initial_events:
                 yield WatchItem("BOOKMARK", None, start, initial_events_end=True)
             last = start
@@ -648,11 +648,6 @@ def _stale(kind: str, namespace: str, name: str, current: int, wanted: int) -> C
         f"{kind} {namespace}/{name} is at resourceVersion {current}, not {wanted}: "
         "get it again and retry"
     )
-
-
-def _rv_of(resource: pb.Resource) -> tuple[str, int]:
-    obj = unwrap_resource(resource)
-    return obj.metadata.name, int(obj.metadata.resource_version or 0)
 
 
 def _selected(selector: Selector, resource: pb.Resource) -> bool:
