@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest_asyncio
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
@@ -97,7 +98,9 @@ async def platform(tmp_path: pathlib.Path) -> AsyncIterator[Platform]:
         await registry.stop(0)
 
 
-async def start_gateway(platform: Platform, **settings: object) -> GatewayApp:
+async def start_gateway(
+    platform: Platform, span_exporter: SpanExporter | None = None, **settings: object
+) -> GatewayApp:
     """A gateway on ephemeral ports following this platform's registry (auth off
     unless the test says otherwise)."""
     values: dict[str, object] = {
@@ -108,7 +111,10 @@ async def start_gateway(platform: Platform, **settings: object) -> GatewayApp:
         "auth_mode": "off",
     }
     values.update(settings)
-    return await GatewayApp.start(GatewaySettings(**values))  # type: ignore[arg-type]
+    return await GatewayApp.start(
+        GatewaySettings(**values),  # type: ignore[arg-type]
+        span_exporter,
+    )
 
 
 async def wait_routed(app: GatewayApp, model: str = "iris", replicas: int = 1) -> None:

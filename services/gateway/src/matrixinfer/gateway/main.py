@@ -18,6 +18,8 @@ from datetime import datetime
 import grpc
 import redis.asyncio
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
@@ -25,6 +27,7 @@ from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
+from matrixinfer.core.tracing import setup_tracing
 from matrixinfer.gateway.activation import (
     AutoscalerActivator,
     LoadReporter,
@@ -47,6 +50,7 @@ from matrixinfer.gateway.ratelimit import (
 from matrixinfer.gateway.rest import rest_app
 from matrixinfer.gateway.routing import RoutingTable, build_table
 from matrixinfer.gateway.settings import GatewaySettings
+from matrixinfer.gateway.telemetry import ProxyMetrics, ProxyTracer
 
 log = logging.getLogger(__name__)
 KINDS = ["ModelRoute", "ModelServer", "ModelInfer", "ApiKey"]
@@ -131,6 +135,7 @@ class GatewayApp:
     reporter: LoadReporter | None = None
     autoscaler: grpc.aio.Channel | None = None
     redis_client: redis.asyncio.Redis | None = None
+    tracer_provider: TracerProvider | None = None
 
     _sync_task: asyncio.Task[None] = field(init=False, repr=False)
 
@@ -143,7 +148,10 @@ class GatewayApp:
         return f"http://{self.settings.host}:{self.http_port}"
 
     @classmethod
-    async def start(cls, settings: GatewaySettings) -> GatewayApp:
+    async def start(
+        cls, settings: GatewaySettings, span_exporter: SpanExporter | None = None
+    ) -> GatewayApp:
+        """Start serving; ``span_exporter`` adds one (tests read spans back)."""
         channel = grpc.aio.insecure_channel(settings.registry_address)
         routes = Routes()
         informer = Informer(RegistryClient(channel), KINDS, routes.rebuild)
@@ -188,6 +196,12 @@ class GatewayApp:
             task.add_done_callback(background.discard)
 
         routes.on_rebuild = forget_gone
+        metrics = CollectorRegistry()
+        tracer_provider = (
+            setup_tracing(settings.service_name, settings.otlp_endpoint, span_exporter)
+            if settings.otlp_endpoint or span_exporter is not None
+            else None
+        )
         proxy = InferenceProxy(
             table=lambda: routes.table,
             upstreams=upstreams,
@@ -203,9 +217,10 @@ class GatewayApp:
             tracker=tracker,
             table_changed=routes.changed,
             max_held_per_model=settings.max_held_per_model,
+            metrics=ProxyMetrics(metrics),
+            tracer=ProxyTracer(tracer_provider),
         )
         reporter = LoadReporter(autoscaler, tracker) if autoscaler else None
-        metrics = CollectorRegistry()
         rest = web.AppRunner(
             rest_app(proxy, lambda: routes.synced, metrics, settings.max_message_bytes),
             access_log=None,
@@ -243,6 +258,7 @@ class GatewayApp:
             reporter,
             autoscaler,
             redis_client,
+            tracer_provider,
         )
         if reporter is not None:
             reporter.start()
@@ -269,6 +285,8 @@ class GatewayApp:
             await self.autoscaler.close()
         if self.redis_client is not None:
             await self.redis_client.aclose()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
 
 
 async def _run(settings: GatewaySettings) -> None:

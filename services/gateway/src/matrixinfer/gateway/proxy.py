@@ -25,11 +25,13 @@ from matrixinfer.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from matrixinfer.core.grpc.errors import status_code_for
 from matrixinfer.gateway.activation import Activator, LoadTracker
 from matrixinfer.gateway.auth import Authenticator, authorize_infer
 from matrixinfer.gateway.balancer import Balancer
 from matrixinfer.gateway.ratelimit import RateLimiter
 from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
+from matrixinfer.gateway.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
 from matrixinfer.gateway.wire import peek_model, with_model
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,11 @@ class InferenceProxy:
         tracker: LoadTracker,
         table_changed: Callable[[], Awaitable[None]],
         max_held_per_model: int = 1000,
+        metrics: ProxyMetrics | None = None,
+        tracer: ProxyTracer | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else ProxyMetrics(None)
+        self._tracer = tracer if tracer is not None else ProxyTracer(None)
         self._activator = activator
         self._tracker = tracker
         self._table_changed = table_changed
@@ -337,6 +343,37 @@ class InferenceProxy:
         time_remaining_s: float | None,
     ) -> bytes:
         """One model-scoped call, whatever transport brought it (gRPC or REST)."""
+        if method != "ModelInfer":
+            return await self._handle(method, request, headers, time_remaining_s)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        name = UNROUTED
+        try:
+            name, _ = peek_model(request)
+            return await self._handle(method, request, headers, time_remaining_s)
+        except UpstreamError as e:
+            code = e.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException as e:
+            code = status_code_for(e)
+            raise
+        finally:
+            self._metrics.observe(
+                name if name in self._table().routes else UNROUTED,
+                code,
+                time.perf_counter() - started,
+            )
+
+    async def _handle(
+        self,
+        method: str,
+        request: bytes,
+        headers: dict[str, list[str]],
+        time_remaining_s: float | None,
+    ) -> bytes:
         path = f"/{SERVICE}/{method}"
         name, version = peek_model(request)
         route, rule, server, affinity, flat = await self._admit(headers, name, version)
@@ -354,12 +391,18 @@ class InferenceProxy:
                 self._mirror(path, request, name, rule.mirror)
         if server.triton_model and server.triton_model != name:
             request = with_model(request, name=server.triton_model)
+        metadata = self._forwarded_metadata(headers)
         load.in_flight += 1
         try:
-            return await self._forward(
-                method, path, request, self._forwarded_metadata(headers), name, server,
-                affinity, deadline,
-            )  # fmt: skip
+            with self._tracer.span(method, name, flat) as trace_headers:
+                if trace_headers:
+                    metadata = tuple(
+                        (k, v) for k, v in metadata if k not in trace_headers
+                    ) + tuple(trace_headers.items())
+                return await self._forward(
+                    method, path, request, metadata, name, server, affinity,
+                    deadline,
+                )  # fmt: skip
         finally:
             load.in_flight -= 1
 
