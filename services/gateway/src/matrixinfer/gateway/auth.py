@@ -182,7 +182,9 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         *,
         api_key_prefix: str = API_KEY_PREFIX,
+        on_unknown_kid: Callable[[], None] | None = None,
     ) -> None:
+        self._on_unknown_kid = on_unknown_kid
         self._api_keys = api_keys
         self._jwt = jwt
         self._allow_anonymous = allow_anonymous
@@ -192,6 +194,14 @@ class Authenticator:
         # Parsed keys per (kid, alg); bounded by the JWKS size times the allowed
         # algorithms because only kids present in the JWKS are ever added.
         self._parsed_keys: dict[tuple[str, str], pyjwt.PyJWK] = {}
+
+    def replace_jwks(self, jwks: Mapping[str, Any]) -> None:
+        """Swap in a newly fetched JWKS (key rotation); raises ValueError when the
+        document is unusable, leaving the current keys in place."""
+        if not isinstance(jwks.get("keys"), list):
+            raise ValueError("a JWKS document needs a 'keys' list")
+        self._jwks_by_kid = _index_jwks(jwks)
+        self._parsed_keys = {}
 
     def authenticate(self, headers: Mapping[str, list[str]]) -> Principal:
         credential = _credential(headers)
@@ -295,6 +305,8 @@ class Authenticator:
         # The kid is only ever a dict key here, so values such as "../../dev/null"
         # simply match nothing; no file, URL or cache path is built from it.
         if not isinstance(kid, str) or kid not in self._jwks_by_kid:
+            if self._on_unknown_kid is not None:
+                self._on_unknown_kid()  # the provider may have rotated its keys
             raise Unauthenticated("unknown signing key")
         cached = self._parsed_keys.get((kid, alg))
         if cached is not None:

@@ -289,7 +289,8 @@ class InferenceProxy:
                         f"model {name!r} had no ready replica before the deadline"
                     )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._table_changed(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._table_changed()
                 _, _, server = self._table().resolve(name, version, headers)
             return server
         finally:
