@@ -9,12 +9,23 @@ GEN_STAMP := libs/api/src/matrixinfer/api/v1/__init__.py
 PROTOS := $(shell find protos -name '*.proto')
 PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 
-.PHONY: setup proto test lint typecheck importlint pytest run bench clean
+.PHONY: setup proto test lint typecheck importlint pytest run bench clean compose-tool
 
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.35.0
 
-setup: $(SETUP_STAMP) $(GEN_STAMP) $(AZURITE)
+setup: $(SETUP_STAMP) $(GEN_STAMP) $(AZURITE) compose-tool
+
+# docker-compose (Debian's package, Python; `config` needs no Docker engine) lets
+# tests/unit/test_deploy.py validate docker-compose.yml. Installed only when missing
+# and we are root with apt-get; otherwise that check is skipped with the reason.
+compose-tool:
+	@if command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends docker-compose >/dev/null) \
+	  || echo "could not install docker-compose: its check in tests/unit/test_deploy.py is skipped"; \
+	else echo "docker-compose missing (installing it needs root and apt-get): its check in tests/unit/test_deploy.py is skipped"; fi
 
 # Azurite (Azure Blob emulator, npm) for the controller's az:// artifact tests.
 $(AZURITE):

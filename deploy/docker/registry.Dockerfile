@@ -7,8 +7,11 @@ COPY tools ./tools
 COPY libs/api ./libs/api
 COPY libs/core ./libs/core
 COPY services/registry ./services/registry
+# tools/genproto.py needs grpcio-tools, mypy-protobuf and googleapis-common-protos
+# (google/api/*.proto); the generated code ends up in the matrixinfer-api wheel.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt grpcio-tools mypy-protobuf \
+ && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt \
+      grpcio-tools mypy-protobuf googleapis-common-protos \
  && /opt/venv/bin/python tools/genproto.py \
  && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt \
       ./libs/api ./libs/core ./services/registry \
@@ -16,8 +19,10 @@ RUN python -m venv /opt/venv \
 
 FROM python:3.11-slim
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --system --uid 10001 matrixinfer
+# A writable working folder, so the embedded SQLite default (./.matrixinfer) works too.
+RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/matrixinfer matrixinfer
 USER 10001
+WORKDIR /var/lib/matrixinfer
 ENV PATH=/opt/venv/bin:$PATH \
     MATRIXINFER_REGISTRY_HOST=0.0.0.0 \
     MATRIXINFER_REGISTRY_METRICS_PORT=9090

@@ -17,6 +17,7 @@ from matrixinfer.api.v1 import controller_pb2, controller_pb2_grpc
 from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher, ArtifactLimits
 from matrixinfer.controller.grpc.servicer import ControllerServicer
 from matrixinfer.controller.loop import ControllerLoop
+from matrixinfer.controller.prometheus_sd import PrometheusSD
 from matrixinfer.controller.reconciler import Reconciler
 from matrixinfer.controller.runtimes.base import Runtime
 from matrixinfer.controller.runtimes.local import LocalRuntime
@@ -108,6 +109,11 @@ class ControllerApp:
         try:
             await informer.start()
             await loop.start()
+            if settings.prometheus_sd_file is not None:
+                # After loop.start(), which installs the loop's own callback.
+                sd = PrometheusSD(settings.prometheus_sd_file, runtime)
+                runtime.set_on_change(sd.chain(loop.on_runtime_change))
+                sd.write()
             server = await start_server(
                 settings,
                 lambda s: controller_pb2_grpc.add_ControllerServicer_to_server(

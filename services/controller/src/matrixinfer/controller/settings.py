@@ -66,3 +66,8 @@ class ControllerSettings(ServiceSettings):
 
     resync_s: float = Field(default=30.0, gt=0)
     """Every ModelInfer is reconciled at least this often, even without events."""
+
+    prometheus_sd_file: pathlib.Path | None = None
+    """Prometheus file_sd JSON file listing every replica's Triton metrics endpoint
+    (labels namespace, model_infer, replica, revision), rewritten atomically whenever
+    the replicas change. None writes none."""

@@ -1,0 +1,30 @@
+# The autoscaler image: matrixinfer-api, -core and -autoscaler only.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY constraints.txt ./
+COPY protos ./protos
+COPY tools ./tools
+COPY libs/api ./libs/api
+COPY libs/core ./libs/core
+COPY services/autoscaler ./services/autoscaler
+# tools/genproto.py needs grpcio-tools, mypy-protobuf and googleapis-common-protos
+# (google/api/*.proto); the generated code ends up in the matrixinfer-api wheel.
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt \
+      grpcio-tools mypy-protobuf googleapis-common-protos \
+ && /opt/venv/bin/python tools/genproto.py \
+ && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt \
+      ./libs/api ./libs/core ./services/autoscaler \
+ && /opt/venv/bin/pip uninstall -y grpcio-tools mypy-protobuf
+
+FROM python:3.11-slim
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/matrixinfer matrixinfer
+USER 10001
+WORKDIR /var/lib/matrixinfer
+ENV PATH=/opt/venv/bin:$PATH \
+    MATRIXINFER_AUTOSCALER_HOST=0.0.0.0 \
+    MATRIXINFER_AUTOSCALER_GRPC_PORT=50054 \
+    MATRIXINFER_AUTOSCALER_METRICS_PORT=9094
+EXPOSE 50054 9094
+ENTRYPOINT ["matrixinfer-autoscaler"]
