@@ -62,6 +62,10 @@ class Load:
     in_flight: int = 0
     arrivals: int = 0
     held: int = 0
+    # Sum of in_flight + held over the samples taken since the last report, so the
+    # report carries the window's average concurrency, not one instant's.
+    concurrency_sum: float = 0.0
+    samples: int = 0
 
 
 @dataclass
@@ -76,17 +80,32 @@ class LoadTracker:
             load = self.loads[key] = Load()
         return load
 
+    def sample(self) -> None:
+        """Take one concurrency sample of every model (the reporter calls this
+        several times per report)."""
+        for load in self.loads.values():
+            load.concurrency_sum += load.in_flight + load.held
+            load.samples += 1
+
     def snapshot(self, window_s: float, gateway_id: str) -> apb.LoadReport:
+        """The report for the window that ends now; ``in_flight`` is the average
+        concurrency (in flight + held) over the window's samples."""
         report = apb.LoadReport(gateway_id=gateway_id, window_seconds=window_s)
         for (namespace, name), load in list(self.loads.items()):
+            average = (
+                load.concurrency_sum / load.samples
+                if load.samples
+                else float(load.in_flight + load.held)
+            )
             report.models.add(
                 namespace=namespace,
                 model_infer=name,
-                in_flight=load.in_flight,
+                in_flight=average,
                 arrivals=load.arrivals,
                 held=load.held,
             )
             load.arrivals = 0
+            load.concurrency_sum, load.samples = 0.0, 0
             if not (load.in_flight or load.held):
                 del self.loads[(namespace, name)]
         return report
@@ -114,8 +133,11 @@ class LoadReporter:
                 await self._task
 
     async def _reports(self) -> AsyncIterator[apb.LoadReport]:
+        samples = 10
         while True:
-            await asyncio.sleep(self._interval_s)
+            for _ in range(samples):
+                await asyncio.sleep(self._interval_s / samples)
+                self._tracker.sample()
             yield self._tracker.snapshot(self._interval_s, self.gateway_id)
 
     async def _run(self) -> None:

@@ -1,0 +1,3 @@
+from matrixinfer.autoscaler.main import main
+
+main()

@@ -1,0 +1,343 @@
+"""The autoscaler's loop: every tick, for every AutoscalingPolicy, gather a sample,
+fold it into that policy's window state, `decide`, and act.
+
+Acting is ``Controller.Scale`` with the decision's reason (only when the count
+changes), the policy's status (current/desired replicas, mode, last scale time;
+written only when it changes), metrics, and a log line for every scale.
+
+Nothing here is persisted: after a restart the window states start empty, and
+`decide` refuses to scale down until a full stable window has been observed, so a
+restart can delay a scale-down but never cause one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from matrixinfer.api.v1 import controller_pb2 as cpb
+from matrixinfer.api.v1 import controller_pb2_grpc
+from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.autoscaler.decision import (
+    Decision,
+    Policy,
+    Sample,
+    WindowState,
+    decide,
+)
+from matrixinfer.autoscaler.sources import (
+    GATEWAY_METRICS,
+    GPU,
+    TRITON_METRICS,
+    GatewayLoad,
+    Key,
+    PrometheusQuery,
+    TritonScraper,
+)
+from matrixinfer.core.errors import FailedPrecondition, MatrixInferError, NotFound
+from matrixinfer.core.registry.client import RegistryClient
+from matrixinfer.core.registry.informer import Informer
+
+log = logging.getLogger(__name__)
+
+
+class AutoscalerMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        labels = ["namespace", "model_infer"]
+        self.desired = Gauge(
+            "matrixinfer_autoscaler_desired_replicas",
+            "Replicas the last decision asked for.",
+            labels,
+            registry=registry,
+        )
+        self.actual = Gauge(
+            "matrixinfer_autoscaler_ready_replicas",
+            "Ready replicas when the last decision was made.",
+            labels,
+            registry=registry,
+        )
+        self.panic = Gauge(
+            "matrixinfer_autoscaler_panic_mode",
+            "1 while the policy is in panic mode, else 0.",
+            labels,
+            registry=registry,
+        )
+        self.value = Gauge(
+            "matrixinfer_autoscaler_metric_value",
+            "Last observed value of each policy metric.",
+            [*labels, "metric"],
+            registry=registry,
+        )
+        self.recommendation = Gauge(
+            "matrixinfer_autoscaler_metric_recommendation",
+            "Replicas each metric recommends (NaN while its data is missing).",
+            [*labels, "metric"],
+            registry=registry,
+        )
+        self.scales = Counter(
+            "matrixinfer_autoscaler_scale_events",
+            "Scale calls made, by direction.",
+            [*labels, "direction"],
+            registry=registry,
+        )
+
+
+@dataclass
+class _Tracked:
+    policy_key: Key
+    target: Key
+    generation: int
+    policy: Policy
+    state: WindowState
+    lock: asyncio.Lock
+    last_scale_time: str = ""
+    decision: Decision | None = None
+    written: tuple[int, int, str, str] | None = None
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        informer: Informer,
+        registry: RegistryClient,
+        controller: grpc.aio.Channel,
+        gateways: GatewayLoad,
+        triton: TritonScraper,
+        prometheus: PrometheusQuery | None,
+        metrics: AutoscalerMetrics,
+        tick_s: float = 1.0,
+        call_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.informer = informer
+        self._registry = registry
+        self._controller = controller_pb2_grpc.ControllerStub(controller)
+        self.gateways = gateways
+        self._triton = triton
+        self._prometheus = prometheus
+        self._metrics = metrics
+        self._tick_s = tick_s
+        self._timeout_s = call_timeout_s
+        self._clock = clock
+        self._tracked: dict[Key, _Tracked] = {}  # by target ModelInfer
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            started = self._clock()
+            try:
+                await self.tick()
+            except Exception:  # one bad tick must not end autoscaling for good
+                log.exception("autoscaler tick failed")
+            elapsed = self._clock() - started
+            await asyncio.sleep(max(0.0, self._tick_s - elapsed))
+
+    # ------------------------------------------------------------------ policies
+
+    def _sync_policies(self) -> None:
+        now = self._clock()
+        seen: set[Key] = set()
+        for resource in self.informer.items("AutoscalingPolicy"):
+            obj = resource.autoscaling_policy
+            namespace = obj.metadata.namespace or "default"
+            target = (namespace, obj.spec.target_ref.name)
+            if target in seen:
+                log.warning(
+                    "several AutoscalingPolicies target %s/%s; %s is ignored",
+                    *target,
+                    obj.metadata.name,
+                )
+                continue
+            seen.add(target)
+            tracked = self._tracked.get(target)
+            if tracked is not None and tracked.generation == obj.metadata.generation:
+                continue
+            try:
+                policy = Policy.from_spec(obj.spec)
+            except ValueError as e:
+                log.error("AutoscalingPolicy %s is unusable: %s", obj.metadata.name, e)
+                continue
+            if tracked is None:
+                self._tracked[target] = _Tracked(
+                    (namespace, obj.metadata.name),
+                    target,
+                    obj.metadata.generation,
+                    policy,
+                    WindowState.empty(now, policy.horizon_s),
+                    asyncio.Lock(),
+                    last_scale_time=obj.status.last_scale_time,
+                )
+            else:  # edited: keep what was observed, decide by the new rules
+                tracked.policy, tracked.generation = policy, obj.metadata.generation
+        for target in [t for t in self._tracked if t not in seen]:
+            del self._tracked[target]
+
+    # ------------------------------------------------------------------ the tick
+
+    async def tick(self) -> None:
+        self._sync_policies()
+        await asyncio.gather(*(self._tick_one(t) for t in list(self._tracked.values())))
+
+    async def _replicas(self, target: Key) -> tuple[int, list[pb.Endpoint]]:
+        response: cpb.GetReplicasResponse = await self._controller.GetReplicas(
+            cpb.GetReplicasRequest(namespace=target[0], model_infer=target[1]),
+            timeout=self._timeout_s,
+        )
+        return response.desired_replicas, list(response.endpoints)
+
+    async def _sample(
+        self, tracked: _Tracked, endpoints: list[pb.Endpoint], now: float
+    ) -> Sample:
+        wanted = [m.type for m in tracked.policy.metrics]
+        values: dict[str, float] = {}
+        if any(m in GATEWAY_METRICS for m in wanted):
+            gateway = self.gateways.values(tracked.target)
+            values.update({k: v for k, v in gateway.items() if k in wanted})
+        if any(m in TRITON_METRICS for m in wanted):
+            values.update(await self._triton.values(endpoints, wanted))
+            if GPU in wanted and GPU not in values and self._prometheus is not None:
+                gpu = await self._prometheus.gpu_utilization(tracked.target)
+                if gpu is not None:
+                    values[GPU] = gpu
+        arrivals = self.gateways.take_arrivals(tracked.target)
+        return Sample(now, values, arrivals)
+
+    async def _tick_one(self, tracked: _Tracked) -> None:
+        async with tracked.lock:
+            try:
+                current, endpoints = await self._replicas(tracked.target)
+            except grpc.aio.AioRpcError as e:
+                # Controller away or ModelInfer not there yet: decide nothing.
+                log.debug("GetReplicas %s/%s: %s", *tracked.target, e.code().name)
+                return
+            ready = sum(1 for e in endpoints if e.ready and not e.draining)
+            now = self._clock()
+            sample = await self._sample(tracked, endpoints, now)
+            state = tracked.state.with_sample(sample)
+            decision, state = decide(tracked.policy, state, now, current, ready)
+            tracked.state, tracked.decision = state, decision
+            self._export(tracked, sample, decision, ready)
+            if decision.desired != current:
+                await self._scale(tracked, current, decision.desired, decision.reason)
+            await self._write_status(tracked, ready, decision)
+
+    async def _scale(
+        self, tracked: _Tracked, current: int, desired: int, reason: str
+    ) -> None:
+        namespace, name = tracked.target
+        try:
+            await self._controller.Scale(
+                cpb.ScaleRequest(
+                    namespace=namespace,
+                    model_infer=name,
+                    replicas=desired,
+                    reason=reason[:1024],
+                ),
+                timeout=self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as e:
+            log.warning("Scale %s/%s failed: %s", namespace, name, e.code().name)
+            return
+        tracked.last_scale_time = datetime.now(UTC).isoformat(timespec="seconds")
+        direction = "up" if desired > current else "down"
+        self._metrics.scales.labels(namespace, name, direction).inc()
+        log.info(
+            "scaled %s/%s %d -> %d: %s",
+            namespace,
+            name,
+            current,
+            desired,
+            reason,
+            extra={"model_infer": name, "replicas": desired},
+        )
+
+    def _export(
+        self, tracked: _Tracked, sample: Sample, decision: Decision, ready: int
+    ) -> None:
+        labels = tracked.target
+        self._metrics.desired.labels(*labels).set(decision.desired)
+        self._metrics.actual.labels(*labels).set(ready)
+        self._metrics.panic.labels(*labels).set(1 if decision.mode == "panic" else 0)
+        for metric in tracked.policy.metrics:
+            value = sample.values.get(metric.type)
+            self._metrics.value.labels(*labels, metric.type).set(
+                math.nan if value is None else value
+            )
+            recommended = decision.per_metric.get(metric.type)
+            self._metrics.recommendation.labels(*labels, metric.type).set(
+                math.nan if recommended is None else recommended
+            )
+
+    async def _write_status(
+        self, tracked: _Tracked, ready: int, decision: Decision
+    ) -> None:
+        wanted = (ready, decision.desired, decision.mode, tracked.last_scale_time)
+        if tracked.written == wanted:
+            return
+        namespace, name = tracked.policy_key
+        resource = self.informer.get("AutoscalingPolicy", namespace, name)
+        if resource is None:
+            return
+        updated = pb.Resource()
+        updated.CopyFrom(resource)
+        status = updated.autoscaling_policy.status
+        status.current_replicas = ready
+        status.desired_replicas = decision.desired
+        status.mode = decision.mode
+        status.last_scale_time = tracked.last_scale_time
+        # Unconditional: the autoscaler owns this status; a spec edit in between
+        # must not make the status write fail.
+        updated.autoscaling_policy.metadata.resource_version = ""
+        try:
+            await self._registry.update_status(updated)
+        except MatrixInferError as e:
+            log.debug("status of AutoscalingPolicy %s not written: %s", name, e)
+            return
+        tracked.written = wanted
+
+    # ------------------------------------------------------------------ activation
+
+    async def activate(self, namespace: str, name: str) -> int:
+        """A request is waiting for a ModelInfer at zero: scale it up now."""
+        self._sync_policies()
+        tracked = self._tracked.get((namespace, name))
+        if tracked is None:
+            if self.informer.get("ModelInfer", namespace, name) is None:
+                raise NotFound(f"ModelInfer {namespace}/{name} not found")
+            raise FailedPrecondition(
+                f"no AutoscalingPolicy targets ModelInfer {namespace}/{name}; "
+                "it is not scaled from zero automatically"
+            )
+        async with tracked.lock:
+            now = self._clock()
+            # The waiting request is traffic: the next decisions must not go back
+            # to zero before it is served.
+            tracked.state = tracked.state.with_sample(Sample(now, {}, 1.0))
+            current, _ = await self._replicas(tracked.target)
+            if current > 0:
+                return current
+            wanted = max(1, tracked.policy.min_replicas)
+            await self._scale(
+                tracked, 0, wanted, "activation: a request arrived at zero replicas"
+            )
+            return wanted

@@ -1,0 +1,143 @@
+"""Composition root of the autoscaler: settings → registry informer (policies),
+controller channel, metric sources → the loop → gRPC server (Autoscaler service).
+
+``AutoscalerApp.start`` is what ``main()`` runs and what tests use in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+from prometheus_client import CollectorRegistry
+
+from matrixinfer.api.v1 import autoscaler_pb2, autoscaler_pb2_grpc
+from matrixinfer.autoscaler.loop import Autoscaler, AutoscalerMetrics
+from matrixinfer.autoscaler.service import AutoscalerServicer
+from matrixinfer.autoscaler.settings import AutoscalerSettings
+from matrixinfer.autoscaler.sources import GatewayLoad, PrometheusQuery, TritonScraper
+from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
+from matrixinfer.core.logging import configure_logging
+from matrixinfer.core.metrics import (
+    GrpcServerMetrics,
+    MetricsServer,
+    start_metrics_server,
+)
+from matrixinfer.core.registry.client import RegistryClient
+from matrixinfer.core.registry.informer import Informer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = autoscaler_pb2.DESCRIPTOR.services_by_name["Autoscaler"].full_name
+KINDS = ["AutoscalingPolicy", "ModelInfer"]
+
+
+@dataclass
+class AutoscalerApp:
+    settings: AutoscalerSettings
+    registry_channel: grpc.aio.Channel
+    controller_channel: grpc.aio.Channel
+    session: aiohttp.ClientSession
+    informer: Informer
+    autoscaler: Autoscaler
+    server: RunningServer
+    metrics: CollectorRegistry
+    metrics_server: MetricsServer | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.server.port}"
+
+    @classmethod
+    async def start(cls, settings: AutoscalerSettings) -> AutoscalerApp:
+        registry_channel = grpc.aio.insecure_channel(settings.registry_address)
+        controller_channel = grpc.aio.insecure_channel(settings.controller_address)
+        session = aiohttp.ClientSession()
+        registry = RegistryClient(registry_channel, settings.call_timeout_s)
+        informer = Informer(registry, KINDS, lambda *_: None)
+        metrics = CollectorRegistry()
+        autoscaler = Autoscaler(
+            informer,
+            registry,
+            controller_channel,
+            GatewayLoad(stale_s=settings.report_stale_s),
+            TritonScraper(session, settings.scrape_timeout_s),
+            PrometheusQuery(session, settings.prometheus_url, settings.call_timeout_s)
+            if settings.prometheus_url
+            else None,
+            AutoscalerMetrics(metrics),
+            tick_s=settings.tick_s,
+            call_timeout_s=settings.call_timeout_s,
+        )
+        servicer = AutoscalerServicer(autoscaler)
+        metrics_server: MetricsServer | None = None
+        try:
+            await informer.start()
+            server = await start_server(
+                settings,
+                lambda s: autoscaler_pb2_grpc.add_AutoscalerServicer_to_server(
+                    servicer, s
+                ),
+                service_names=[SERVICE_NAME],
+                metrics=GrpcServerMetrics(metrics),
+            )
+            if settings.metrics_port is not None:
+                metrics_server = start_metrics_server(
+                    settings.metrics_port, metrics, settings.host
+                )
+        except BaseException:
+            await informer.stop()
+            await session.close()
+            await registry_channel.close()
+            await controller_channel.close()
+            raise
+        autoscaler.start()
+        return cls(
+            settings,
+            registry_channel,
+            controller_channel,
+            session,
+            informer,
+            autoscaler,
+            server,
+            metrics,
+            metrics_server,
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.server.stop(
+            self.settings.grace_period_s if grace_s is None else grace_s
+        )
+        await self.autoscaler.stop()
+        await self.informer.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        await self.session.close()
+        await self.registry_channel.close()
+        await self.controller_channel.close()
+
+
+async def _run(settings: AutoscalerSettings) -> None:
+    app = await AutoscalerApp.start(settings)
+    log.info(
+        "autoscaler ready on %s (registry %s, controller %s)",
+        app.address,
+        settings.registry_address,
+        settings.controller_address,
+    )
+    try:
+        await serve_forever(app.server, settings.grace_period_s)
+    finally:
+        await app.stop(0)
+
+
+def main() -> None:
+    settings = AutoscalerSettings()
+    configure_logging(settings.log_level, settings.log_json, settings.service_name)
+    asyncio.run(_run(settings))
+
+
+if __name__ == "__main__":
+    main()
