@@ -58,14 +58,16 @@ pytest: setup
 
 test: lint typecheck importlint pytest
 
-# The registry on SQLite (./.matrixinfer), in the foreground; Ctrl-C stops it.
+# The whole platform (registry on SQLite in ./.matrixinfer, controller, autoscaler,
+# gateway) with the quickstart model, in the foreground; Ctrl-C stops everything.
 run: setup
-	MATRIXINFER_REGISTRY_LOG_JSON=$${MATRIXINFER_REGISTRY_LOG_JSON:-false} $(BIN)/matrixinfer-registry
+	$(BIN)/matrixinfer up
 
 bench: setup
 	$(BIN)/python -m bench.registry
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.gateway
+	$(BIN)/python -m bench.autoscaler
 
 clean:
 	rm -rf $(VENV) .tools .matrixinfer libs/api/src/matrixinfer/api/v1

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import time
@@ -22,18 +21,10 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from matrixinfer.core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from matrixinfer.core.process import die_with_parent
 from matrixinfer.triton.install import TritonInstall
 
 log = logging.getLogger(__name__)
-
-
-def _die_with_parent() -> list[str]:
-    """A command prefix that makes the server get SIGTERM when its parent dies, even
-    by SIGKILL, so no tritonserver outlives the controller. util-linux ``setpriv``
-    sets it and execs the server; Python code in the forked child (preexec_fn) is
-    not an option: in a threaded process it crashed there (SIGSEGV before exec)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 @dataclass(frozen=True)
@@ -118,7 +109,7 @@ class TritonProcess:
         with self.log_path.open("ab") as out:
             # Own session: stopping kills the stub processes the server spawned too.
             self._process = await asyncio.create_subprocess_exec(
-                *_die_with_parent(),
+                *die_with_parent(),
                 *self.command(),
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
