@@ -4,19 +4,29 @@ real Triton replicas behind."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import grpc
+import jwt as pyjwt
 import numpy as np
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.gateway.main import GatewayApp
-from tests.integration.conftest import Platform, iris_manifests, start_gateway
+from tests.integration.conftest import (
+    Platform,
+    iris_manifests,
+    start_gateway,
+    wait_routed,
+)
 
 LIMITED_ROUTE = """  rules:
     - targets: [{modelServer: iris}]
@@ -135,3 +145,69 @@ async def test_rate_limit_says_when_to_retry(secured: Secured) -> None:
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     retry_after = error_details(info.value).retry_after_s
     assert retry_after is not None and 0 < retry_after <= 2.0
+
+
+async def test_jwt_from_the_providers_jwks_url_over_rest(platform: Platform) -> None:
+    """A JWT signed by the identity provider, whose keys the gateway fetched from
+    the provider's URL, is accepted over REST; bad tokens get 401/403 and are never
+    echoed."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [{**public, "kid": "idp-1", "use": "sig"}]})
+
+    idp = web.Application()
+    idp.router.add_get("/jwks.json", jwks)
+    runner = web.AppRunner(idp)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    jwks_url = f"http://127.0.0.1:{runner.addresses[0][1]}/jwks.json"
+
+    def token(**claims: object) -> str:
+        body: dict[str, object] = {
+            "iss": "https://idp.test",
+            "aud": "matrixinfer",
+            "sub": "carol",
+        }
+        body.update({"exp": int(time.time()) + 300, "scope": "infer:iris"}, **claims)
+        return pyjwt.encode(body, key, algorithm="RS256", headers={"kid": "idp-1"})
+
+    app = await start_gateway(
+        platform,
+        auth_mode="required",
+        jwt_issuer="https://idp.test",
+        jwt_audience="matrixinfer",
+        jwks_url=jwks_url,
+    )
+    try:
+        await platform.apply(iris_manifests())
+        await platform.wait_for(
+            lambda i: i is not None and i.status.ready_replicas == 1
+        )
+        await wait_routed(app)
+        body = {
+            "inputs": [
+                {"name": "X", "shape": [1, 4], "datatype": "FP32",
+                 "data": [6.7, 3.0, 5.2, 2.3]}
+            ]
+        }  # fmt: skip
+        url = f"{app.http_url}/v2/models/iris/infer"
+        async with aiohttp.ClientSession() as session:
+
+            async def status(bearer: str) -> int:
+                headers = {"authorization": f"Bearer {bearer}"}
+                async with session.post(url, json=body, headers=headers) as response:
+                    text = await response.text()
+                    assert bearer not in text
+                    return response.status
+
+            assert await status(token()) == 200
+            assert await status(token(aud="someone-else")) == 401
+            assert await status(token(exp=int(time.time()) - 3600)) == 401
+            assert await status(token(scope="infer:resnet")) == 403
+            assert await status(token()[:-4] + "AAAA") == 401  # bad signature
+            assert await status("not-a-jwt") == 401
+    finally:
+        await app.stop(0)
+        await runner.cleanup()

@@ -34,6 +34,7 @@ from matrixinfer.gateway.activation import (
     LoadTracker,
     NoopActivator,
 )
+from matrixinfer.gateway.admin import AdminApi
 from matrixinfer.gateway.auth import (
     ApiKeyRecord,
     Authenticator,
@@ -41,6 +42,7 @@ from matrixinfer.gateway.auth import (
     JwtSettings,
 )
 from matrixinfer.gateway.balancer import Balancer
+from matrixinfer.gateway.jwks import JwksFetcher
 from matrixinfer.gateway.proxy import SERVICE, InferenceProxy, Upstreams
 from matrixinfer.gateway.ratelimit import (
     LocalTokenBucket,
@@ -108,17 +110,33 @@ def _epoch_s(rfc3339: str) -> float | None:
 
 def _authenticator(
     settings: GatewaySettings, keys: InMemoryApiKeyStore
-) -> Authenticator:
+) -> tuple[Authenticator, JwksFetcher | None]:
     jwt = None
-    if settings.jwt_issuer and settings.jwt_audience and settings.jwks_path:
+    jwks_source = settings.jwks_url or settings.jwks_path
+    if settings.jwt_issuer and settings.jwt_audience and jwks_source:
         jwt = JwtSettings(
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
-            jwks=json.loads(settings.jwks_path.read_text()),
+            jwks=json.loads(settings.jwks_path.read_text())
+            if settings.jwks_path and not settings.jwks_url
+            else {"keys": []},
         )
     if settings.auth_mode == "off":
         log.warning("authentication is OFF: every caller may use every model")
-    return Authenticator(keys, jwt, allow_anonymous=settings.auth_mode == "off")
+    fetcher: JwksFetcher | None = None
+
+    def poke() -> None:
+        if fetcher is not None:
+            fetcher.poke()
+
+    authenticator = Authenticator(
+        keys, jwt, allow_anonymous=settings.auth_mode == "off", on_unknown_kid=poke
+    )
+    if jwt is not None and settings.jwks_url:
+        fetcher = JwksFetcher(
+            settings.jwks_url, authenticator, refresh_s=settings.jwks_refresh_s
+        )
+    return authenticator, fetcher
 
 
 @dataclass
@@ -136,6 +154,7 @@ class GatewayApp:
     autoscaler: grpc.aio.Channel | None = None
     redis_client: redis.asyncio.Redis | None = None
     tracer_provider: TracerProvider | None = None
+    jwks: JwksFetcher | None = None
 
     _sync_task: asyncio.Task[None] = field(init=False, repr=False)
 
@@ -196,6 +215,7 @@ class GatewayApp:
             task.add_done_callback(background.discard)
 
         routes.on_rebuild = forget_gone
+        authenticator, jwks = _authenticator(settings, routes.api_keys)
         metrics = CollectorRegistry()
         tracer_provider = (
             setup_tracing(settings.service_name, settings.otlp_endpoint, span_exporter)
@@ -209,7 +229,7 @@ class GatewayApp:
             default_timeout_s=settings.default_timeout_s,
             max_timeout_s=settings.max_timeout_s,
             ready=lambda: routes.synced,
-            authenticator=_authenticator(settings, routes.api_keys),
+            authenticator=authenticator,
             limiter=limiter,
             activator=AutoscalerActivator(autoscaler)
             if autoscaler
@@ -221,11 +241,32 @@ class GatewayApp:
             tracer=ProxyTracer(tracer_provider),
         )
         reporter = LoadReporter(autoscaler, tracker) if autoscaler else None
+        admin = (
+            AdminApi(
+                channel,
+                authenticator,
+                auth_required=settings.auth_mode != "off",
+                timeout_s=settings.admin_timeout_s,
+                max_body_bytes=settings.admin_max_body_bytes,
+                watch_max_s=settings.admin_watch_max_s,
+            )
+            if settings.admin_api
+            else None
+        )
         rest = web.AppRunner(
-            rest_app(proxy, lambda: routes.synced, metrics, settings.max_message_bytes),
+            rest_app(
+                proxy,
+                lambda: routes.synced,
+                metrics,
+                settings.max_message_bytes,
+                admin,
+                auth_required=settings.auth_mode != "off",
+            ),
             access_log=None,
         )
         try:
+            if jwks is not None:
+                await jwks.start()
             await informer.start()
             server = await start_server(
                 settings,
@@ -242,6 +283,8 @@ class GatewayApp:
             http_port = int(rest.addresses[0][1])
         except BaseException:
             await rest.cleanup()
+            if jwks is not None:
+                await jwks.stop()
             await informer.stop()
             await channel.close()
             raise
@@ -259,6 +302,7 @@ class GatewayApp:
             autoscaler,
             redis_client,
             tracer_provider,
+            jwks,
         )
         if reporter is not None:
             reporter.start()
@@ -285,6 +329,8 @@ class GatewayApp:
             await self.autoscaler.close()
         if self.redis_client is not None:
             await self.redis_client.aclose()
+        if self.jwks is not None:
+            await self.jwks.stop()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
 

@@ -24,6 +24,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceExhausted
 from matrixinfer.core.grpc.errors import status_code_for
+from matrixinfer.gateway import openapi
+from matrixinfer.gateway.admin import AdminApi
 from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
 from matrixinfer.triton.protocol import service_pb2
 
@@ -297,7 +299,13 @@ def rest_app(
     ready: Callable[[], bool],
     metrics: CollectorRegistry,
     max_body_bytes: int,
+    admin: AdminApi | None = None,
+    *,
+    auth_required: bool = True,
 ) -> web.Application:
+    """The KServe v2 routes, ``/openapi.json`` and, given ``admin``, the registry's
+    admin API (``auth_required`` only shapes the OpenAPI document's security)."""
+
     async def model_call(method: str, request: web.Request, message: Any) -> bytes:
         return await proxy.handle(
             method, message.SerializeToString(), _headers(request), None
@@ -409,4 +417,7 @@ def rest_app(
         app.router.add_get(prefix + "/config", model_config)
         app.router.add_get(prefix + "/stats", model_stats)
         app.router.add_post(prefix + "/infer", infer)
+    if admin is not None:
+        admin.add_routes(app)
+    openapi.add_route(app, admin, auth=auth_required)
     return app

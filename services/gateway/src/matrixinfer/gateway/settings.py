@@ -56,6 +56,14 @@ class GatewaySettings(ServiceSettings):
     jwks_path: pathlib.Path | None = None
     """A JWKS document (JSON) with the public keys JWTs are verified against."""
 
+    jwks_url: str | None = None
+    """The identity provider's JWKS URL (https; http only to loopback), fetched at
+    start, every `jwks_refresh_s` and early when a token names an unknown key id.
+    Takes precedence over `jwks_path`."""
+
+    jwks_refresh_s: float = Field(default=300.0, gt=0)
+    """Seconds between JWKS refreshes from `jwks_url`."""
+
     autoscaler_address: str | None = None
     """host:port of the autoscaler: load reports go there every second and models at
     zero are activated through it. Unset: no reports; held requests wait for whoever
@@ -76,3 +84,17 @@ class GatewaySettings(ServiceSettings):
     rate_limit_failure_mode: Literal["open", "closed"] = "open"
     """When Redis does not answer: open lets requests through (Envoy's default:
     availability over strictness), closed refuses them."""
+
+    admin_api: bool = True
+    """Serve the registry's admin API over REST (/apis/v1/..., transcoded from its
+    google.api.http annotations; needs the `admin` scope unless auth_mode is off)."""
+
+    admin_timeout_s: float = Field(default=10.0, gt=0)
+    """Deadline of each admin call the gateway makes to the registry."""
+
+    admin_max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Largest admin request body (manifests are small; the registry takes 4 MiB)."""
+
+    admin_watch_max_s: float = Field(default=1800.0, gt=0)
+    """How long a REST watch streams at most (and by default); then it ends and the
+    client watches again from the last resourceVersion, as in Kubernetes."""
