@@ -49,8 +49,11 @@ async def test_apply_seed_get_it_back(server: str, tmp_path: pathlib.Path) -> No
     assert doc["metadata"]["generation"] == "1"  # int64 is a string in JSON mapping
     code, out, _ = await run(server, "get", "models")
     assert code == 0
-    assert out.splitlines()[0].split() == ["NAMESPACE", "NAME", "GENERATION", "CREATED"]
-    assert out.splitlines()[1].split()[:3] == ["default", "my-model", "1"]
+    assert out.splitlines()[0].split() == ["NAME", "FORMAT", "REVISION", "AGE"]
+    assert out.splitlines()[1].split()[:3] == ["my-model", "pytorch", "1"]
+    code, out, _ = await run(server, "get", "models", "-A", "-o", "wide")
+    assert code == 0
+    assert out.splitlines()[0].split()[:2] == ["NAMESPACE", "NAME"]
 
 
 async def test_apply_folder_and_stdin(server: str, tmp_path: pathlib.Path) -> None:

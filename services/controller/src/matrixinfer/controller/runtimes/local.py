@@ -101,7 +101,10 @@ class LocalRuntime:
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
         if wait:
-            await task
+            # Shielded: a caller cancelled meanwhile (controller shutdown during a
+            # delete) must not leave the server half-stopped and never reaped;
+            # close() still awaits the task.
+            await asyncio.shield(task)
 
     async def _finish_stop(self, running: _Running, grace_s: float) -> None:
         if running.task is not None:
