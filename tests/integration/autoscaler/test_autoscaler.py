@@ -131,7 +131,11 @@ async def test_load_step_scales_up_and_removed_load_scales_down(
         )
         assert infer is not None
         assert "RequestsPerSecond" in infer.status.scale_reason
-        status = await policy_status(scaled.platform)
+        for _ in range(50):
+            status = await policy_status(scaled.platform)
+            if status.desired_replicas == 2:
+                break
+            await asyncio.sleep(0.1)
         assert status.desired_replicas == 2
         assert status.last_scale_time
     assert failures == []
@@ -141,7 +145,12 @@ async def test_load_step_scales_up_and_removed_load_scales_down(
         lambda i: i is not None and i.status.desired_replicas == 1, timeout_s=30
     )
     assert time.monotonic() - removed >= 2.0  # not before the windows saw it
-    status = await policy_status(scaled.platform)
+    # The policy's status follows (written by the same tick, right after Scale).
+    for _ in range(50):
+        status = await policy_status(scaled.platform)
+        if status.desired_replicas == 1:
+            break
+        await asyncio.sleep(0.1)
     assert status.desired_replicas == 1 and status.mode == "stable"
 
 

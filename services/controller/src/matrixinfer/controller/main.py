@@ -25,7 +25,11 @@ from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.controller.workqueue import WorkQueue
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
 from matrixinfer.core.logging import configure_logging
-from matrixinfer.core.metrics import GrpcServerMetrics
+from matrixinfer.core.metrics import (
+    GrpcServerMetrics,
+    MetricsServer,
+    start_metrics_server,
+)
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
 from matrixinfer.triton.install import find_tritonserver, python_paths
@@ -43,6 +47,7 @@ class ControllerApp:
     runtime: Runtime
     loop: ControllerLoop
     server: RunningServer
+    metrics_server: MetricsServer | None = None
 
     @property
     def address(self) -> str:
@@ -106,6 +111,8 @@ class ControllerApp:
         )
         holder.append(loop)
         servicer = ControllerServicer(loop)
+        metrics = CollectorRegistry()
+        metrics_server: MetricsServer | None = None
         try:
             await informer.start()
             await loop.start()
@@ -120,21 +127,27 @@ class ControllerApp:
                     servicer, s
                 ),
                 service_names=[SERVICE_NAME],
-                metrics=GrpcServerMetrics(CollectorRegistry()),
+                metrics=GrpcServerMetrics(metrics),
             )
+            if settings.metrics_port is not None:
+                metrics_server = start_metrics_server(
+                    settings.metrics_port, metrics, settings.host
+                )
         except BaseException:
             await loop.stop()
             await informer.stop()
             await runtime.close()
             await channel.close()
             raise
-        return cls(settings, channel, informer, runtime, loop, server)
+        return cls(settings, channel, informer, runtime, loop, server, metrics_server)
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.server.stop(
             self.settings.grace_period_s if grace_s is None else grace_s
         )
         await self.loop.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         await self.informer.stop()
         # Every replica goes with us: no tritonserver outlives its controller.
         await self.runtime.close()
