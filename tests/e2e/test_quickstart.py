@@ -21,6 +21,9 @@ import pytest
 
 from tests.conftest import ROOT
 
+# Several platform starts and real traffic: more than the default 120 s.
+pytestmark = pytest.mark.timeout(400)
+
 PORTS = (8000, 8001, 50051, 50052, 50054)
 
 
@@ -52,6 +55,21 @@ class Run:
             self.output.append(line)
         return self.output
 
+    @classmethod
+    def attach(cls, process: subprocess.Popen[str]) -> Run:
+        """Read the process' output on a thread, line by line."""
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert process.stdout is not None
+            with process.stdout:
+                for line in process.stdout:
+                    lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        return cls(process, lines, [])
+
     def ctrl_c(self, timeout_s: float = 90) -> None:
         """What the terminal does on Ctrl-C: SIGINT to the foreground group."""
         os.killpg(self.process.pid, signal.SIGINT)
@@ -71,17 +89,7 @@ def make_run(state_dir: pathlib.Path) -> Run:
         text=True,
         start_new_session=True,  # its own process group, like a terminal job
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        with process.stdout:
-            for line in process.stdout:
-                lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return Run(process, lines, [])
+    return Run.attach(process)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
-"""The README's configuration reference lists every registry setting, so the docs
-cannot silently fall behind the code."""
+"""The README's configuration reference lists every setting, and its examples pass
+admission, so the docs cannot silently fall behind the code."""
 
 from __future__ import annotations
 
+from matrixinfer.autoscaler.settings import AutoscalerSettings
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core.settings import ServiceSettings
 from matrixinfer.gateway.settings import GatewaySettings
+from matrixinfer.registry.domain.admission import admit
+from matrixinfer.registry.domain.manifest import parse_manifest
 from matrixinfer.registry.settings import RegistrySettings
 from tests.conftest import ROOT
 
@@ -41,3 +44,33 @@ def test_every_gateway_setting_is_documented() -> None:
         if f"`MATRIXINFER_GATEWAY_{name.upper()}`" not in readme
     ]
     assert missing == []
+
+
+def test_every_autoscaler_setting_is_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    own = set(AutoscalerSettings.model_fields) - set(ServiceSettings.model_fields)
+    missing = [
+        f"MATRIXINFER_AUTOSCALER_{name.upper()}"
+        for name in sorted(own | {"grpc_port"})
+        if f"`MATRIXINFER_AUTOSCALER_{name.upper()}`" not in readme
+    ]
+    assert missing == []
+
+
+def test_the_five_kinds_example_passes_admission() -> None:
+    """The README's one-of-each block is valid as shown (with the canary's
+    iris-v2 ModelServer it refers to)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The five kinds", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    canary = (ROOT / "examples/walkthroughs/canary.yaml").read_text()
+    canary = canary.replace("${IRIS_MODEL}", str(ROOT / "examples/iris/model.onnx"))
+    documents = parse_manifest(block + "\n---\n" + canary)
+    kinds = {type(admit(doc)).__name__ for doc in documents}
+    assert kinds == {
+        "Model",
+        "ModelInfer",
+        "ModelServer",
+        "ModelRoute",
+        "AutoscalingPolicy",
+    }

@@ -113,6 +113,16 @@ async def test_apply_wait_get_describe_logs(
         result.stderr
     )
 
+    # A new Model revision applied alone: --wait follows the ModelInfer's rollout.
+    model_v2 = iris_manifests(**{'version: "1"': 'version: "2"'}).split("---")[0]
+    result = await run("apply", "-f", "-", "--wait", input=model_v2)
+    assert result.exit_code == 0, result.output
+    assert "model/iris configured" in result.stdout
+    assert "modelinfer/iris available (1/1 ready, model revision 2)" in result.stdout
+    result = await run("rollback", "iris", "1", "--wait", "--timeout", "60")
+    assert result.exit_code == 0, result.output
+    assert "modelinfer/iris available: 1/1 ready on revision 3" in result.stdout
+
     result = await run("delete", "mi", "iris")
     assert result.exit_code == 0
     assert "modelinfer/iris deleting (waiting for matrixinfer.ai/replicas)" in (

@@ -21,6 +21,7 @@ from matrixinfer.cli import render
 from matrixinfer.cli.client import (
     EXIT_OK,
     App,
+    Registry,
     as_dict,
     rpc_error,
 )
@@ -103,9 +104,6 @@ def apply(
                 applied.append((target, result.resource.model_infer.spec.model_ref))
     if not wait:
         return
-    if not applied:
-        click.echo("nothing to wait for: no ModelInfer was applied", err=True)
-        return
     targets = []
     for target, ref in applied:
         # A ModelInfer following its Model's latest revision must serve the one just
@@ -113,6 +111,21 @@ def apply(
         if not ref.revision:
             target.model_revision = revisions.get((target.namespace, ref.name))
         targets.append(target)
+    seen = {(t.namespace, t.name) for t in targets}
+    for (namespace, model_name), revision in revisions.items():
+        # A Model applied alone: wait for the ModelInfers that follow it to roll over.
+        targets += [
+            t
+            for t in _followers(registry, namespace, model_name, revision)
+            if (t.namespace, t.name) not in seen
+        ]
+    if not targets:
+        click.echo(
+            "nothing to wait for: no ModelInfer was applied or follows an "
+            "applied Model",
+            err=True,
+        )
+        return
     wait_available(registry, targets, wait_timeout_s, Console(stderr=True))
     for t in targets:
         ready, desired = t.counts()
@@ -330,14 +343,66 @@ def history(app: App, model: str, namespace: str | None) -> None:
 @click.argument("model")
 @click.argument("revision", type=click.IntRange(min=1))
 @namespace_option
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Then wait until every ModelInfer following MODEL serves the new revision.",
+)
+@click.option(
+    "--timeout",
+    "wait_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds --wait waits before failing with the Degraded condition's message.",
+)
 @pass_app
-def rollback(app: App, model: str, revision: int, namespace: str | None) -> None:
+def rollback(
+    app: App,
+    model: str,
+    revision: int,
+    namespace: str | None,
+    wait: bool,
+    wait_timeout_s: float,
+) -> None:
     """Make a new revision of MODEL equal to REVISION."""
-    request = rpb.RollbackRequest(
-        namespace=app.namespace(namespace), name=model, revision=revision
-    )
+    ns = app.namespace(namespace)
+    request = rpb.RollbackRequest(namespace=ns, name=model, revision=revision)
     resource: pb.Resource = app.registry.call("Rollback", request)
     current = resource.model.status.current_revision
     click.echo(
         f"model/{model} rolled back to revision {revision} (now revision {current})"
     )
+    if not wait:
+        return
+    targets = _followers(app.registry, ns, model, current)
+    if not targets:
+        click.echo(
+            f"nothing to wait for: no ModelInfer follows model/{model}", err=True
+        )
+        return
+    wait_available(app.registry, targets, wait_timeout_s, Console(stderr=True))
+    for t in targets:
+        ready, desired = t.counts()
+        click.echo(
+            f"modelinfer/{t.name} available: {ready}/{desired} ready on revision "
+            f"{current}"
+        )
+
+
+def _followers(
+    registry: Registry, namespace: str, model: str, revision: int
+) -> list[Target]:
+    """Wait targets for the ModelInfers that follow ``model``'s latest revision."""
+    items, _ = registry.list_objects("ModelInfer", namespace)
+    return [
+        Target(
+            i.model_infer.metadata.namespace,
+            i.model_infer.metadata.name,
+            i.model_infer.metadata.generation,
+            model_revision=revision,
+        )
+        for i in items
+        if i.model_infer.spec.model_ref.name == model
+        and not i.model_infer.spec.model_ref.revision
+    ]
