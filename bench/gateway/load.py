@@ -1,67 +1,151 @@
-"""The load generator of bench.gateway, in its own module so a spawned process can
-import it (the benchmark's ``__main__`` cannot be)."""
+"""The load generators of bench.gateway, in their own module so a spawned process
+can import them (the benchmark's ``__main__`` cannot be), and the bare pass-through
+proxy the gateway is compared with."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
+import sys
 import time
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
+ROW = [6.7, 3.0, 5.2, 2.3]
+Result = tuple[int, int, float, float]
 
 
 def request_bytes() -> bytes:
     request = service_pb2.ModelInferRequest(model_name="iris")
     request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
-    request.raw_input_contents.append(
-        np.array([[6.7, 3.0, 5.2, 2.3]], np.float32).tobytes()
-    )
+    request.raw_input_contents.append(np.array([ROW], np.float32).tobytes())
     raw: bytes = request.SerializeToString()
     return raw
+
+
+def rest_body() -> bytes:
+    body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+    return json.dumps(body).encode()
+
+
+async def _drive(
+    one: Callable[[], Awaitable[None]], concurrency: int, seconds: float
+) -> tuple[int, int, list[float]]:
+    latencies: list[float] = []
+    failures = 0
+    await one()  # connect and warm up
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal failures
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                await one()
+                latencies.append(time.perf_counter() - started)
+            except (grpc.aio.AioRpcError, aiohttp.ClientError, AssertionError):
+                failures += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies), failures, latencies
+
+
+def _summary(count: int, failures: int, latencies: list[float]) -> Result:
+    latencies.sort()
+    if not latencies:
+        return count, failures, 0.0, 0.0
+    return (
+        count,
+        failures,
+        latencies[len(latencies) // 2],
+        latencies[int(len(latencies) * 0.99)],
+    )
 
 
 def load(
     address: str,
     concurrency: int,
     seconds: float,
-    out: multiprocessing.Queue[tuple[int, int, float, float]],
+    out: multiprocessing.Queue[Result],
+    api_key: str = "",
 ) -> None:
-    """Send the same request from ``concurrency`` tasks for ``seconds``; put (count,
-    failures, p50 s, p99 s) on ``out``."""
+    """gRPC: the same pre-serialized request from ``concurrency`` tasks on one
+    channel for ``seconds``; puts (count, failures, p50 s, p99 s) on ``out``."""
 
     async def run() -> tuple[int, int, list[float]]:
         payload = request_bytes()
-        latencies: list[float] = []
-        failures = 0
+        metadata = (("x-api-key", api_key),) if api_key else ()
         async with grpc.aio.insecure_channel(address) as channel:
             call = channel.unary_unary(PATH)
-            await call(payload, timeout=10)  # connect and warm up
-            deadline = time.monotonic() + seconds
 
-            async def worker() -> None:
-                nonlocal failures
-                while time.monotonic() < deadline:
-                    started = time.perf_counter()
-                    try:
-                        await call(payload, timeout=10)
-                        latencies.append(time.perf_counter() - started)
-                    except grpc.aio.AioRpcError:
-                        failures += 1
+            async def one() -> None:
+                await call(payload, timeout=10, metadata=metadata)
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return len(latencies), failures, latencies
+            return await _drive(one, concurrency, seconds)
 
-    count, failures, latencies = asyncio.run(run())
-    latencies.sort()
-    out.put(
-        (
-            count,
-            failures,
-            latencies[len(latencies) // 2],
-            latencies[int(len(latencies) * 0.99)],
+    out.put(_summary(*asyncio.run(run())))
+
+
+def load_rest(
+    url: str,
+    concurrency: int,
+    seconds: float,
+    out: multiprocessing.Queue[Result],
+    api_key: str = "",
+) -> None:
+    """REST: the KServe v2 JSON request (as curl would send it) over keep-alive
+    connections, ``concurrency`` at a time."""
+
+    async def run() -> tuple[int, int, list[float]]:
+        body = rest_body()
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["x-api-key"] = api_key
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> None:
+                async with session.post(
+                    f"{url}/v2/models/iris/infer", data=body, headers=headers
+                ) as response:
+                    await response.read()
+                    assert response.status == 200, response.status
+
+            return await _drive(one, concurrency, seconds)
+
+    out.put(_summary(*asyncio.run(run())))
+
+
+def bare_proxy(port: int, upstream: str) -> None:
+    """The floor: a grpc.aio pass-through of raw ModelInfer bytes with no logic at
+    all (no auth, routing, balancing, limits, metrics)."""
+
+    async def run() -> None:
+        channel = grpc.aio.insecure_channel(upstream)
+        call = channel.unary_unary(PATH)
+
+        async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            response: bytes = await call(request, timeout=10)
+            return response
+
+        handler = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService",
+            {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
         )
-    )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    bare_proxy(int(sys.argv[1]), sys.argv[2])

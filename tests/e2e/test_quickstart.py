@@ -12,11 +12,13 @@ import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from tests.conftest import ROOT
@@ -172,3 +174,45 @@ def test_readme_quickstart(state_dir: pathlib.Path) -> None:
         if again.process.poll() is None:
             again.ctrl_c()
     assert tritonservers_of(state_dir) == []
+
+
+def test_up_on_postgresql(pg_schema_url: str, tmp_path: pathlib.Path) -> None:
+    """`matrixinfer up --database-url` keeps the registry in PostgreSQL (other ports,
+    so a developer's running `make run` does not matter)."""
+    ports = {
+        "--grpc-port": 18001,
+        "--http-port": 18000,
+        "--registry-port": 18051,
+        "--controller-port": 18052,
+        "--autoscaler-port": 18054,
+    }
+    args = [a for option, port in ports.items() for a in (option, str(port))]
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "matrixinfer.cli", "up",
+            "--state-dir", str(tmp_path / "state"),
+            "--database-url", pg_schema_url, *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    run = Run.attach(process)
+    try:
+        output = run.read_until("Press Ctrl-C", timeout_s=240)
+        assert "(database postgresql+psycopg)" in "".join(output)
+        answer = json.loads(shell(printed_commands(output)[0]))
+        assert answer["model_name"] == "iris"
+    finally:
+        if process.poll() is None:
+            run.ctrl_c()
+    schema = pg_schema_url.rsplit("search_path%3D", 1)[1]
+    plain = pg_schema_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(plain.split("?", 1)[0], autocommit=True) as conn:
+        rows = conn.execute(
+            f'SELECT kind, name FROM "{schema}".resources ORDER BY kind'  # noqa: S608
+        ).fetchall()
+    assert ("ModelInfer", "iris") in rows and ("AutoscalingPolicy", "iris") in rows
+    assert tritonservers_of(tmp_path / "state") == []

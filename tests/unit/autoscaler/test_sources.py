@@ -3,8 +3,15 @@ and the parsing of Triton's Prometheus text."""
 
 from __future__ import annotations
 
+import aiohttp
+from aiohttp import web
+
 from matrixinfer.api.v1 import autoscaler_pb2 as apb
-from matrixinfer.autoscaler.sources import GatewayLoad, parse_triton_metrics
+from matrixinfer.autoscaler.sources import (
+    GatewayLoad,
+    PrometheusQuery,
+    parse_triton_metrics,
+)
 
 TRITON_TEXT = """\
 # HELP nv_inference_request_success Number of successful inference requests
@@ -69,3 +76,45 @@ def test_triton_text_is_reduced_to_the_families_used() -> None:
     assert "nv_gpu_utilization" not in parse_triton_metrics(
         TRITON_TEXT.split("# HELP nv_gpu")[0]
     )  # CPU-only: no GPU figure rather than a made-up 0
+
+
+async def test_prometheus_query_reads_gpu_utilization() -> None:
+    """Against a stand-in for Prometheus' HTTP API (one layer: the query and the
+    parsing of its documented JSON answer)."""
+    seen: list[str] = []
+    answers: list[object] = [
+        {
+            "status": "success",
+            "data": {
+                "resultType": "vector",
+                "result": [{"metric": {}, "value": [1700000000.0, "63.5"]}],
+            },
+        },
+        {"status": "success", "data": {"resultType": "vector", "result": []}},
+        {"status": "error", "error": "bad query"},
+    ]
+
+    async def query(request: web.Request) -> web.Response:
+        seen.append(request.query["query"])
+        return web.json_response(answers.pop(0))
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            prometheus = PrometheusQuery(session, url, timeout_s=2.0)
+            key = ("default", "iris")
+            assert await prometheus.gpu_utilization(key) == 63.5
+            assert await prometheus.gpu_utilization(key) is None  # no series
+            assert await prometheus.gpu_utilization(key) is None  # an error answer
+            unreachable = PrometheusQuery(session, "http://127.0.0.1:1", 0.5)
+            assert await unreachable.gpu_utilization(key) is None
+    finally:
+        await runner.cleanup()
+    assert seen[0] == (
+        '100 * avg(nv_gpu_utilization{namespace="default",model_infer="iris"})'
+    )

@@ -274,6 +274,7 @@ class GatewayApp:
                 service_names=[SERVICE],
                 metrics=GrpcServerMetrics(metrics),
                 reuse_port=settings.workers > 1,
+                bypass=(f"/{SERVICE}/",),
             )
             await rest.setup()
             site = web.TCPSite(

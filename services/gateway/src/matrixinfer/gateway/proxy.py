@@ -25,7 +25,7 @@ from matrixinfer.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from matrixinfer.core.grpc.errors import status_code_for
+from matrixinfer.core.grpc.errors import abort_for, status_code_for
 from matrixinfer.gateway.activation import Activator, LoadTracker
 from matrixinfer.gateway.auth import Authenticator, authorize_infer
 from matrixinfer.gateway.balancer import Balancer
@@ -66,6 +66,27 @@ _SHM_NAMES = re.compile(r"triton_python_backend_shm_region_\S*")
 def _clean(details: str | None) -> str:
     """Backend error text without internal shared-memory names (the Wiz chain)."""
     return _SHM_NAMES.sub("<internal>", details or "")[:1024]
+
+
+def _mapped(
+    method: str, fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """``fn`` with its failures answered as statuses: Triton's own status for an
+    upstream error, the mapped one (with details such as RetryInfo) for ours."""
+    full = f"/{SERVICE}/{method}"
+
+    async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await fn(request, context)
+        except UpstreamError as e:
+            await context.abort(e.code, e.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await abort_for(context, e, full)
+        raise AssertionError("unreachable")
+
+    return call
 
 
 class UpstreamError(Exception):
@@ -175,21 +196,37 @@ class InferenceProxy:
         self._ready = ready
 
     def handler(self) -> grpc.GenericRpcHandler:
-        handlers: dict[str, grpc.RpcMethodHandler] = {
-            "ServerLive": grpc.unary_unary_rpc_method_handler(self._server_live),
-            "ServerReady": grpc.unary_unary_rpc_method_handler(self._server_ready),
-            "ServerMetadata": grpc.unary_unary_rpc_method_handler(
-                self._server_metadata
-            ),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self._stream),
+        """The service's handlers. The server's standard interceptor is bypassed for
+        them (``bypass=`` in start_server): each maps its own errors here, and
+        inference metrics are recorded per model by :class:`ProxyMetrics`."""
+        unary: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Any]] = {
+            "ServerLive": self._server_live,
+            "ServerReady": self._server_ready,
+            "ServerMetadata": self._server_metadata,
         }
         for method in ROUTED:
-            handlers[method] = grpc.unary_unary_rpc_method_handler(self._routed(method))
+            unary[method] = self._routed(method)
         for method in REFUSED:
-            handlers[method] = grpc.unary_unary_rpc_method_handler(
-                self._refused(method)
-            )
+            unary[method] = self._refused(method)
+        handlers: dict[str, grpc.RpcMethodHandler] = {
+            name: grpc.unary_unary_rpc_method_handler(_mapped(name, fn))
+            for name, fn in unary.items()
+        }
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self._stream_mapped
+        )
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    async def _stream_mapped(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for response in self._stream(requests, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await abort_for(context, e, f"/{SERVICE}/ModelStreamInfer")
 
     # ------------------------------------------------------------------ server-level
 
@@ -326,13 +363,9 @@ class InferenceProxy:
 
     def _routed(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            try:
-                return await self.handle(
-                    method, request, grpc_headers(context), context.time_remaining()
-                )
-            except UpstreamError as e:
-                await context.abort(e.code, e.message)
-                raise AssertionError("unreachable") from None
+            return await self.handle(
+                method, request, grpc_headers(context), context.time_remaining()
+            )
 
         return call
 

@@ -10,7 +10,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -75,8 +75,13 @@ class StandardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unu
     call and per streamed message, measurably so on the registry's hot path.
     """
 
-    def __init__(self, metrics: GrpcServerMetrics | None) -> None:
+    def __init__(
+        self, metrics: GrpcServerMetrics | None, bypass: Sequence[str] = ()
+    ) -> None:
         self._metrics = metrics
+        # Method prefixes whose handlers do this work themselves (the gateway's data
+        # path: every wrapper there costs CPU on each proxied request).
+        self._bypass = tuple(bypass)
 
     async def intercept_service(
         self, continuation: Any, handler_call_details: Any
@@ -85,8 +90,10 @@ class StandardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unu
         if handler is None:
             # Unknown methods are not recorded: their names come from the client.
             return None
-        request_id = request_id_from_metadata(handler_call_details.invocation_metadata)
         full_method: str = handler_call_details.method
+        if self._bypass and full_method.startswith(self._bypass):
+            return handler
+        request_id = request_id_from_metadata(handler_call_details.invocation_metadata)
         metrics = self._metrics
         if metrics is not None:
             service, method = split_method(full_method)

@@ -106,17 +106,20 @@ async def start_server(
     metrics: GrpcServerMetrics | None = None,
     tracer_provider: TracerProvider | None = None,
     reuse_port: bool = False,
+    bypass: Sequence[str] = (),
 ) -> RunningServer:
     """Build, bind and start the service's server without blocking.
 
     ``register`` adds the service's servicers (``add_XServicer_to_server``);
     ``service_names`` are their full names, reported SERVING by health and listed
-    by reflection. Binding errors (port in use) raise here.
+    by reflection. Binding errors (port in use) raise here. ``bypass``: method
+    prefixes whose handlers map their own errors and record their own metrics (the
+    standard interceptor leaves them alone).
     """
     stack: list[Any] = []
     if tracer_provider is not None:
         stack.extend(server_interceptors(tracer_provider))
-    stack.append(StandardInterceptor(metrics))
+    stack.append(StandardInterceptor(metrics, bypass))
     stack.extend(interceptors)
 
     server = grpc.aio.server(

@@ -49,9 +49,11 @@ class Informer:
         ]
 
     async def wait_synced(self, timeout_s: float) -> None:
-        await asyncio.wait_for(
-            asyncio.gather(*(e.wait() for e in self._synced.values())), timeout_s
-        )
+        # Each event in turn under one deadline: no gather future is left behind
+        # unretrieved when the wait is cancelled (e.g. the service stops first).
+        async with asyncio.timeout(timeout_s):
+            for event in self._synced.values():
+                await event.wait()
 
     async def stop(self) -> None:
         for task in self._tasks:
