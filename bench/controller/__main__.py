@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import grpc
 
+from bench.report import ROOT, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
@@ -38,8 +39,6 @@ from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.registry.main import RegistryApp
 from matrixinfer.registry.settings import RegistrySettings
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BEGIN, END = "<!-- bench.controller:begin -->", "<!-- bench.controller:end -->"
 ONNX = ROOT / "examples/iris/model.onnx"
 
 
@@ -210,18 +209,6 @@ async def throughput(workdir: pathlib.Path, count: int) -> float:
         await stop(registry, controller, channel)
 
 
-def write_markdown(lines: list[str]) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Controller\n\n" + block + "\n"
-    path.write_text(text)
-
-
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
@@ -256,7 +243,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{spent:.2f} s ({args.objects / spent:.0f}/s) |",
     ]
     if not args.no_write:
-        write_markdown(lines)
+        write_section("controller", "Controller", lines)
         print("figures written to BENCHMARKS.md")
 
 

@@ -29,13 +29,13 @@ from matrixinfer.gateway import admin as admin_module
 from matrixinfer.gateway.admin import (
     AdminApi,
     http_status,
-    parse_json,
     parse_template,
     render,
     rpc_error,
     transcode,
 )
 from matrixinfer.gateway.auth import ApiKeyRecord, Authenticator, InMemoryApiKeyStore
+from matrixinfer.gateway.jsonbody import parse_json
 from matrixinfer.gateway.openapi import (
     DATATYPES,
     document,

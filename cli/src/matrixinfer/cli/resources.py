@@ -57,6 +57,16 @@ def _read_manifests(paths: tuple[str, ...]) -> Iterator[tuple[str, str]]:
             raise click.UsageError(f"{path}: no such file or folder")
 
 
+wait_timeout_option = click.option(
+    "--timeout",
+    "wait_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds --wait waits before failing with the Degraded condition's message.",
+)
+
+
 @click.command()
 @click.option("-f", "--filename", "paths", multiple=True, required=True,
               help="Manifest file, folder, or - for stdin (repeatable).")  # fmt: skip
@@ -67,14 +77,7 @@ def _read_manifests(paths: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     help="Then wait until every applied ModelInfer is available (ready replicas "
     "reach the desired count on the applied revision).",
 )
-@click.option(
-    "--timeout",
-    "wait_timeout_s",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Seconds --wait waits before failing with the Degraded condition's message.",
-)
+@wait_timeout_option
 @pass_app
 def apply(
     app: App, paths: tuple[str, ...], dry_run: bool, wait: bool, wait_timeout_s: float
@@ -348,14 +351,7 @@ def history(app: App, model: str, namespace: str | None) -> None:
     is_flag=True,
     help="Then wait until every ModelInfer following MODEL serves the new revision.",
 )
-@click.option(
-    "--timeout",
-    "wait_timeout_s",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Seconds --wait waits before failing with the Degraded condition's message.",
-)
+@wait_timeout_option
 @pass_app
 def rollback(
     app: App,

@@ -62,6 +62,7 @@ from matrixinfer.core.grpc.interceptors import (
     request_id_from_metadata,
 )
 from matrixinfer.gateway.auth import Authenticator, authorize_admin
+from matrixinfer.gateway.jsonbody import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,6 @@ _GENERIC_MESSAGES: Mapping[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAVAILABLE: "the registry is unavailable",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the registry did not answer in time",
 }
-_MAX_JSON_DEPTH = 64
 _MAX_DESCRIPTION_CHARS = 300
 # Headers of a stream wait this long for its first message (see the module doc).
 _STREAM_HEADERS_GRACE_S = 1.0
@@ -752,41 +752,6 @@ def render(binding: Binding, message: Message) -> Any:
 
 
 # ------------------------------------------------------------------ JSON and errors
-
-
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InvalidArgument.field(key, "duplicate JSON key")
-        out[key] = value
-    return out
-
-
-def _reject_constant(value: str) -> Any:
-    raise InvalidArgument(f"{value} is not valid JSON")
-
-
-def parse_json(raw: bytes) -> Any:
-    """Strict JSON: no duplicate keys, no NaN, bounded nesting."""
-    depth = 0
-    for byte in raw:  # refuse deep nesting before the recursive parser sees it
-        if byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > _MAX_JSON_DEPTH:
-                raise InvalidArgument(
-                    f"JSON nested deeper than {_MAX_JSON_DEPTH} levels"
-                )
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    try:
-        return json.loads(
-            raw, object_pairs_hook=_strict_object, parse_constant=_reject_constant
-        )
-    except InvalidArgument:
-        raise
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidArgument(f"the request body is not valid JSON: {e}") from None
 
 
 def http_status(code: grpc.StatusCode, reason: str | None = None) -> int:

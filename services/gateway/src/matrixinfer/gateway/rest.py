@@ -26,11 +26,11 @@ from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceE
 from matrixinfer.core.grpc.errors import status_code_for
 from matrixinfer.gateway import openapi
 from matrixinfer.gateway.admin import AdminApi
+from matrixinfer.gateway.jsonbody import parse_json
 from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
 from matrixinfer.triton.protocol import service_pb2
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_MAX_JSON_DEPTH = 64
 DTYPES: dict[str, Any] = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
     "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -59,40 +59,6 @@ def _error(
     if retry_after_s is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     return response
-
-
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InvalidArgument(f"duplicate JSON key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(value: str) -> Any:
-    raise InvalidArgument(f"{value} is not valid JSON")
-
-
-def _parse_json(raw: bytes) -> Any:
-    depth = 0
-    for byte in raw:  # refuse deep nesting before the recursive parser sees it
-        if byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > _MAX_JSON_DEPTH:
-                raise InvalidArgument(
-                    f"JSON nested deeper than {_MAX_JSON_DEPTH} levels"
-                )
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    try:
-        return json.loads(
-            raw, object_pairs_hook=_strict_object, parse_constant=_reject_constant
-        )
-    except (ValueError, UnicodeDecodeError) as e:
-        if isinstance(e, InvalidArgument):
-            raise
-        raise InvalidArgument(f"request body is not valid JSON: {e}") from e
 
 
 def _bytes_tensor(values: list[Any], path: str) -> bytes:
@@ -390,7 +356,7 @@ def rest_app(
         else:
             header, binary = body, b""
         message, binary_outputs = build_infer_request(
-            model, version, _parse_json(header), binary
+            model, version, parse_json(header), binary
         )
         raw = await proxy.handle(
             "ModelInfer", message.SerializeToString(), _headers(request), None
