@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import ROOT
 from tests.e2e.test_quickstart import PORTS, Run, port_in_use, tritonservers_of
@@ -37,7 +42,7 @@ def run_block(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def platform_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def platform_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     busy = [p for p in PORTS if port_in_use(p)]
     if busy:
         pytest.fail(f"the walk-throughs' ports are in use here: {busy}")
@@ -54,7 +59,7 @@ def platform_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     run = Run.attach(process)
     try:
         run.read_until("Press Ctrl-C", timeout_s=240)
-        yield
+        yield run
     finally:
         if process.poll() is None:
             run.ctrl_c()
@@ -70,7 +75,7 @@ def test_the_walkthrough_blocks_are_found() -> None:
     }
 
 
-def test_canary_splits_traffic(platform_up: None) -> None:
+def test_canary_splits_traffic(platform_up: Run) -> None:
     out = run_block("canary")
     counts = {name: int(n) for n, name in re.findall(r"^\s*(\d+) (\S+)$", out, re.M)}
     assert sum(counts.values()) == 200, out
@@ -79,7 +84,7 @@ def test_canary_splits_traffic(platform_up: None) -> None:
     run_block("canary-cleanup")
 
 
-def test_rollout_and_rollback(platform_up: None) -> None:
+def test_rollout_and_rollback(platform_up: Run) -> None:
     out = run_block("rollback")
     assert "modelinfer/iris available (1/1 ready, model revision 2)" in out, out
     assert "modelinfer/iris available: 1/1 ready on revision 3" in out, out
@@ -87,7 +92,7 @@ def test_rollout_and_rollback(platform_up: None) -> None:
     assert row.split()[2:4] == ["1/1", "3"], out
 
 
-def test_autoscaling_to_three_and_to_zero_and_back(platform_up: None) -> None:
+def test_autoscaling_to_three_and_to_zero_and_back(platform_up: Run) -> None:
     out = run_block("autoscaling")
     header, row = next(
         (lines[i], lines[i + 1])
@@ -101,3 +106,58 @@ def test_autoscaling_to_three_and_to_zero_and_back(platform_up: None) -> None:
     answer = json.loads(out.strip().splitlines()[-1])  # the request at zero
     label = next(o for o in answer["outputs"] if o["name"] == "label")
     assert label["data"] == [2]
+
+
+def children_running(parent: int, module: str) -> list[int]:
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == parent and module.encode() in cmdline and stat[0] != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_crashed_service_is_restarted(platform_up: Run) -> None:
+    """`up` supervises: an autoscaler killed with SIGKILL comes back on its own and
+    the platform keeps serving."""
+    (autoscaler,) = children_running(platform_up.process.pid, "matrixinfer.autoscaler")
+    os.kill(autoscaler, signal.SIGKILL)
+    platform_up.read_until("autoscaler exited with code -9", timeout_s=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        again = children_running(platform_up.process.pid, "matrixinfer.autoscaler")
+        if again and again != [autoscaler] and health_serving("127.0.0.1:50054"):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the autoscaler was not restarted")
+    applied = subprocess.run(
+        ["bash", "-c", 'sed "s|\\${IRIS_MODEL}|$PWD/examples/iris/model.onnx|" '
+         "examples/quickstart/iris.yaml | .venv/bin/matrixinfer apply -f -"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "autoscalingpolicy/iris configured" in applied  # still takes changes...
+    answer = subprocess.run(
+        ["curl", "-s", "-X", "POST", "localhost:8000/v2/models/iris/infer", "-d",
+         '{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32",'
+         '"data":[6.7,3.0,5.2,2.3]}]}'],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(answer)["model_name"] == "iris"  # ...and serves
+
+
+def health_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
