@@ -10,6 +10,8 @@ import tritonclient.grpc.aio as triton_aio
 from matrixinfer.autoscaler.sources import TritonScraper
 from tests.integration.conftest import Platform, iris_manifests
 
+KEY = ("default", "iris")
+
 
 async def test_scraping_a_real_replica(platform: Platform) -> None:
     await platform.apply(iris_manifests())
@@ -21,7 +23,7 @@ async def test_scraping_a_real_replica(platform: Platform) -> None:
     wanted = ["PendingRequests", "QueueTimeMs", "GpuUtilization"]
     async with aiohttp.ClientSession() as session:
         scraper = TritonScraper(session, timeout_s=2.0)
-        first = await scraper.values(endpoints, wanted)
+        first = await scraper.values(KEY, endpoints, wanted)
         # Pending is a gauge; queue time needs a delta, so not on the first scrape;
         # no GPU on this machine, so no GPU figure (missing, not 0).
         assert first == {"PendingRequests": 0.0}
@@ -36,11 +38,11 @@ async def test_scraping_a_real_replica(platform: Platform) -> None:
                 await client.infer("iris", [tensor])
         finally:
             await client.close()
-        second = await scraper.values(endpoints, wanted)
+        second = await scraper.values(KEY, endpoints, wanted)
         assert second["PendingRequests"] == 0.0
         assert 0.0 < second["QueueTimeMs"] < 1000.0
         # A replica that cannot be scraped makes the metrics missing, not zero.
         gone = type(endpoint)()
         gone.CopyFrom(endpoint)
         gone.metrics_port = 1
-        assert await scraper.values([endpoint, gone], wanted) == {}
+        assert await scraper.values(KEY, [endpoint, gone], wanted) == {}

@@ -52,7 +52,10 @@ EXAMPLE_INPUT = [[6.7, 3.0, 5.2, 2.3]]
 
 
 class Stop(Exception):
-    """Ctrl-C or SIGTERM arrived."""
+    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed) arrived."""
+
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _repo_root() -> pathlib.Path | None:
@@ -165,26 +168,51 @@ class Supervisor:
         self.services = services
         self.console = console
         self._stopping = False
+        self._critical = 0
+        self._pending = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if not self._stopping:
+        if self._stopping:
+            return
+        if self._critical:  # starting a child: stop right after it is tracked
+            self._pending = True
+            return
+        self._stopping = True
+        raise Stop()
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """No Stop in here (a child started but not yet tracked would leak)."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if self._pending and not self._critical and not self._stopping:
             self._stopping = True
             raise Stop()
 
+    def quiet(self) -> None:
+        """From now on signals are ignored: the orderly stop runs to its end."""
+        self._stopping = True
+        for s in HANDLED_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
-        previous = {
-            s: signal.signal(s, self._on_signal)
-            for s in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {s: signal.signal(s, self._on_signal) for s in HANDLED_SIGNALS}
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def launch(self, service: Service) -> None:
+        with self.critical():
+            service.start()
+
     def start(self, service: Service, timeout_s: float) -> None:
-        service.start()
+        self.launch(service)
         deadline = time.monotonic() + timeout_s
         address = f"{HOST}:{service.port}"
         with self.console.status(f"starting {service.name} on {address} ..."):
@@ -223,7 +251,7 @@ class Supervisor:
                 f"restarting in {backoff:.0f} s (log: {service.log_path})"
             )
             time.sleep(backoff)
-            service.start()
+            self.launch(service)
 
     def stop(self) -> None:
         self._stopping = True
@@ -512,7 +540,7 @@ def up(
                 supervisor.check()
                 time.sleep(0.5)
         except Stop:
-            console.print("\nstopping (Ctrl-C) ...")
+            console.print("\nstopping ...")
         except grpc.RpcError as e:
             click.echo(f"error: {e.details()}", err=True)
             code = EXIT_FAILED
@@ -520,7 +548,8 @@ def up(
             e.show()
             code = EXIT_FAILED
         finally:
-            # A second Ctrl-C during the orderly stop must not leave children.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # Another Ctrl-C, SIGTERM or SIGHUP during the orderly stop must not
+            # cut it short and leave children behind.
+            supervisor.quiet()
             supervisor.stop()
     sys.exit(code)

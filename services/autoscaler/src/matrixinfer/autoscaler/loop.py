@@ -43,7 +43,12 @@ from matrixinfer.autoscaler.sources import (
     PrometheusQuery,
     TritonScraper,
 )
-from matrixinfer.core.errors import FailedPrecondition, MatrixInferError, NotFound
+from matrixinfer.core.errors import (
+    FailedPrecondition,
+    MatrixInferError,
+    NotFound,
+    Unavailable,
+)
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
 
@@ -83,6 +88,7 @@ class AutoscalerMetrics:
             [*labels, "metric"],
             registry=registry,
         )
+        self._metric_names: dict[Key, set[str]] = {}
         self.scales = Counter(
             "matrixinfer_autoscaler_scale_events",
             "Scale calls made, by direction.",
@@ -90,11 +96,25 @@ class AutoscalerMetrics:
             registry=registry,
         )
 
+    def note(self, target: Key, metric: str) -> None:
+        self._metric_names.setdefault(target, set()).add(metric)
+
+    def forget(self, target: Key) -> None:
+        """Drop the series of a policy that is gone (no stale gauges)."""
+        for gauge in (self.desired, self.actual, self.panic):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*target)
+        for metric in self._metric_names.pop(target, set()):
+            for gauge in (self.value, self.recommendation):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*target, metric)
+
 
 @dataclass
 class _Tracked:
     policy_key: Key
     target: Key
+    uid: str
     generation: int
     policy: Policy
     state: WindowState
@@ -170,6 +190,11 @@ class Autoscaler:
                 continue
             seen.add(target)
             tracked = self._tracked.get(target)
+            policy_key = (namespace, obj.metadata.name)
+            if tracked is not None and (
+                tracked.uid != obj.metadata.uid or tracked.policy_key != policy_key
+            ):
+                tracked = None  # deleted and re-created, or another policy now
             if tracked is not None and tracked.generation == obj.metadata.generation:
                 continue
             try:
@@ -179,8 +204,9 @@ class Autoscaler:
                 continue
             if tracked is None:
                 self._tracked[target] = _Tracked(
-                    (namespace, obj.metadata.name),
+                    policy_key,
                     target,
+                    obj.metadata.uid,
                     obj.metadata.generation,
                     policy,
                     WindowState.empty(now, policy.horizon_s),
@@ -191,12 +217,20 @@ class Autoscaler:
                 tracked.policy, tracked.generation = policy, obj.metadata.generation
         for target in [t for t in self._tracked if t not in seen]:
             del self._tracked[target]
+            self._metrics.forget(target)
+        self.gateways.retain(set(self._tracked))
 
     # ------------------------------------------------------------------ the tick
 
     async def tick(self) -> None:
         self._sync_policies()
-        await asyncio.gather(*(self._tick_one(t) for t in list(self._tracked.values())))
+        tracked = list(self._tracked.values())
+        results = await asyncio.gather(
+            *(self._tick_one(t) for t in tracked), return_exceptions=True
+        )
+        for t, result in zip(tracked, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("autoscaling %s/%s failed this tick: %r", *t.target, result)
 
     async def _replicas(self, target: Key) -> tuple[int, list[pb.Endpoint]]:
         response: cpb.GetReplicasResponse = await self._controller.GetReplicas(
@@ -214,7 +248,7 @@ class Autoscaler:
             gateway = self.gateways.values(tracked.target)
             values.update({k: v for k, v in gateway.items() if k in wanted})
         if any(m in TRITON_METRICS for m in wanted):
-            values.update(await self._triton.values(endpoints, wanted))
+            values.update(await self._triton.values(tracked.target, endpoints, wanted))
             if GPU in wanted and GPU not in values and self._prometheus is not None:
                 gpu = await self._prometheus.gpu_utilization(tracked.target)
                 if gpu is not None:
@@ -243,7 +277,8 @@ class Autoscaler:
 
     async def _scale(
         self, tracked: _Tracked, current: int, desired: int, reason: str
-    ) -> None:
+    ) -> bool:
+        """Ask the controller; False (logged) when it could not be reached."""
         namespace, name = tracked.target
         try:
             await self._controller.Scale(
@@ -257,7 +292,7 @@ class Autoscaler:
             )
         except grpc.aio.AioRpcError as e:
             log.warning("Scale %s/%s failed: %s", namespace, name, e.code().name)
-            return
+            return False
         tracked.last_scale_time = datetime.now(UTC).isoformat(timespec="seconds")
         direction = "up" if desired > current else "down"
         self._metrics.scales.labels(namespace, name, direction).inc()
@@ -270,6 +305,7 @@ class Autoscaler:
             reason,
             extra={"model_infer": name, "replicas": desired},
         )
+        return True
 
     def _export(
         self, tracked: _Tracked, sample: Sample, decision: Decision, ready: int
@@ -279,6 +315,7 @@ class Autoscaler:
         self._metrics.actual.labels(*labels).set(ready)
         self._metrics.panic.labels(*labels).set(1 if decision.mode == "panic" else 0)
         for metric in tracked.policy.metrics:
+            self._metrics.note(labels, metric.type)
             value = sample.values.get(metric.type)
             self._metrics.value.labels(*labels, metric.type).set(
                 math.nan if value is None else value
@@ -333,11 +370,17 @@ class Autoscaler:
             # The waiting request is traffic: the next decisions must not go back
             # to zero before it is served.
             tracked.state = tracked.state.with_sample(Sample(now, {}, 1.0))
-            current, _ = await self._replicas(tracked.target)
+            try:
+                current, _ = await self._replicas(tracked.target)
+            except grpc.aio.AioRpcError as e:
+                raise Unavailable(
+                    f"the controller did not answer ({e.code().name}); retry"
+                ) from None
             if current > 0:
                 return current
             wanted = max(1, tracked.policy.min_replicas)
-            await self._scale(
+            if not await self._scale(
                 tracked, 0, wanted, "activation: a request arrived at zero replicas"
-            )
+            ):
+                raise Unavailable("the controller did not take the scale-up; retry")
             return wanted

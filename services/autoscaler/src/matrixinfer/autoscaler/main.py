@@ -73,6 +73,7 @@ class AutoscalerApp:
         )
         servicer = AutoscalerServicer(autoscaler)
         metrics_server: MetricsServer | None = None
+        server: RunningServer | None = None
         try:
             await informer.start()
             server = await start_server(
@@ -88,6 +89,8 @@ class AutoscalerApp:
                     settings.metrics_port, metrics, settings.host
                 )
         except BaseException:
+            if server is not None:
+                await server.stop(0)
             await informer.stop()
             await session.close()
             await registry_channel.close()

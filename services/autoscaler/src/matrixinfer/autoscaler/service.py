@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,33 @@ _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 MAX_MODELS_PER_REPORT = 10_000
 
 
+def _check_report(report: apb.LoadReport) -> None:
+    if not report.gateway_id or len(report.gateway_id) > 128:
+        raise InvalidArgument.field("gateway_id", "required, at most 128 characters")
+    if not (math.isfinite(report.window_seconds) and report.window_seconds > 0):
+        raise InvalidArgument.field("window_seconds", "must be a number above 0")
+    if len(report.models) > MAX_MODELS_PER_REPORT:
+        raise InvalidArgument.field(
+            "models", f"at most {MAX_MODELS_PER_REPORT} per report"
+        )
+    for i, model in enumerate(report.models):
+        for name, value in (
+            ("namespace", model.namespace or "default"),
+            ("model_infer", model.model_infer),
+        ):
+            if not _NAME.fullmatch(value):
+                raise InvalidArgument.field(
+                    f"models[{i}].{name}", "must be a DNS-1123 name"
+                )
+        if (
+            not math.isfinite(model.in_flight)
+            or min(model.in_flight, model.arrivals, model.held) < 0
+        ):
+            raise InvalidArgument.field(
+                f"models[{i}]", "in_flight, arrivals and held must be finite and >= 0"
+            )
+
+
 class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServicer):
     def __init__(self, autoscaler: Autoscaler) -> None:
         self.autoscaler = autoscaler
@@ -25,21 +53,15 @@ class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServicer):
         request_iterator: AsyncIterator[apb.LoadReport],
         context: grpc.aio.ServicerContext,
     ) -> apb.ReportLoadResponse:
-        async for report in request_iterator:
-            if not report.gateway_id:
-                raise InvalidArgument.field("gateway_id", "required")
-            if not report.window_seconds > 0:
-                raise InvalidArgument.field("window_seconds", "must be above 0")
-            if len(report.models) > MAX_MODELS_PER_REPORT:
-                raise InvalidArgument.field(
-                    "models", f"at most {MAX_MODELS_PER_REPORT} per report"
-                )
-            for i, model in enumerate(report.models):
-                if model.in_flight < 0 or model.arrivals < 0 or model.held < 0:
-                    raise InvalidArgument.field(
-                        f"models[{i}]", "in_flight, arrivals and held must be >= 0"
-                    )
-            self.autoscaler.gateways.ingest(report)
+        gateway_ids: set[str] = set()
+        try:
+            async for report in request_iterator:
+                _check_report(report)
+                gateway_ids.add(report.gateway_id)
+                self.autoscaler.gateways.ingest(report)
+        finally:
+            for gateway_id in gateway_ids:
+                self.autoscaler.gateways.forget(gateway_id)
         return apb.ReportLoadResponse()
 
     async def Activate(

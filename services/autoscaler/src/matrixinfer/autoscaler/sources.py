@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from matrixinfer.api.v1 import autoscaler_pb2 as apb
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.core.http import BodyTooLarge, read_capped
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, ModelInfer name)
@@ -72,6 +73,16 @@ class GatewayLoad:
             if now - state.received_at > 10 * self.stale_s:
                 del self._gateways[gateway_id]  # long gone: forget it
         return any(now - s.received_at <= self.stale_s for s in self._gateways.values())
+
+    def retain(self, keys: set[Key]) -> None:
+        """Forget arrivals of ModelInfers no policy tracks (bounded memory; a policy
+        created later does not start with a stale burst)."""
+        for key in [k for k in self._arrivals if k not in keys]:
+            del self._arrivals[key]
+
+    def forget(self, gateway_id: str) -> None:
+        """A gateway's stream ended: its last report no longer counts."""
+        self._gateways.pop(gateway_id, None)
 
     def take_arrivals(self, key: Key) -> float:
         """Arrivals reported since the previous call for this key."""
@@ -128,7 +139,9 @@ class TritonScraper:
     def __init__(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._previous: dict[str, _Counters] = {}
+        # Counters of the previous scrape, per (ModelInfer, replica target): every
+        # policy prunes only its own entries.
+        self._previous: dict[tuple[Key, str], _Counters] = {}
 
     async def _scrape(self, target: str) -> dict[str, float] | None:
         try:
@@ -137,8 +150,8 @@ class TritonScraper:
             ) as response:
                 if response.status != 200:
                     return None
-                body = await response.content.read(_MAX_SCRAPE_BYTES)
-        except (aiohttp.ClientError, TimeoutError) as e:
+                body = await read_capped(response, _MAX_SCRAPE_BYTES)
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as e:
             log.debug("scrape of %s failed: %s", target, e)
             return None
         try:
@@ -148,7 +161,7 @@ class TritonScraper:
             return None
 
     async def values(
-        self, endpoints: Iterable[pb.Endpoint], wanted: Iterable[str]
+        self, key: Key, endpoints: Iterable[pb.Endpoint], wanted: Iterable[str]
     ) -> dict[str, float]:
         """The Triton metrics in ``wanted`` for the ready replicas of one
         ModelInfer; a metric is left out (missing) when any replica failed."""
@@ -161,9 +174,9 @@ class TritonScraper:
         if not wanted or not targets:
             return {}
         scraped = await asyncio.gather(*(self._scrape(t) for t in targets))
-        for target in list(self._previous):
-            if target not in targets:
-                del self._previous[target]
+        for known in [k for k in self._previous if k[0] == key]:
+            if known[1] not in targets:
+                del self._previous[known]
         if any(s is None for s in scraped):
             return {}
         results: dict[str, float] = {}
@@ -179,8 +192,8 @@ class TritonScraper:
                 metrics.get("nv_inference_queue_duration_us", 0.0),
                 metrics.get("nv_inference_request_success", 0.0),
             )
-            before = self._previous.get(target)
-            self._previous[target] = now
+            before = self._previous.get((key, target))
+            self._previous[(key, target)] = now
             if before is None or now.requests < before.requests:
                 complete = False  # first scrape or a restarted replica: no delta yet
                 continue

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from matrixinfer.core.http import read_capped
 from matrixinfer.gateway.auth import Authenticator
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ class JwksFetcher:
             ):
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}")
-                body = await response.content.read(MAX_JWKS_BYTES + 1)
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError("document larger than 1 MiB")
+                body = await read_capped(response, MAX_JWKS_BYTES)
                 document = await asyncio.to_thread(_parse, body)
             self._authenticator.replace_jwks(document)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:

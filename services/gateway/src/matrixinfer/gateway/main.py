@@ -264,6 +264,7 @@ class GatewayApp:
             ),
             access_log=None,
         )
+        server: RunningServer | None = None
         try:
             if jwks is not None:
                 await jwks.start()
@@ -283,6 +284,8 @@ class GatewayApp:
             await site.start()
             http_port = int(rest.addresses[0][1])
         except BaseException:
+            if server is not None:
+                await server.stop(0)
             await rest.cleanup()
             if jwks is not None:
                 await jwks.stop()

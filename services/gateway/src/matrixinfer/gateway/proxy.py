@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 ROUTED = ("ModelReady", "ModelMetadata", "ModelInfer", "ModelConfig", "ModelStatistics")
+# Calls that wait (and wake the model) when it has no replica; ModelReady answers
+# "not ready" and statistics do not start a model.
+HOLDING = ("ModelInfer", "ModelMetadata", "ModelConfig")
 REFUSED = (
     "RepositoryIndex",
     "RepositoryModelLoad",
@@ -60,6 +63,9 @@ _DROPPED = {
     "user-agent",
     "grpc-timeout",
 }
+# Seconds calls on a retired replica's channel may still take (the controller's
+# drain and stop grace together are well below it).
+RETIRE_GRACE_S = 60.0
 _SHM_NAMES = re.compile(r"triton_python_backend_shm_region_\S*")
 
 
@@ -144,17 +150,22 @@ class Upstreams:
         return call
 
     async def retire(self, live: set[str]) -> None:
-        """Close the channels of replicas that are gone."""
+        """Close the channels of replicas that are gone. New calls no longer pick
+        them; calls still running get the grace to finish (a long inference on a
+        draining replica must not be cut off)."""
         for address in [a for a in self._channels if a not in live]:
             for key in [k for k in self._unary if k[0] == address]:
-                del self._unary[key]
-            await self._channels.pop(address).close(grace=5.0)
+                self._unary.pop(key, None)
+            channel = self._channels.pop(address, None)
+            if channel is not None:
+                await channel.close(grace=RETIRE_GRACE_S)
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+        channels = list(self._channels.values())
         self._channels.clear()
         self._unary.clear()
+        for channel in channels:
+            await channel.close()
 
 
 class InferenceProxy:
@@ -186,6 +197,8 @@ class InferenceProxy:
         # Mirrored copies run beside the real traffic; bounded, so a slow mirror
         # target can never pile up work in the gateway.
         self._mirrors: set[asyncio.Task[None]] = set()
+        # Activations in flight, one per ModelInfer (held requests share it).
+        self._activations: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._max_mirrors = 64
         self._rng = random.Random()
         self._table = table
@@ -313,11 +326,13 @@ class InferenceProxy:
                 retry_after_s=1.0,
             )
         load.held += 1
-        activation = asyncio.create_task(
-            self._activator.activate(server.namespace, server.model_infer)
-        )
-        self._mirrors.add(activation)  # keep a reference until it is done
-        activation.add_done_callback(self._mirrors.discard)
+        key = (server.namespace, server.model_infer)
+        if key not in self._activations:  # one activation at a time per model
+            activation = asyncio.create_task(
+                self._activator.activate(server.namespace, server.model_infer)
+            )
+            self._activations[key] = activation
+            activation.add_done_callback(lambda _: self._activations.pop(key, None))
         try:
             while not server.replicas:
                 remaining = deadline - time.monotonic()
@@ -419,10 +434,11 @@ class InferenceProxy:
         load = self._tracker.load((server.namespace, server.model_infer))
         if method == "ModelInfer":
             load.arrivals += 1
-            if not server.replicas:
-                server = await self._hold(name, version, flat, server, deadline)
-            if rule.mirror is not None:
-                self._mirror(path, request, name, rule.mirror)
+        if not server.replicas and method in HOLDING:
+            # Metadata and config wait too: clients often ask for them first.
+            server = await self._hold(name, version, flat, server, deadline)
+        if method == "ModelInfer" and rule.mirror is not None:
+            self._mirror(path, request, name, rule.mirror)
         if server.triton_model and server.triton_model != name:
             request = with_model(request, name=server.triton_model)
         metadata = self._forwarded_metadata(headers)
@@ -528,12 +544,19 @@ class InferenceProxy:
             else None
         )
 
+        # A stream is load like any other: one in flight while it is open, one
+        # arrival per request message (so a streamed model is never "idle").
+        load = self._tracker.load((server.namespace, server.model_infer))
+
         async def upstream_requests() -> AsyncIterator[bytes]:
+            load.arrivals += 1
             yield with_model(first, name=rename) if rename else first
             async for message in iterator:
+                load.arrivals += 1
                 yield with_model(message, name=rename) if rename else message
 
         self._balancer.started(address)
+        load.in_flight += 1
         failed = False
         try:
             call = self._upstreams.channel(address).stream_stream(
@@ -545,6 +568,7 @@ class InferenceProxy:
             failed = e.code() == grpc.StatusCode.UNAVAILABLE
             await context.abort(e.code(), _clean(e.details()))
         finally:
+            load.in_flight -= 1
             self._balancer.finished(
                 address, failed, server.consecutive_errors, server.ejection_s
             )

@@ -89,3 +89,9 @@ class Informer:
                 log.warning("%s watch failed (%s); relisting in %.1f s", kind, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            except Exception:
+                # A bug in a handler or an unexpected client error must not freeze
+                # this kind's cache silently: log it and relist.
+                log.exception("%s watch broke; relisting in %.1f s", kind, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
