@@ -9,6 +9,7 @@ accept: booleans as numbers, numbers as strings, NUL bytes, huge strings, NaN.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -92,6 +93,9 @@ def check_field(
     check_single(value, field, path, errors)
 
 
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+
+
 def check_single(
     value: Any, field: FieldDescriptor, path: str, errors: ViolationCollector
 ) -> None:
@@ -110,6 +114,10 @@ def check_single(
         if not isinstance(value, bool):
             errors.add(path, f"must be true or false, not {type(value).__name__}")
     elif kind in _INT_RANGES:
+        # proto3's JSON mapping writes 64-bit integers as strings and accepts both
+        # forms for every integer: what `get -o yaml` prints applies again.
+        if isinstance(value, str) and _DECIMAL.fullmatch(value):
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             errors.add(path, f"must be an integer, not {type(value).__name__}")
             return
