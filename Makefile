@@ -9,12 +9,16 @@ GEN_STAMP := libs/api/src/matrixinfer/api/v1/__init__.py
 PROTOS := $(shell find protos -name '*.proto')
 PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 
-.PHONY: setup proto test lint typecheck importlint pytest run bench clean compose-tool
+.PHONY: setup test-tools proto test lint typecheck importlint pytest run bench clean compose-tool
 
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.35.0
 
-setup: $(SETUP_STAMP) $(GEN_STAMP) $(AZURITE) compose-tool
+# What running needs (the venv with every component and tritonserver, generated
+# code); the test-only emulators and validators come with `test-tools`.
+setup: $(SETUP_STAMP) $(GEN_STAMP)
+
+test-tools: $(AZURITE) compose-tool
 
 # docker-compose (Debian's package, Python; `config` needs no Docker engine) lets
 # tests/unit/test_deploy.py validate docker-compose.yml. Installed only when missing
@@ -53,7 +57,7 @@ importlint: setup
 
 # Every tier. pytest's exit code 5 ("no tests collected") is a failure like any other
 # non-zero code, so an empty run can never pass.
-pytest: setup
+pytest: setup test-tools
 	$(BIN)/python -m pytest
 
 test: lint typecheck importlint pytest

@@ -151,6 +151,21 @@ def test_readme_quickstart(state_dir: pathlib.Path) -> None:
         assert "[[2]]" in shell(cli)
         assert shell(snippet).strip() == "[[2]]"
         assert tritonservers_of(state_dir), "no Triton server was started"
+        # One `up` per state folder.
+        second = subprocess.run(
+            [".venv/bin/matrixinfer", "up", "--state-dir", str(state_dir)],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 2 and "in use by another" in second.stderr
+        # A change of the user's own, to be kept by the next `make run`.
+        shell(
+            ".venv/bin/matrixinfer apply -f - <<'EOF'\n"
+            "apiVersion: registry.matrixinfer.ai/v1alpha1\n"
+            "kind: AutoscalingPolicy\n"
+            "metadata: {name: iris}\n"
+            "spec: {targetRef: {kind: ModelInfer, name: iris}, maxReplicas: 2}\n"
+            "EOF"
+        )
     finally:
         if run.process.poll() is None:
             run.ctrl_c()
@@ -166,10 +181,14 @@ def test_readme_quickstart(state_dir: pathlib.Path) -> None:
     try:
         output = again.read_until("Press Ctrl-C", timeout_s=240)
         text = "".join(output)
-        assert "ModelInfer/iris unchanged" in text
-        assert "created" not in text
+        assert "ModelInfer/iris kept" in text
+        assert "created" not in text and "configured" not in text
         answer = json.loads(shell(printed_commands(output)[0]))
         assert answer["model_name"] == "iris"
+        policy = json.loads(
+            shell(".venv/bin/matrixinfer get autoscalingpolicy iris -o json")
+        )
+        assert policy["spec"]["maxReplicas"] == 2  # the user's change survived
     finally:
         if again.process.poll() is None:
             again.ctrl_c()

@@ -18,6 +18,7 @@ quickstart again changes nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -33,9 +34,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import IO
 
 import click
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
@@ -255,7 +258,11 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stopping = True
-        running = [s for s in reversed(self.services) if s.exited() is None]
+        running = [
+            s
+            for s in reversed(self.services)
+            if s.process is not None and s.exited() is None
+        ]
         if not running:
             return
         with self.console.status("stopping ..."):
@@ -279,6 +286,7 @@ def _wait_serving(
         while True:
             supervisor.check()
             text = f"waiting for model {model!r}: "
+            at_zero = False
             try:
                 resource = stub.Get(
                     rpb.GetRequest(kind="ModelInfer", name=model), timeout=2
@@ -293,9 +301,22 @@ def _wait_serving(
                 ]
                 if degraded:
                     text += f" — {degraded[0][:120]}"
+                # Scaled to zero by its autoscaling policy: it serves on demand
+                # (the first request wakes it), nothing to wait for.
+                at_zero = (
+                    infer.status.observed_generation > 0
+                    and infer.status.desired_replicas == 0
+                    and bool(infer.status.scale_reason)
+                )
             except grpc.RpcError:
                 text += "not reconciled yet"
             status.update(text)
+            if at_zero:
+                console.print(
+                    f"[green]✓[/] {model} is scaled to zero; the first request "
+                    "starts it"
+                )
+                return
             if _http_ok(f"{http_url}/v2/models/{model}/ready"):
                 return
             if time.monotonic() > deadline:
@@ -318,8 +339,71 @@ def _command(name: str) -> str:
     return str(script)
 
 
+def _missing_only(
+    stub: registry_pb2_grpc.RegistryStub, text: str, console: Console
+) -> str:
+    """The documents of ``text`` whose object does not exist yet."""
+    missing = []
+    for doc in yaml.safe_load_all(text):
+        if not isinstance(doc, dict):
+            continue
+        meta = doc.get("metadata") or {}
+        try:
+            stub.Get(
+                rpb.GetRequest(
+                    kind=str(doc.get("kind", "")),
+                    namespace=str(meta.get("namespace", "")),
+                    name=str(meta.get("name", "")),
+                ),
+                timeout=10,
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            missing.append(yaml.safe_dump(doc, sort_keys=False))
+            continue
+        console.print(f"[green]✓[/] {doc['kind']}/{meta.get('name')} kept")
+    return "---\n".join(missing)
+
+
+def _apply(stub: registry_pb2_grpc.RegistryStub, text: str, console: Console) -> None:
+    applied = stub.Apply(rpb.ApplyRequest(manifest=text), timeout=30)
+    for result in applied.results:
+        which = result.resource.WhichOneof("object")
+        obj = getattr(result.resource, which or "model")
+        console.print(f"[green]✓[/] {obj.kind}/{obj.metadata.name} {result.action}")
+
+
+def _lock_state(state: pathlib.Path) -> IO[str]:
+    """One `up` per state folder: two would share the SQLite file and run each
+    model twice, overwriting each other's status."""
+    handle = (state / "up.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        click.echo(
+            f"error: {state} is in use by another `matrixinfer up` ({owner}); stop "
+            "it first, or pass a different --state-dir",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def print_endpoints(
-    console: Console, grpc_port: int, http_port: int, registry_port: int, state: str
+    console: Console,
+    grpc_port: int,
+    http_port: int,
+    registry_port: int,
+    state: str,
+    quickstart: bool = True,
 ) -> None:
     body = json.dumps(
         {
@@ -357,6 +441,9 @@ def print_endpoints(
     console.print(f"  Registry (matrixinfer CLI):       {HOST}:{registry_port}")
     console.print(f"  State and logs:                   {state}")
     console.print()
+    if not quickstart:
+        console.print("Press Ctrl-C to stop everything.")
+        return
     console.print("Try it:", highlight=False)
     console.print(f"  {curl}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"  {cli}", highlight=False, markup=False, soft_wrap=True)
@@ -430,6 +517,8 @@ def up(
     }
     if len(set(ports.values())) != len(ports):
         raise click.UsageError("the five ports must differ")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_state(state_dir.resolve())
     busy = [f"{opt} {port}" for opt, port in ports.items() if not _port_free(port)]
     if busy:
         click.echo(
@@ -449,7 +538,6 @@ def up(
         paths = [root / "examples" / "quickstart"]
     model_path = (root or pathlib.Path.cwd()) / "examples" / "iris" / "model.onnx"
     state = state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
     logs = state / "logs"
     database = database_url or f"sqlite+aiosqlite:///{state}/registry.db"
     common = {"LOG_JSON": "false", "HOST": HOST}
@@ -518,14 +606,12 @@ def up(
                 text = _read_manifests(paths, model_path)
                 with grpc.insecure_channel(registry_address) as channel:
                     stub = registry_pb2_grpc.RegistryStub(channel)
-                    applied = stub.Apply(rpb.ApplyRequest(manifest=text), timeout=30)
-                    for result in applied.results:
-                        which = result.resource.WhichOneof("object")
-                        obj = getattr(result.resource, which or "model")
-                        console.print(
-                            f"[green]✓[/] {obj.kind}/{obj.metadata.name} "
-                            f"{result.action}"
-                        )
+                    if not manifests:
+                        # The quickstart only fills in what is missing: a second
+                        # `up` keeps what the user changed since.
+                        text = _missing_only(stub, text, console)
+                    if text.strip():
+                        _apply(stub, text, console)
                     if not manifests:
                         _wait_serving(
                             console,
@@ -535,7 +621,14 @@ def up(
                             "iris",
                             timeout_s,
                         )
-            print_endpoints(console, grpc_port, http_port, registry_port, str(state))
+            print_endpoints(
+                console,
+                grpc_port,
+                http_port,
+                registry_port,
+                str(state),
+                quickstart=bool(paths) and not manifests,
+            )
             while True:
                 supervisor.check()
                 time.sleep(0.5)
@@ -552,4 +645,5 @@ def up(
             # cut it short and leave children behind.
             supervisor.quiet()
             supervisor.stop()
+            lock.close()
     sys.exit(code)
