@@ -75,6 +75,9 @@ async def test_tritonclient_http_through_the_gateway(
     assert labels == [0, 2]
     assert all(abs(s - 1.0) < 1e-4 for s in sums)
     assert metadata["name"] == "iris"
+    # Numbers, as Triton's own HTTP API gives them (not proto JSON's strings).
+    inputs = metadata["inputs"]
+    assert isinstance(inputs, list) and inputs[0]["shape"] == [-1, 4]
 
 
 async def test_plain_json_and_errors(gateway: GatewayApp) -> None:

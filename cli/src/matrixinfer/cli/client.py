@@ -8,6 +8,7 @@ usage; 3 a server could not be reached.
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -243,6 +244,13 @@ class Gateway:
                 return HttpResponse(r.status, r.read(), headers)
         except urllib.error.HTTPError as e:
             return HttpResponse(e.code, e.read())
+        except http.client.HTTPException as e:
+            raise unreachable(
+                "gateway",
+                self.url,
+                f"it does not speak HTTP ({type(e).__name__}); --gateway is the "
+                "REST URL (port 8000), --gateway-grpc the gRPC one",
+            ) from None
         except (TimeoutError, urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise unreachable("gateway", self.url, str(reason)) from None

@@ -73,6 +73,13 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
     FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
 }
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_FIXED64,
+}
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {
@@ -151,6 +158,10 @@ class SchemaBuilder:
         if field.type == FieldDescriptor.TYPE_ENUM:
             return {"type": "string", "enum": enum_names(field)}
         if field.type != FieldDescriptor.TYPE_MESSAGE:
+            if self.proto_names and field.type in _INT64_TYPES:
+                # KServe answers carry 64-bit integers as numbers, as Triton's
+                # HTTP API does (rest.py turns proto JSON's strings back).
+                return {"type": "integer", "format": "int64"}
             return dict(_SCALARS[field.type])
         descriptor = message_of(field)
         full_name = str(descriptor.full_name)

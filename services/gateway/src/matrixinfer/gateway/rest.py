@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -236,6 +237,47 @@ def infer_response(
     return result
 
 
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _numbers(message: Any, document: Any) -> Any:
+    """``document`` (MessageToDict of ``message``) with 64-bit integers as JSON
+    numbers, as Triton's own HTTP API answers (shapes, counts, durations), instead
+    of the strings of protobuf's JSON mapping."""
+    if not isinstance(document, dict):
+        return document
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in document:
+            continue
+        value = document[field.name]
+        sub = getattr(message, field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry.GetOptions().map_entry:
+                value_field = entry.fields_by_name["value"]
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    for key in value:
+                        value[key] = _numbers(sub[key], value[key])
+            elif isinstance(value, list):  # a repeated message field
+                document[field.name] = [
+                    _numbers(m, d) for m, d in zip(sub, value, strict=True)
+                ]
+            else:
+                document[field.name] = _numbers(sub, value)
+        elif field.type in _INT64:
+            if isinstance(value, list):
+                document[field.name] = [int(v) for v in value]
+            else:
+                document[field.name] = int(value)
+    return document
+
+
 def _headers(request: web.Request) -> dict[str, list[str]]:
     headers: dict[str, list[str]] = {}
     for key, value in request.headers.items():
@@ -323,9 +365,8 @@ def rest_app(
         return response_type.FromString(raw)
 
     def as_json(message: Any) -> web.Response:
-        return web.json_response(
-            json_format.MessageToDict(message, preserving_proto_field_name=True)
-        )
+        document = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        return web.json_response(_numbers(message, document))
 
     async def model_metadata(request: web.Request) -> web.Response:
         return as_json(await model_query(request, "ModelMetadata"))
