@@ -94,3 +94,47 @@ async def test_unreachable_registry_exits_3() -> None:
     code, _, err = await run("127.0.0.1:1", "--timeout", "2", "get", "models")
     assert code == 3
     assert "cannot reach the registry" in err
+
+
+MODEL = """apiVersion: registry.matrixinfer.ai/v1alpha1
+kind: Model
+metadata: {name: ordered}
+spec:
+  modelSpec: {modelId: m, framework: onnx, version: "1",
+              source: {uri: "file:///models/m.onnx"}}
+"""
+INFER = """apiVersion: workload.matrixinfer.ai/v1alpha1
+kind: ModelInfer
+metadata: {name: ordered}
+spec: {modelRef: {name: ordered}, replicas: %s}
+"""
+
+
+async def test_a_folder_is_applied_in_one_transaction(
+    server: str, tmp_path: pathlib.Path
+) -> None:
+    # The ModelInfer's file sorts first and refers to the Model in the other file.
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "a-infer.yaml").write_text(INFER % 1)
+    (folder / "b-model.json").write_text(
+        '{"apiVersion": "registry.matrixinfer.ai/v1alpha1", "kind": "Model", '
+        '"metadata": {"name": "ordered"}, "spec": {"modelSpec": {"modelId": "m", '
+        '"framework": "onnx", "version": "1", '
+        '"source": {"uri": "file:///models/m.onnx"}}}}'
+    )
+    code, out, err = await run(server, "apply", "-f", str(folder))
+    assert code == 0, err
+    assert "modelinfer/ordered created" in out and "model/ordered created" in out
+
+    # One bad file: nothing of the others is written, and the error says which
+    # file the bad document came from.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.yaml").write_text(MODEL.replace("ordered", "second"))
+    (bad / "b.yaml").write_text(INFER % -2)
+    code, out, err = await run(server, "apply", "-f", str(bad))
+    assert code == 1
+    assert "spec.replicas" in err and f"manifest[1] = {bad / 'b.yaml'}" in err
+    code, out, err = await run(server, "get", "model", "second")
+    assert code == 1 and "NOT_FOUND" in err

@@ -57,6 +57,24 @@ def _read_manifests(paths: tuple[str, ...]) -> Iterator[tuple[str, str]]:
             raise click.UsageError(f"{path}: no such file or folder")
 
 
+def _combined(sources: list[tuple[str, str]]) -> tuple[str, str]:
+    """One manifest of several files, and a name for it that says which documents
+    (``manifest[i]`` in the registry's error messages) came from which file."""
+    parts, legend, index = [], [], 0
+    for name, text in sources:
+        try:
+            count = sum(1 for doc in yaml.safe_load_all(text) if doc is not None)
+        except yaml.YAMLError as e:
+            raise click.UsageError(f"{name}: not valid YAML or JSON: {e}") from None
+        if count:
+            span = f"{index}" if count == 1 else f"{index}-{index + count - 1}"
+            legend.append(f"manifest[{span}] = {name}")
+            parts.append(text.strip().removeprefix("---"))
+            index += count
+    # A leading marker: the registry reads text starting with { or [ as JSON.
+    return "; ".join(legend), "---\n" + "\n---\n".join(parts)
+
+
 wait_timeout_option = click.option(
     "--timeout",
     "wait_timeout_s",
@@ -88,8 +106,14 @@ def apply(
     registry = app.registry
     applied: list[tuple[Target, pb.ModelRef]] = []
     revisions: dict[tuple[str, str], int] = {}
-    for source, text in _read_manifests(paths):
-        response = registry.apply(text, dry_run, source)
+    sources = list(_read_manifests(paths))
+    if len(sources) == 1:
+        source, text = sources[0]
+    else:
+        # Every document of every file in one Apply: one transaction (all or
+        # nothing), and references between files resolve whatever their order.
+        source, text = _combined(sources)
+    for response in [registry.apply(text, dry_run, source)]:
         for result in response.results:
             o = as_dict(result.resource)
             suffix = " (dry run)" if dry_run else ""
