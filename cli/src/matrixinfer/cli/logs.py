@@ -54,10 +54,18 @@ def logs(
         timeout=None if follow else max(app.timeout_s, 60.0),
         metadata=auth_metadata(app.config.token),
     )
+    printed = False
     try:
         for chunk in stream:
+            printed = True
             for line in chunk.lines:
                 click.echo(f"[{chunk.replica}] {line}" if show_prefix else line)
+        if not printed:
+            click.echo(
+                f"modelinfer/{model_infer} has no running replica (scaled to zero, "
+                "or not started yet): no logs to show",
+                err=True,
+            )
     except grpc.RpcError as e:
         raise rpc_error(e, "controller", app.config.controller) from None
     except KeyboardInterrupt:

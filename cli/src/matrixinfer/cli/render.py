@@ -359,8 +359,8 @@ def as_yaml(objects: Sequence[Obj]) -> str:
 # ---------------------------------------------------------------- describe
 
 NO_EVENTS = (
-    "<none> (MatrixInfer keeps no events; Conditions and Revisions above "
-    "show what changed recently)"
+    "<none> (MatrixInfer keeps no events; the Conditions (and a Model's "
+    "Revisions) show what changed recently)"
 )
 
 

@@ -355,7 +355,7 @@ def history(app: App, model: str, namespace: str | None) -> None:
             str(r.revision),
             r.model.spec.model_spec.version or render.MISSING,
             r.model.spec.model_spec.source.uri or render.MISSING,
-            r.created.ToJsonString(),
+            r.created.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ"),
             render.age(r.created.ToJsonString(), now),
         ]
         for r in revisions
