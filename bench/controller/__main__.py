@@ -29,15 +29,11 @@ from collections.abc import Callable
 
 import grpc
 
+from bench.platform import start_platform, stop
 from bench.report import ROOT, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.main import ControllerApp
-from matrixinfer.controller.runtimes.fake import FakeRuntime
-from matrixinfer.controller.settings import ControllerSettings
-from matrixinfer.registry.main import RegistryApp
-from matrixinfer.registry.settings import RegistrySettings
 
 ONNX = ROOT / "examples/iris/model.onnx"
 
@@ -86,38 +82,6 @@ async def wait_for(
                 raise
         await asyncio.sleep(0.02)
     raise TimeoutError(f"{name} did not get there in {timeout_s} s")
-
-
-async def start_platform(
-    workdir: pathlib.Path, fake: bool
-) -> tuple[RegistryApp, ControllerApp, grpc.aio.Channel]:
-    registry = await RegistryApp.start(
-        RegistrySettings(
-            database_url=f"sqlite+aiosqlite:///{workdir}/registry.db",
-            grpc_port=0,
-            log_level="WARNING",
-        )
-    )
-    controller = await ControllerApp.start(
-        ControllerSettings(
-            registry_address=registry.address,
-            grpc_port=0,
-            state_dir=workdir / "controller",
-            drain_s=0.5,
-            log_level="WARNING",
-            workers=8 if fake else 4,
-        ),
-        runtime=FakeRuntime() if fake else None,
-    )
-    return registry, controller, grpc.aio.insecure_channel(registry.address)
-
-
-async def stop(
-    registry: RegistryApp, controller: ControllerApp, channel: grpc.aio.Channel
-) -> None:
-    await channel.close()
-    await controller.stop(0)
-    await registry.stop(0)
 
 
 def ready(count: int) -> Callable[[pb.ModelInfer], bool]:

@@ -29,13 +29,10 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from bench.gateway.load import PATH, load, load_rest, request_bytes
+from bench.platform import start_platform, stop
 from bench.report import ROOT, machine_line, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
-from matrixinfer.controller.main import ControllerApp
-from matrixinfer.controller.settings import ControllerSettings
-from matrixinfer.registry.main import RegistryApp
-from matrixinfer.registry.settings import RegistrySettings
 
 
 def cpu_seconds(pid: int) -> float:
@@ -116,21 +113,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     rest_rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
-        registry = await RegistryApp.start(
-            RegistrySettings(
-                database_url=f"sqlite+aiosqlite:///{work}/r.db",
-                grpc_port=0,
-                log_level="WARNING",
-            )
-        )
-        controller = await ControllerApp.start(
-            ControllerSettings(
-                registry_address=registry.address,
-                grpc_port=0,
-                state_dir=work / "c",
-                log_level="WARNING",
-            )
-        )
+        registry, controller, registry_channel = await start_platform(work, fake=False)
         gateway_port, http_port, bare_port = free_port(), free_port(), free_port()
         env = {
             **os.environ,
@@ -253,8 +236,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[str], list[str]]:
             if bare is not None:
                 bare.terminate()
                 bare.wait(timeout=30)
-            await controller.stop(0)
-            await registry.stop(0)
+            await stop(registry, controller, registry_channel)
     return grpc_rows, rest_rows
 
 

@@ -20,6 +20,7 @@ import click
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from matrixinfer.api.v1 import controller_pb2_grpc, registry_pb2_grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
@@ -262,6 +263,19 @@ class Gateway:
         if response.status >= 400:
             raise http_error(response)
         return response
+
+
+def health(address: str, timeout_s: float) -> str:
+    """A gRPC server's health status name (SERVING, NOT_SERVING, ...), or
+    ``unreachable (CODE)``."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError as e:
+            return f"unreachable ({e.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 def http_error(response: HttpResponse) -> CliError:

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import grpc
 
 from matrixinfer.cli.apikey import apikey
-from matrixinfer.cli.client import App, CliError, UsageFailure
+from matrixinfer.cli.client import App, CliError, UsageFailure, health
 from matrixinfer.cli.config import CONFIG_ENV, DEFAULTS, ConfigError, resolve
 from matrixinfer.cli.infer import infer
 from matrixinfer.cli.logs import logs
@@ -95,16 +94,8 @@ cli.add_command(up)
 
 
 def _health(address: str, timeout_s: float) -> str:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-        except grpc.RpcError as e:
-            return f"unreachable ({e.code().name})"
-    state = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    return f"{state} (reports no version)"
+    state = health(address, timeout_s)
+    return state if state.startswith("unreachable") else f"{state} (reports no version)"
 
 
 @cli.command()

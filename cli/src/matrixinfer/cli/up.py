@@ -39,11 +39,11 @@ from typing import IO
 import click
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
+from matrixinfer.cli.client import health
 from matrixinfer.core.process import die_with_parent
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -133,17 +133,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _healthy(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
-            )
-        except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
@@ -219,7 +208,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout_s
         address = f"{HOST}:{service.port}"
         with self.console.status(f"starting {service.name} on {address} ..."):
-            while not _healthy(address):
+            while health(address, 1.0) != "SERVING":
                 code = service.exited()
                 if code is not None:
                     raise click.ClickException(

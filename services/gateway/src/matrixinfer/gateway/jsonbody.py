@@ -7,9 +7,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from matrixinfer.core.errors import InvalidArgument
 
 MAX_JSON_DEPTH = 64
+# Protobuf field types that its JSON mapping writes as strings (64-bit integers).
+INT64_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
 
 
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from matrixinfer.gateway.admin import (
     query_settable,
     resolve_field,
 )
+from matrixinfer.gateway.jsonbody import INT64_TYPES
 from matrixinfer.triton.protocol import service_pb2
 
 VERSION = "0.1.0"
@@ -72,13 +73,6 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
     FieldDescriptor.TYPE_STRING: {"type": "string"},
     FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
-}
-_INT64_TYPES = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_SFIXED64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_FIXED64,
 }
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
@@ -158,7 +152,7 @@ class SchemaBuilder:
         if field.type == FieldDescriptor.TYPE_ENUM:
             return {"type": "string", "enum": enum_names(field)}
         if field.type != FieldDescriptor.TYPE_MESSAGE:
-            if self.proto_names and field.type in _INT64_TYPES:
+            if self.proto_names and field.type in INT64_TYPES:
                 # KServe answers carry 64-bit integers as numbers, as Triton's
                 # HTTP API does (rest.py turns proto JSON's strings back).
                 return {"type": "integer", "format": "int64"}

@@ -41,6 +41,7 @@ ROUTED = ("ModelReady", "ModelMetadata", "ModelInfer", "ModelConfig", "ModelStat
 # Calls that wait (and wake the model) when it has no replica; ModelReady answers
 # "not ready" and statistics do not start a model.
 HOLDING = ("ModelInfer", "ModelMetadata", "ModelConfig")
+PATHS = {method: f"/{SERVICE}/{method}" for method in ROUTED}
 REFUSED = (
     "RepositoryIndex",
     "RepositoryModelLoad",
@@ -393,13 +394,18 @@ class InferenceProxy:
     ) -> bytes:
         """One model-scoped call, whatever transport brought it (gRPC or REST)."""
         if method != "ModelInfer":
-            return await self._handle(method, request, headers, time_remaining_s)
+            name, version = peek_model(request)
+            return await self._handle(
+                method, request, name, version, headers, time_remaining_s
+            )
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         name = UNROUTED
         try:
-            name, _ = peek_model(request)
-            return await self._handle(method, request, headers, time_remaining_s)
+            name, version = peek_model(request)
+            return await self._handle(
+                method, request, name, version, headers, time_remaining_s
+            )
         except UpstreamError as e:
             code = e.code
             raise
@@ -420,11 +426,12 @@ class InferenceProxy:
         self,
         method: str,
         request: bytes,
+        name: str,
+        version: str,
         headers: dict[str, list[str]],
         time_remaining_s: float | None,
     ) -> bytes:
-        path = f"/{SERVICE}/{method}"
-        name, version = peek_model(request)
+        path = PATHS[method]
         route, rule, server, affinity, flat = await self._admit(headers, name, version)
         if method == "ModelReady" and not server.replicas:
             return b""  # ModelReadyResponse{ready: false}

@@ -27,7 +27,7 @@ from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceE
 from matrixinfer.core.grpc.errors import status_code_for
 from matrixinfer.gateway import openapi
 from matrixinfer.gateway.admin import AdminApi
-from matrixinfer.gateway.jsonbody import parse_json
+from matrixinfer.gateway.jsonbody import INT64_TYPES, parse_json
 from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
 from matrixinfer.triton.protocol import service_pb2
 
@@ -237,15 +237,6 @@ def infer_response(
     return result
 
 
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
-
-
 def _numbers(message: Any, document: Any) -> Any:
     """``document`` (MessageToDict of ``message``) with 64-bit integers as JSON
     numbers, as Triton's own HTTP API answers (shapes, counts, durations), instead
@@ -270,7 +261,7 @@ def _numbers(message: Any, document: Any) -> Any:
                 ]
             else:
                 document[field.name] = _numbers(sub, value)
-        elif field.type in _INT64:
+        elif field.type in INT64_TYPES:
             if isinstance(value, list):
                 document[field.name] = [int(v) for v in value]
             else:
