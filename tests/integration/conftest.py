@@ -121,7 +121,14 @@ async def wait_routed(app: GatewayApp, model: str = "iris", replicas: int = 1) -
     """Until the gateway's table (fed by Watch) reaches ``replicas`` of ``model``."""
     for _ in range(200):
         route = app.routes.table.routes.get(model)
-        if route is not None and len(route.rules[0].targets[0][0].replicas) >= replicas:
+        # A route can show up before its rules' targets resolve (the ModelServer's
+        # Watch event may come later): not routed yet.
+        if (
+            route is not None
+            and route.rules
+            and route.rules[0].targets
+            and len(route.rules[0].targets[0][0].replicas) >= replicas
+        ):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the gateway never routed {model!r} to {replicas} replica(s)")
