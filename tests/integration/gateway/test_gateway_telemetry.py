@@ -1,6 +1,6 @@
-"""What an operator sees of inference traffic: per-model request counts and latency
-on the gateway's /metrics, and one span per call that continues the caller's
-trace and is handed on to Triton."""
+"""What an operator sees of inference traffic: per-model request counts on the
+gateway's /metrics, read from HAProxy's counters (HAProxy passes the caller's
+traceparent on to Triton unchanged; the gateway makes spans only on its slow path)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import tritonclient.grpc.aio as triton_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -37,7 +36,7 @@ def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return found
 
 
-async def test_per_model_metrics_and_spans(platform: Platform) -> None:
+async def test_per_model_metrics_from_the_data_plane(platform: Platform) -> None:
     exporter = InMemorySpanExporter()
     app = await start_gateway(platform, exporter)
     try:
@@ -70,25 +69,28 @@ async def test_per_model_metrics_and_spans(platform: Platform) -> None:
             session.get(f"{app.http_url}/metrics") as response,
         ):
             text = await response.text()
-        counts = samples(text, "matrixinfer_gateway_requests_total")
-        assert counts[(("code", "OK"), ("model", "iris"))] == 3
+        # HAProxy carried the three calls: per-model series from its counters.
+        key = (
+            ("code", "2xx"),
+            ("model", "iris"),
+            ("protocol", "grpc"),
+            ("server", "iris"),
+        )
+        for _ in range(40):  # counters are read about four times a second
+            counts = samples(text, "matrixinfer_gateway_dataplane_requests_total")
+            if counts.get(key) == 3:
+                break
+            await asyncio.sleep(0.1)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{app.http_url}/metrics") as response,
+            ):
+                text = await response.text()
+        assert counts[key] == 3
         # Made-up names never become label values.
-        assert counts[(("code", "NOT_FOUND"), ("model", "<unrouted>"))] == 2
         assert not any("no-such-model" in str(labels) for labels in counts)
-        latency = samples(text, "matrixinfer_gateway_request_duration_seconds_count")
-        assert latency[(("model", "iris"),)] == 3
-
-        spans = [
-            s for s in exporter.get_finished_spans() if s.name == "ModelInfer iris"
-        ]
-        assert len(spans) == 3
-        for span in spans:
-            assert span.kind is SpanKind.SERVER
-            assert format(span.context.trace_id, "032x") == TRACE_ID
-            assert span.parent is not None
-            assert format(span.parent.span_id, "016x") == CALLER_SPAN
-            assert span.attributes is not None
-            assert span.attributes["matrixinfer.model"] == "iris"
+        up = samples(text, "matrixinfer_gateway_dataplane_replicas_up")
+        assert up[(("model", "iris"), ("protocol", "grpc"), ("server", "iris"))] == 1
     finally:
         await app.stop(0)
         await asyncio.sleep(0)

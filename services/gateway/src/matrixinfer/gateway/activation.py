@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,6 +73,22 @@ class LoadTracker:
     """Counters per ModelInfer, touched on every request (no locks: one event loop)."""
 
     loads: dict[Key, Load] = field(default_factory=dict)
+    #: Requests HAProxy carries itself, per model: (in flight, total so far); read
+    #: from its counters before each sample.
+    dataplane: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    _dataplane_totals: dict[Key, int] = field(default_factory=dict)
+
+    def observe_dataplane(self, counters: dict[Key, tuple[int, int]]) -> None:
+        """Fold HAProxy's counters in: in-flight as is, arrivals as the growth of
+        its request total since the last look (a reload restarts the totals)."""
+        for key, (_, total) in counters.items():
+            before = self._dataplane_totals.get(key)
+            if before is not None and total >= before:
+                self.load(key).arrivals += total - before
+            elif before is not None:  # counters restarted (reload): count from zero
+                self.load(key).arrivals += total
+            self._dataplane_totals[key] = total
+        self.dataplane = {key: (cur, 0) for key, (cur, _) in counters.items()}
 
     def load(self, key: Key) -> Load:
         load = self.loads.get(key)
@@ -83,8 +99,12 @@ class LoadTracker:
     def sample(self) -> None:
         """Take one concurrency sample of every model (the reporter calls this
         several times per report)."""
-        for load in self.loads.values():
-            load.concurrency_sum += load.in_flight + load.held
+        for key, (in_flight, _) in self.dataplane.items():
+            if in_flight:
+                self.load(key)
+        for key, load in self.loads.items():
+            extra = self.dataplane.get(key, (0, 0))[0]
+            load.concurrency_sum += load.in_flight + load.held + extra
             load.samples += 1
 
     def snapshot(self, window_s: float, gateway_id: str) -> apb.LoadReport:
@@ -106,7 +126,9 @@ class LoadTracker:
             )
             load.arrivals = 0
             load.concurrency_sum, load.samples = 0.0, 0
-            if not (load.in_flight or load.held):
+            if not (
+                load.in_flight or load.held or self.dataplane.get((namespace, name))
+            ):
                 del self.loads[(namespace, name)]
         return report
 
@@ -115,10 +137,15 @@ class LoadReporter:
     """Streams LoadReport to the autoscaler every ``interval_s``; reconnects."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, tracker: LoadTracker, interval_s: float = 1.0
+        self,
+        channel: grpc.aio.Channel,
+        tracker: LoadTracker,
+        dataplane: Callable[[], dict[Key, tuple[int, int]]] | None = None,
+        interval_s: float = 1.0,
     ) -> None:
         self._stub = autoscaler_pb2_grpc.AutoscalerStub(channel)
         self._tracker = tracker
+        self._dataplane = dataplane
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self.gateway_id = f"gateway-{uuid.uuid4().hex[:8]}"
@@ -137,6 +164,8 @@ class LoadReporter:
         while True:
             for _ in range(samples):
                 await asyncio.sleep(self._interval_s / samples)
+                if self._dataplane is not None:
+                    self._tracker.observe_dataplane(self._dataplane())
                 self._tracker.sample()
             yield self._tracker.snapshot(self._interval_s, self.gateway_id)
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import multiprocessing
-import signal
+import pathlib
+import shutil
+import socket
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +45,9 @@ from matrixinfer.gateway.auth import (
     JwtSettings,
 )
 from matrixinfer.gateway.balancer import Balancer
+from matrixinfer.gateway.dataplane.haproxy import find_binary
+from matrixinfer.gateway.dataplane.manager import DataPlane
+from matrixinfer.gateway.dataplane.render import Options, Ports
 from matrixinfer.gateway.jwks import JwksFetcher
 from matrixinfer.gateway.proxy import SERVICE, InferenceProxy, Upstreams
 from matrixinfer.gateway.ratelimit import (
@@ -66,8 +72,15 @@ class Routes:
     table: RoutingTable = field(default_factory=RoutingTable)
     api_keys: InMemoryApiKeyStore = field(default_factory=InMemoryApiKeyStore)
     synced: bool = False
-    #: Told about each new table (the gateway drops state of replicas that went).
-    on_rebuild: Callable[[RoutingTable], None] | None = None
+    #: The newest table, not yet published while the data plane applies it; the
+    #: data plane publishes it as ``table`` once HAProxy runs it, so whatever sees
+    #: a route in ``table`` can reach it through HAProxy.
+    pending: RoutingTable = field(default_factory=RoutingTable)
+    pending_keys: dict[str, ApiKeyRecord] = field(default_factory=dict)
+    deferred: bool = False
+    #: Told about each new table (the gateway drops state of replicas that went;
+    #: the data plane renders it).
+    on_rebuild: list[Callable[[RoutingTable], None]] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def changed(self) -> None:
@@ -78,14 +91,12 @@ class Routes:
         informer = self.informer
         if informer is None:
             return
-        self.table = build_table(
+        self.pending = build_table(
             [r.model_route for r in informer.items("ModelRoute")],
             [r.model_server for r in informer.items("ModelServer")],
             [r.model_infer for r in informer.items("ModelInfer")],
         )
-        if self.on_rebuild is not None:
-            self.on_rebuild(self.table)
-        self.api_keys.records = {
+        self.pending_keys = {
             key.metadata.name: ApiKeyRecord(
                 key_id=key.metadata.name,
                 hash=key.spec.hash,
@@ -97,9 +108,47 @@ class Routes:
             )
             for key in (r.api_key for r in informer.items("ApiKey"))
         }
+        for callback in self.on_rebuild:
+            callback(self.pending)
+        if not self.deferred:
+            self.publish(self.pending, self.pending_keys)
+
+    def publish(
+        self, table: RoutingTable, keys: dict[str, ApiKeyRecord] | None = None
+    ) -> None:
+        self.table = table
+        if keys is not None:
+            self.api_keys.records = keys
         # Wake everyone waiting, then arm a fresh event for the next change.
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def next_key_expiry(store: InMemoryApiKeyStore, now_s: float) -> float | None:
+    times = [
+        r.expires_at_s
+        for r in store.records.values()
+        if r.expires_at_s is not None and r.expires_at_s > now_s and not r.revoked
+    ]
+    return min(times) if times else None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _peers(values: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep or not name or ":" not in address:
+            raise ValueError(
+                f"MATRIXINFER_GATEWAY_PEERS entry {value!r} is not name=host:port"
+            )
+        out.append((name.strip(), address.strip()))
+    return tuple(out)
 
 
 def _epoch_s(rfc3339: str) -> float | None:
@@ -141,6 +190,9 @@ def _authenticator(
 
 @dataclass
 class GatewayApp:
+    """HAProxy on the public ports (the data plane), this process behind it for what
+    HAProxy hands over (the slow path), both fed by one routing table."""
+
     settings: GatewaySettings
     channel: grpc.aio.Channel
     informer: Informer
@@ -149,28 +201,39 @@ class GatewayApp:
     server: RunningServer
     tracker: LoadTracker
     rest: web.AppRunner
-    http_port: int
+    slow_http_port: int
+    dataplane: DataPlane
     reporter: LoadReporter | None = None
     autoscaler: grpc.aio.Channel | None = None
     redis_client: redis.asyncio.Redis | None = None
     tracer_provider: TracerProvider | None = None
     jwks: JwksFetcher | None = None
+    temp_dir: pathlib.Path | None = None
 
     _sync_task: asyncio.Task[None] = field(init=False, repr=False)
+    _expiry_task: asyncio.Task[None] = field(init=False, repr=False)
 
     @property
     def address(self) -> str:
-        return f"{self.settings.host}:{self.server.port}"
+        """Where clients send KServe v2 gRPC (HAProxy)."""
+        return f"{self.settings.host}:{self.dataplane.ports.grpc}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.settings.host}:{self.http_port}"
+        """Where clients send KServe v2 REST and the admin API (HAProxy)."""
+        return f"http://{self.settings.host}:{self.dataplane.ports.http}"
+
+    @property
+    def slow_address(self) -> str:
+        return f"{self.settings.slow_path_host}:{self.server.port}"
 
     @classmethod
     async def start(
         cls, settings: GatewaySettings, span_exporter: SpanExporter | None = None
     ) -> GatewayApp:
         """Start serving; ``span_exporter`` adds one (tests read spans back)."""
+        binary = find_binary(settings.haproxy_binary)
+        peers = _peers(settings.peers)
         channel = grpc.aio.insecure_channel(settings.registry_address)
         routes = Routes()
         informer = Informer(RegistryClient(channel), KINDS, routes.rebuild)
@@ -214,7 +277,7 @@ class GatewayApp:
             background.add(task)
             task.add_done_callback(background.discard)
 
-        routes.on_rebuild = forget_gone
+        routes.on_rebuild.append(forget_gone)
         authenticator, jwks = _authenticator(settings, routes.api_keys)
         metrics = CollectorRegistry()
         tracer_provider = (
@@ -240,7 +303,6 @@ class GatewayApp:
             metrics=ProxyMetrics(metrics),
             tracer=ProxyTracer(tracer_provider),
         )
-        reporter = LoadReporter(autoscaler, tracker) if autoscaler else None
         admin = (
             AdminApi(
                 channel,
@@ -253,6 +315,15 @@ class GatewayApp:
             if settings.admin_api
             else None
         )
+        temp_dir = (
+            None
+            if settings.dataplane_dir is not None
+            else pathlib.Path(tempfile.mkdtemp(prefix="matrixinfer-haproxy-"))
+        )
+        directory = settings.dataplane_dir or temp_dir
+        assert directory is not None
+        dataplane: DataPlane | None = None
+
         rest = web.AppRunner(
             rest_app(
                 proxy,
@@ -261,29 +332,71 @@ class GatewayApp:
                 settings.max_message_bytes,
                 admin,
                 auth_required=settings.auth_mode != "off",
+                dataplane_error=lambda: dataplane.last_error if dataplane else "",
             ),
             access_log=None,
         )
         server: RunningServer | None = None
+        reporter: LoadReporter | None = None
         try:
             if jwks is not None:
                 await jwks.start()
             await informer.start()
+            # The slow path: loopback only, on ports of its own; HAProxy forwards.
             server = await start_server(
-                settings,
+                settings.model_copy(
+                    update={"host": settings.slow_path_host, "grpc_port": 0}
+                ),
                 lambda s: s.add_generic_rpc_handlers((proxy.handler(),)),
                 service_names=[SERVICE],
                 metrics=GrpcServerMetrics(metrics),
-                reuse_port=settings.workers > 1,
                 bypass=(f"/{SERVICE}/",),
             )
             await rest.setup()
-            site = web.TCPSite(
-                rest, settings.host, settings.http_port, reuse_port=settings.workers > 1
-            )
+            site = web.TCPSite(rest, settings.slow_path_host, 0)
             await site.start()
-            http_port = int(rest.addresses[0][1])
+            slow_http_port = int(rest.addresses[0][1])
+            ports = Ports(
+                host=settings.host,
+                grpc=settings.grpc_port or _free_port(settings.host),
+                http=settings.http_port or _free_port(settings.host),
+                slow_grpc=server.port,
+                slow_http=slow_http_port,
+                stats=settings.dataplane_stats_port,
+            )
+            options = Options(
+                auth=settings.auth_mode != "off",
+                default_timeout_ms=int(settings.default_timeout_s * 1000),
+                max_timeout_ms=int(settings.max_timeout_s * 1000),
+                threads=settings.dataplane_threads,
+                peers=peers,
+                peer_name=settings.peer_name,
+            )
+            dataplane = DataPlane(
+                binary,
+                directory,
+                ports,
+                options,
+                lambda: (
+                    routes.pending,
+                    routes.pending_keys,
+                ),
+                metrics,
+                on_applied=routes.publish,
+            )
+            await dataplane.start()
+            routes.deferred = True
+            routes.on_rebuild.append(
+                lambda _: dataplane.changed() if dataplane else None
+            )
+            reporter = (
+                LoadReporter(autoscaler, tracker, dataplane.load)
+                if autoscaler
+                else None
+            )
         except BaseException:
+            if dataplane is not None:
+                await dataplane.stop()
             if server is not None:
                 await server.stop(0)
             await rest.cleanup()
@@ -291,6 +404,8 @@ class GatewayApp:
                 await jwks.stop()
             await informer.stop()
             await channel.close()
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
             raise
         app = cls(
             settings,
@@ -301,16 +416,20 @@ class GatewayApp:
             server,
             tracker,
             rest,
-            http_port,
+            slow_http_port,
+            dataplane,
             reporter,
             autoscaler,
             redis_client,
             tracer_provider,
             jwks,
+            temp_dir,
         )
         if reporter is not None:
             reporter.start()
-        app._sync_task = asyncio.get_running_loop().create_task(app._mark_synced())
+        loop = asyncio.get_running_loop()
+        app._sync_task = loop.create_task(app._mark_synced())
+        app._expiry_task = loop.create_task(app._expire_keys())
         return app
 
     async def _mark_synced(self) -> None:
@@ -318,11 +437,23 @@ class GatewayApp:
         self.routes.rebuild()
         self.routes.synced = True
 
+    async def _expire_keys(self) -> None:
+        """An API key that reaches its expiry leaves HAProxy's map within a second."""
+        while True:
+            now = time.time()
+            expiry = next_key_expiry(self.routes.api_keys, now)
+            await asyncio.sleep(1.0 if expiry is None else min(1.0, expiry - now))
+            if expiry is not None and time.time() >= expiry:
+                self.dataplane.changed()
+
     async def stop(self, grace_s: float | None = None) -> None:
-        await self.server.stop(
-            self.settings.grace_period_s if grace_s is None else grace_s
-        )
+        grace = self.settings.grace_period_s if grace_s is None else grace_s
+        self._expiry_task.cancel()
+        # Python first: it ends its streams (watches, held requests) cleanly; then
+        # HAProxy's soft stop forwards those ends and finishes what it carries.
+        await self.server.stop(grace)
         await self.rest.cleanup()
+        await self.dataplane.stop(max(grace, 2.0))
         if self.reporter is not None:
             await self.reporter.stop()
         self._sync_task.cancel()
@@ -337,48 +468,31 @@ class GatewayApp:
             await self.jwks.stop()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 async def _run(settings: GatewaySettings) -> None:
     app = await GatewayApp.start(settings)
-    log.info("gateway serving KServe v2 gRPC on %s", app.address)
+    log.info(
+        "gateway: HAProxy serves KServe v2 gRPC on %s and REST on %s",
+        app.address,
+        app.http_url,
+    )
     try:
         await serve_forever(app.server, settings.grace_period_s)
     finally:
         await app.stop(0)
 
 
-def _worker(values: dict[str, object]) -> None:
-    settings = GatewaySettings.model_validate(values)
-    configure_logging(settings.log_level, settings.log_json, settings.service_name)
-    # The parent stops its workers with SIGTERM; SIGINT (Ctrl-C in a terminal) is
-    # the parent's to handle, not every worker's at once.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_run(settings))
-
-
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, settings.log_json, settings.service_name)
-    if settings.workers > 1 and 0 in (settings.grpc_port, settings.http_port):
-        raise SystemExit(
-            "MATRIXINFER_GATEWAY_WORKERS > 1 needs fixed gRPC and HTTP ports"
-        )
-    # Spawned, not forked: a fork of a process with gRPC threads can hang.
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_worker, args=(settings.model_dump(),), daemon=True)
-        for _ in range(settings.workers - 1)
-    ]
-    for worker in workers:
-        worker.start()
     try:
-        asyncio.run(_run(settings))
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.join(timeout=settings.grace_period_s + 5)
+        find_binary(settings.haproxy_binary)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
+    asyncio.run(_run(settings))
 
 
 if __name__ == "__main__":

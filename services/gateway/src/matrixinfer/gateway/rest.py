@@ -301,6 +301,7 @@ def rest_app(
     admin: AdminApi | None = None,
     *,
     auth_required: bool = True,
+    dataplane_error: Callable[[], str] = lambda: "",
 ) -> web.Application:
     """The KServe v2 routes, ``/openapi.json`` and, given ``admin``, the registry's
     admin API (``auth_required`` only shapes the OpenAPI document's security)."""
@@ -317,7 +318,11 @@ def rest_app(
         return web.json_response({"live": True})
 
     async def server_ready(request: web.Request) -> web.Response:
-        return web.json_response({"ready": ready()}, status=200 if ready() else 503)
+        body: dict[str, Any] = {"ready": ready()}
+        error = dataplane_error()
+        if error:  # still serving the last good configuration: ready, but say why
+            body["dataplane_error"] = error
+        return web.json_response(body, status=200 if ready() else 503)
 
     async def server_metadata(request: web.Request) -> web.Response:
         return web.json_response(

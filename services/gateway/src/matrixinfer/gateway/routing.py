@@ -34,6 +34,7 @@ class Server:
     ejection_s: float = 30.0
     hash_header: str = ""
     model_infer: str = ""
+    balance: str = "LEAST_REQUEST"  # LEAST_REQUEST | ROUND_ROBIN | CONSISTENT_HASH
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class Route:
 class RoutingTable:
     routes: dict[str, Route] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    #: Triton's HTTP port of each replica, by its "host:grpc_port"
+    http_ports: dict[str, int] = field(default_factory=dict)
 
     def resolve(
         self, model_name: str, version: str, headers: Mapping[str, str]
@@ -120,7 +123,11 @@ def build_table(
 ) -> RoutingTable:
     endpoints: dict[tuple[str, str], tuple[str, ...]] = {}
     model_of: dict[tuple[str, str], str] = {}
+    http_ports: dict[str, int] = {}
     for infer in infers:
+        for e in infer.status.endpoints:
+            if e.grpc_port and e.http_port:
+                http_ports[f"{e.address}:{e.grpc_port}"] = e.http_port
         key = (infer.metadata.namespace, infer.metadata.name)
         endpoints[key] = tuple(
             f"{e.address}:{e.grpc_port}"
@@ -148,8 +155,9 @@ def build_table(
             if tp.load_balancer.type == "CONSISTENT_HASH"
             else "",
             model_infer=s.spec.model_infer_ref,
+            balance=tp.load_balancer.type or "LEAST_REQUEST",
         )
-    table = RoutingTable()
+    table = RoutingTable(http_ports=http_ports)
     for r in sorted(routes, key=lambda r: (r.metadata.namespace, r.metadata.name)):
         ns = r.metadata.namespace
         rules = []

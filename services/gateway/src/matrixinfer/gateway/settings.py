@@ -25,9 +25,33 @@ class GatewaySettings(ServiceSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     """KServe v2 HTTP/JSON port (Triton's 8000); also /metrics, /healthz, /readyz."""
 
-    workers: int = Field(default=1, ge=1, le=64)
-    """Gateway processes sharing the two ports (SO_REUSEPORT; the kernel spreads
-    connections). Python serves one core per process; needs fixed ports."""
+    haproxy_binary: str = "haproxy"
+    """The HAProxy (>= 2.6) executable that carries requests (the data plane); the
+    gateway renders its configuration and supervises it."""
+
+    dataplane_dir: pathlib.Path | None = None
+    """Folder for HAProxy's configuration, maps and sockets (mode 0700); unset: a
+    new temporary folder, removed at exit."""
+
+    dataplane_threads: int = Field(default=0, ge=0, le=64)
+    """HAProxy worker threads; 0: HAProxy's default (one per CPU)."""
+
+    dataplane_stats_port: int = Field(default=0, ge=0, le=65535)
+    """Port of HAProxy's built-in Prometheus exporter (/metrics, per backend and per
+    replica); 0: not served. The gateway's own /metrics carries per-model series
+    read from the same counters."""
+
+    peers: list[str] = Field(default_factory=list)
+    """Rate-limit tables shared by several gateways through HAProxy's `peers`:
+    every gateway as `name=host:port`, this one included (its name is
+    `peer_name`). Empty: each gateway limits on its own."""
+
+    peer_name: str = ""
+    """This gateway's name in `peers`."""
+
+    slow_path_host: str = "127.0.0.1"
+    """Where the gateway's own Python serves what HAProxy hands it (models scaling
+    up from zero, mirrored rules, the admin API); ports are picked at start."""
 
     registry_address: str = "127.0.0.1:50051"
     """host:port of the registry (routing comes from its Watch)."""

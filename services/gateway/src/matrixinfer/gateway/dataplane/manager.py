@@ -1,0 +1,363 @@
+"""Keeps HAProxy's configuration equal to the routing table.
+
+Every change of the table (or of the API keys) is rendered; when the structure
+differs from what HAProxy runs, the new file is checked with ``haproxy -c`` and
+loaded by a seamless reload; otherwise only maps and server slots change, through
+the runtime API. A render that HAProxy refuses leaves the last good configuration
+serving, and says why (log, ``matrixinfer_gateway_dataplane_config_errors_total``,
+``last_error`` on /readyz's body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from matrixinfer.gateway.auth import ApiKeyRecord
+from matrixinfer.gateway.dataplane.haproxy import (
+    ConfigRefused,
+    HAProxyProcess,
+    check_config,
+)
+from matrixinfer.gateway.dataplane.render import (
+    ApiKey,
+    Options,
+    Ports,
+    Render,
+    Replica,
+    render,
+)
+from matrixinfer.gateway.routing import RoutingTable
+
+log = logging.getLogger(__name__)
+
+Source = Callable[[], tuple[RoutingTable, dict[str, ApiKeyRecord]]]
+
+
+@dataclass
+class DataPlaneStats:
+    """The last ``show stat`` rows of the model backends, read about once a second
+    (load reports and /metrics read this, never HAProxy per scrape)."""
+
+    rows: dict[str, dict[str, str]] = field(default_factory=dict)
+    read_at: float = 0.0
+
+
+class DataPlane:
+    def __init__(
+        self,
+        binary: str,
+        directory: pathlib.Path,
+        ports: Ports,
+        options: Options,
+        source: Source,
+        metrics: CollectorRegistry,
+        on_applied: Callable[[RoutingTable, dict[str, ApiKeyRecord]], None] = (
+            lambda *_: None
+        ),
+    ) -> None:
+        self._on_applied = on_applied
+        self.directory = directory
+        self.ports = ports
+        self.options = options
+        self.process = HAProxyProcess(binary, directory)
+        self._source = source
+        self.current: Render | None = None
+        self.last_error: str = ""
+        self.generation = 0  # bumped by every change request
+        self.applied = 0  # the generation HAProxy runs
+        self.reloads = 0
+        self._wake = asyncio.Event()
+        self._applied_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self.stats = DataPlaneStats()
+        self._errors = Counter(
+            "matrixinfer_gateway_dataplane_config_errors_total",
+            "Rendered HAProxy configurations refused by "
+            "`haproxy -c` or a failed reload",
+            registry=metrics,
+        )
+        self._reloads = Counter(
+            "matrixinfer_gateway_dataplane_reloads_total",
+            "Seamless HAProxy reloads (structural routing changes)",
+            registry=metrics,
+        )
+        self._updates = Counter(
+            "matrixinfer_gateway_dataplane_runtime_updates_total",
+            "Routing changes applied through HAProxy's runtime API without a reload",
+            registry=metrics,
+        )
+        self._healthy = Gauge(
+            "matrixinfer_gateway_dataplane_config_ok",
+            "1 while the last rendered configuration is the one HAProxy runs",
+            registry=metrics,
+        )
+        metrics.register(_HAProxyCollector(self))
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        table, keys = self._source()
+        first = self._render(table, dataplane_keys(keys, time.time()))
+        self._write(first)
+        await check_config(self.process.binary, self.process.config_path)
+        await self.process.start()
+        self.current = first
+        self._healthy.set(1)
+        self._on_applied(table, keys)
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._stats_task = asyncio.get_running_loop().create_task(self._poll_stats())
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        for task in (self._task, self._stats_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.process.stop(grace_s)
+
+    def changed(self) -> None:
+        """The table or the keys changed: apply soon (changes coalesce)."""
+        self.generation += 1
+        self._wake.set()
+
+    async def wait_applied(self, timeout_s: float = 10.0) -> None:
+        """Until HAProxy runs the latest change (tests; readiness)."""
+        target = self.generation
+        async with asyncio.timeout(timeout_s):
+            while self.applied < target:
+                self._applied_event.clear()
+                await self._applied_event.wait()
+
+    async def reload(self) -> None:
+        """Reload the running configuration as is (operators; tests)."""
+        await self.process.reload()
+        self.reloads += 1
+        self._reloads.inc()
+
+    # -- applying ---------------------------------------------------------------
+
+    def _render(self, table: RoutingTable, keys: list[ApiKey]) -> Render:
+        previous = self.current.slots if self.current is not None else None
+        return render(
+            table,
+            table.http_ports,
+            keys,
+            self.ports,
+            self.options,
+            str(self.directory),
+            previous,
+        )
+
+    def _write(self, r: Render) -> None:
+        """Files first (a reload or a restart reads them), each replaced atomically."""
+        for name, text in r.files.items():
+            _atomic_write(self.directory / name, text)
+        for name, entries in r.maps.items():
+            _atomic_write(
+                self.directory / name,
+                "".join(f"{k} {v}\n" for k, v in entries.items()),
+            )
+        _atomic_write(self.process.config_path, r.config)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            target = self.generation
+            table, keys = self._source()
+            try:
+                await self._apply(table, dataplane_keys(keys, time.time()))
+                self.last_error = ""
+                self._healthy.set(1)
+            except ConfigRefused as e:
+                self._errors.inc()
+                self._healthy.set(0)
+                self.last_error = f"haproxy refused the rendered configuration: {e}"
+                log.error(
+                    "%s; the last good configuration keeps serving", self.last_error
+                )
+            except Exception as e:
+                self._errors.inc()
+                self._healthy.set(0)
+                self.last_error = f"applying the routing table failed: {e}"
+                log.exception("applying the routing table failed; retrying")
+                await asyncio.sleep(0.5)
+                self._wake.set()
+                continue
+            # A refused render counts as handled: waiting for it would never end;
+            # the slow path serves the new table meanwhile.
+            self._on_applied(table, keys)
+            self.applied = max(self.applied, target)
+            self._applied_event.set()
+
+    async def _apply(self, table: RoutingTable, keys: list[ApiKey]) -> None:
+        new = self._render(table, keys)
+        old = self.current
+        assert old is not None
+        if new.structure != old.structure:
+            candidate = self.directory / "haproxy.cfg.new"
+            for name, text in new.files.items():
+                _atomic_write(self.directory / name, text)
+            _atomic_write(candidate, new.config)
+            await check_config(self.process.binary, candidate)
+            self._write(new)
+            await self.process.reload()
+            self.reloads += 1
+            self._reloads.inc()
+            self.current = new
+            log.info("data plane reloaded (%d backends)", len(new.slots))
+            return
+        await self._runtime_update(old, new)
+        self._write(new)
+        self.current = new
+
+    async def _runtime_update(self, old: Render, new: Render) -> None:
+        api = self.process.runtime
+        for name, entries in new.maps.items():
+            if old.maps.get(name) != entries:
+                await api.replace_map(str(self.directory / name), entries)
+                self._updates.inc()
+        commands: list[str] = []
+        for bid, slots in new.slots.items():
+            before = old.slots.get(bid, [])
+            for i, replica in enumerate(slots, start=1):
+                if i <= len(before) and before[i - 1] == replica:
+                    continue
+                commands.extend(_slot_commands(bid, i, replica))
+        if commands:
+            await api.commands(commands)
+            self._updates.inc()
+
+    # -- counters ---------------------------------------------------------------
+
+    async def _poll_stats(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                rows = await self.process.runtime.show_stat()
+                self.stats = DataPlaneStats(
+                    {
+                        r["pxname"]: r
+                        for r in rows
+                        if r.get("svname") == "BACKEND"
+                        and r.get("pxname", "")[:2] in ("g:", "h:")
+                    },
+                    time.monotonic(),
+                )
+            await asyncio.sleep(0.25)
+
+    def load(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(namespace, ModelInfer) → (streams in flight, requests so far)."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        owners = self.current.owners if self.current is not None else {}
+        for name, row in self.stats.rows.items():
+            owner = owners.get(name[2:])
+            if owner is None:
+                continue
+            key = (owner[0], owner[1])
+            cur, total = out.get(key, (0, 0))
+            out[key] = (cur + _int(row.get("scur")), total + _int(row.get("stot")))
+        return out
+
+
+def dataplane_keys(records: dict[str, ApiKeyRecord], now_s: float) -> list[ApiKey]:
+    """The API keys HAProxy checks itself: live ones with an inference scope."""
+    keys = []
+    for record in records.values():
+        if record.revoked or not record.hash.startswith("sha256:"):
+            continue
+        if record.expires_at_s is not None and now_s >= record.expires_at_s:
+            continue
+        models = frozenset(
+            scope.removeprefix("infer:")
+            for scope in record.scopes
+            if scope.startswith("infer:") and scope != "infer:"
+        )
+        keys.append(
+            ApiKey(record.hash.removeprefix("sha256:"), models, record.tenant or "")
+        )
+    return keys
+
+
+def _slot_commands(bid: str, index: int, replica: Replica | None) -> list[str]:
+    out: list[str] = []
+    for letter in ("g", "h"):
+        server = f"{letter}:{bid}/r{index}"
+        if replica is None:
+            out.append(f"set server {server} state maint")
+            continue
+        port = replica.grpc_port if letter == "g" else replica.http_port
+        out.append(f"set server {server} addr {replica.address} port {port}")
+        if letter == "g":
+            out.append(f"set server {server} check-port {replica.http_port}")
+        out.append(f"set server {server} state ready")
+        # A replica the controller reports ready is up until a check says not.
+        out.append(f"set server {server} health up")
+    return out
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _HAProxyCollector(Collector):
+    """Per-model series from HAProxy's own counters (read once a second)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        requests = CounterMetricFamily(
+            "matrixinfer_gateway_dataplane_requests",
+            "Requests HAProxy carried to each model's replicas, by HTTP status class "
+            "(gRPC errors travel inside 2xx)",
+            labels=["model", "server", "protocol", "code"],
+        )
+        in_flight = GaugeMetricFamily(
+            "matrixinfer_gateway_dataplane_in_flight",
+            "Requests in flight to each model's replicas through HAProxy",
+            labels=["model", "server", "protocol"],
+        )
+        up = GaugeMetricFamily(
+            "matrixinfer_gateway_dataplane_replicas_up",
+            "Replicas HAProxy considers up (health checks and passive ejection)",
+            labels=["model", "server", "protocol"],
+        )
+        current = self._plane.current
+        owners = current.owners if current is not None else {}
+        for name, row in self._plane.stats.rows.items():
+            owner = owners.get(name[2:])
+            if owner is None:
+                continue
+            server = name[2:].rsplit(":", 1)[-1]
+            protocol = "grpc" if name.startswith("g:") else "http"
+            labels = [owner[2], server, protocol]
+            for cls in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"):
+                requests.add_metric([*labels, cls], float(_int(row.get(f"hrsp_{cls}"))))
+            in_flight.add_metric(labels, float(_int(row.get("scur"))))
+            up.add_metric(labels, float(_int(row.get("act"))))
+        yield requests
+        yield in_flight
+        yield up

@@ -1,0 +1,701 @@
+"""The HAProxy configuration for a routing table: a pure function, no I/O.
+
+What a render holds is split by how it may change at run time:
+
+- ``config``: the text of ``haproxy.cfg``. It holds the *structure*: one frontend per
+  protocol, one ACL line per route rule, one backend per (route, ModelServer) pair
+  with a fixed number of server slots, the traffic policies, the rate-limit tables.
+  Changing it takes a seamless reload.
+- ``maps``: files HAProxy looks values up in on every request (public model name →
+  route, canary thresholds, API-key hashes and their scopes). Changed at run time
+  with ``prepare map``/``commit map``, no reload.
+- ``slots``: the replica address in each server slot of each backend. Changed at run
+  time with ``set server``, no reload.
+
+Requests HAProxy does not carry itself go to the gateway's Python ("the slow path"):
+a model with no ready replica (the activator holds it and wakes the autoscaler),
+a rule that mirrors, a gRPC call to a model whose Triton name differs from its
+public name, JWTs, ambiguous credentials, server-level calls and the admin API.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from google.rpc import error_details_pb2, status_pb2
+
+from matrixinfer.gateway.routing import HeaderMatch, Route, RoutingTable, Server
+
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+#: Model-scoped calls: their request message has model_name in field 1 and
+#: model_version in field 2, which is all HAProxy reads of the body.
+GRPC_MODEL_METHODS = (
+    "ModelInfer",
+    "ModelReady",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+)
+GRPC_STREAM_METHOD = "ModelStreamInfer"
+#: Triton's own administration: never reachable by clients.
+GRPC_REFUSED_PREFIXES = (
+    "Repository",
+    "SystemSharedMemory",
+    "CudaSharedMemory",
+    "TraceSetting",
+    "LogSettings",
+)
+#: gRPC status codes HAProxy answers itself.
+NOT_FOUND, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAUTHENTICATED = 5, 7, 8, 16
+_HTTP_OF = {NOT_FOUND: 404, PERMISSION_DENIED: 403, RESOURCE_EXHAUSTED: 429, 16: 401}
+#: Weighted picks draw an integer below this; each target's cumulative share of it
+#: is a map value, so weights change without a reload.
+WEIGHT_SCALE = 10_000
+MIN_SLOTS = 4
+_TOKEN = re.compile(r"^[A-Za-z0-9._-]+$")
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where HAProxy listens and where the gateway's slow path listens."""
+
+    host: str
+    grpc: int
+    http: int
+    slow_grpc: int
+    slow_http: int
+    stats: int = 0  # HAProxy's Prometheus exporter; 0: none
+
+
+@dataclass(frozen=True)
+class Options:
+    auth: bool = True
+    default_timeout_ms: int = 30_000
+    max_timeout_ms: int = 300_000
+    threads: int = 0
+    #: Shared stick tables: (name, host:port) of every gateway, this one included.
+    peers: tuple[tuple[str, str], ...] = ()
+    peer_name: str = ""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What HAProxy needs of an API key: the hex sha256 of the whole key, the
+    models it may call ("*" for all) and its tenant (rate limits per tenant)."""
+
+    sha256_hex: str
+    models: frozenset[str]
+    tenant: str
+
+
+@dataclass(frozen=True)
+class Replica:
+    address: str
+    grpc_port: int
+    http_port: int
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The replicas of one ModelServer as one route reaches them."""
+
+    id: str  # "<ns>:<route>:<server>", HAProxy-safe (DNS names have no ':')
+    server: Server
+    public_name: str
+    replicas: tuple[Replica, ...]
+
+
+@dataclass
+class Render:
+    config: str
+    maps: dict[str, dict[str, str]]
+    #: backend id → replica per slot (None: empty slot, in maintenance)
+    slots: dict[str, list[Replica | None]]
+    #: the part of the config that needs a reload when it changes
+    structure: str
+    #: backend id → (namespace, ModelInfer, public model) for metrics and load
+    owners: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    #: pattern files (header matches) written beside the config
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def api_keys_maps(keys: Iterable[ApiKey]) -> dict[str, dict[str, str]]:
+    known: dict[str, str] = {}
+    scopes: dict[str, str] = {}
+    for key in keys:
+        known[key.sha256_hex] = key.tenant or "-"
+        for model in key.models:
+            scopes[f"{key.sha256_hex}:{model}"] = "1"
+    return {"keys.map": known, "scopes.map": scopes}
+
+
+def thresholds(weights: list[int]) -> list[int]:
+    """Cumulative upper bounds (exclusive) of each target in [0, WEIGHT_SCALE)."""
+    total = sum(max(0, w) for w in weights)
+    if total <= 0:  # all zero: the first target takes everything, as before
+        return [WEIGHT_SCALE] + [WEIGHT_SCALE] * (len(weights) - 1)
+    bounds, running = [], 0
+    for w in weights:
+        running += max(0, w)
+        bounds.append(round(WEIGHT_SCALE * running / total))
+    bounds[-1] = WEIGHT_SCALE
+    return bounds
+
+
+def slot_count(replicas: int) -> int:
+    n = MIN_SLOTS
+    while n < replicas:
+        n *= 2
+    return n
+
+
+def assign_slots(
+    previous: list[Replica | None] | None, replicas: tuple[Replica, ...]
+) -> list[Replica | None]:
+    """Keep every replica that stays in its slot; new ones take free slots; the
+    slot count grows (a reload) only when they no longer fit."""
+    size = max(slot_count(len(replicas)), len(previous or []))
+    slots: list[Replica | None] = list(previous or []) + [None] * (
+        size - len(previous or [])
+    )
+    wanted = set(replicas)
+    slots = [r if r in wanted else None for r in slots]
+    placed = {r for r in slots if r is not None}
+    for replica in replicas:
+        if replica in placed:
+            continue
+        slots[slots.index(None)] = replica
+    return slots
+
+
+def _q(text: str) -> str:
+    """A double-quoted HAProxy argument (our own fixed texts only)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._:-]", "_", text)
+
+
+def _grpc_error(code: int, message: str, cond: str, details: str = "") -> str:
+    extra = f" hdr grpc-status-details-bin {details}" if details else ""
+    return (
+        f"    http-request return status 200 "
+        f"hdr grpc-status {code} hdr grpc-message {_q(message)}{extra} {cond}"
+    )
+
+
+def retry_details(code: int, message: str, retry_after_s: float) -> str:
+    """google.rpc.Status with RetryInfo, as gRPC carries it in a trailer (base64)."""
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
+    status = status_pb2.Status(code=code, message=message)
+    status.details.add().Pack(retry)
+    return base64.b64encode(status.SerializeToString()).decode().rstrip("=")
+
+
+def _rest_error(code: int, message: str, cond: str, retry_after: bool = False) -> str:
+    body = '{"error":"' + message.replace('"', "'") + '"}'
+    extra = " hdr retry-after 1" if retry_after else ""
+    return (
+        f"    http-request return status {_HTTP_OF[code]} content-type "
+        f"application/json{extra} string {_q(body)} {cond}"
+    )
+
+
+@dataclass
+class _Ctx:
+    files: dict[str, str]
+    directory: str
+
+    def pattern_file(self, values: list[str]) -> str:
+        text = "\n".join(values) + "\n"
+        name = "p_" + hashlib.sha256(text.encode()).hexdigest()[:16] + ".pat"
+        self.files[name] = text
+        return f"{self.directory}/{name}"
+
+
+def _header_acl(ctx: _Ctx, match: HeaderMatch) -> str | None:
+    name = match.name.lower()
+    if not _HEADER_NAME.match(name):
+        return None
+    fetch = f"req.fhdr({name})"
+    if match.exact is not None:
+        return f"{{ {fetch} -m str -f {ctx.pattern_file([match.exact])} }}"
+    if match.prefix is not None:
+        return f"{{ {fetch} -m beg -f {ctx.pattern_file([match.prefix])} }}"
+    if match.regex is not None:
+        # Whole-value match, like the Python router's fullmatch.
+        pattern = f"^(?:{match.regex.pattern})$"
+        return f"{{ {fetch} -m reg -f {ctx.pattern_file([pattern])} }}"
+    return None
+
+
+def _route_id(route: Route) -> str:
+    return _safe_id(f"{route.namespace}:{route.model_name}")
+
+
+def _backend_id(route: Route, server: Server) -> str:
+    return _safe_id(f"{route.namespace}:{route.model_name}:{server.name}")
+
+
+def _replicas(server: Server, http_ports: Mapping[str, int]) -> tuple[Replica, ...]:
+    out = []
+    for address in server.replicas:
+        host, _, port = address.rpartition(":")
+        http = http_ports.get(address, 0)
+        if http:
+            out.append(Replica(host, int(port), http))
+    return tuple(out)
+
+
+def render(
+    table: RoutingTable,
+    http_ports: Mapping[str, int],
+    keys: Iterable[ApiKey],
+    ports: Ports,
+    options: Options,
+    directory: str,
+    previous_slots: Mapping[str, list[Replica | None]] | None = None,
+) -> Render:
+    """``http_ports``: each replica's Triton HTTP port by its "host:grpc_port"."""
+    ctx = _Ctx({}, directory)
+    maps: dict[str, dict[str, str]] = {"routes.map": {}, "weights.map": {}}
+    maps.update(api_keys_maps(keys))
+    slots: dict[str, list[Replica | None]] = {}
+    owners: dict[str, tuple[str, str, str]] = {}
+    backends: dict[str, Backend] = {}
+    routing: list[str] = []  # the rule lines, shared by both frontends
+    limits: list[tuple[str, str, int, int, bool, float]] = []
+
+    for route in table.routes.values():
+        rid = _route_id(route)
+        maps["routes.map"][route.model_name] = rid
+        for index, rule in enumerate(route.rules):
+            rule_id = f"{rid}/{index}"
+            conds = [f"{{ var(txn.route) -m str {rid} }}"]
+            if rule.version:
+                if _TOKEN.match(rule.version):
+                    conds.append(f"{{ var(txn.version) -m str {rule.version} }}")
+                else:
+                    conds.append(
+                        "{ var(txn.version) -m str -f "
+                        f"{ctx.pattern_file([rule.version])} }}"
+                    )
+            unusable = False
+            for header in rule.headers:
+                acl = _header_acl(ctx, header)
+                if acl is None:
+                    unusable = True
+                conds.append(acl or "")
+            if unusable:
+                continue  # a header name HAProxy cannot express never matches
+            routing.append(
+                f"    http-request set-var(txn.rule) str({rule_id}) "
+                f"if !slow !{{ var(txn.rule) -m found }} {' '.join(conds)}"
+            )
+            if rule.timeout_ms:
+                routing.append(
+                    f"    http-request set-var(txn.tmo) int({rule.timeout_ms}) "
+                    f"if !slow {{ var(txn.rule) -m str {rule_id} }}"
+                )
+            bounds = thresholds([w for _, w in rule.targets])
+            for t_index, ((server, _), bound) in enumerate(
+                zip(rule.targets, bounds, strict=True)
+            ):
+                bid = _backend_id(route, server)
+                maps["weights.map"][f"{rule_id}/{t_index}"] = str(bound)
+                if bid not in backends:
+                    replicas = _replicas(server, http_ports)
+                    backends[bid] = Backend(bid, server, route.model_name, replicas)
+                    slots[bid] = assign_slots((previous_slots or {}).get(bid), replicas)
+                    owners[bid] = (
+                        server.namespace,
+                        server.model_infer,
+                        route.model_name,
+                    )
+                here = (
+                    f"!slow {{ var(txn.rule) -m str {rule_id} }} "
+                    "!{ var(txn.be) -m found }"
+                )
+                routing.append(
+                    f"    http-request set-var(txn.cut) str({rule_id}/{t_index}),"
+                    f"map_str_int({directory}/weights.map,{WEIGHT_SCALE}) if {here}"
+                )
+                routing.append(
+                    f"    http-request set-var(txn.be) str({bid}) if {here} "
+                    "{ var(txn.draw),sub(txn.cut) -m int lt 0 }"
+                )
+            if rule.mirror is not None:
+                routing.append(
+                    f"    http-request set-var(txn.slow) str(mirror) "
+                    f"if !slow {{ var(txn.rule) -m str {rule_id} }}"
+                )
+        if route.rate_limit is not None:
+            lim = route.rate_limit.limit
+            period_ms = max(1, round(1000 * lim.burst / lim.rate_per_s))
+            limits.append(
+                (
+                    rid,
+                    f"rl:{rid}",
+                    period_ms,
+                    lim.burst,
+                    route.rate_limit.per == "tenant",
+                    1.0 / lim.rate_per_s,
+                )
+            )
+
+    # Draws and per-backend decisions that do not depend on the rules' order.
+    for bid, backend in backends.items():
+        routing.append(
+            f"    http-request set-var(txn.slow) str(zero) if !slow "
+            f"{{ var(txn.be) -m str {bid} }} {{ nbsrv(g:{bid}) eq 0 }}"
+        )
+        triton = backend.server.triton_model
+        if triton and triton != backend.public_name:
+            routing.append(
+                f"    http-request set-var(txn.slow) str(rename) if !slow is_grpc "
+                f"{{ var(txn.be) -m str {bid} }}"
+            )
+
+    structure_parts = [_global(ports, options, directory), _defaults(options)]
+    for proto in ("grpc", "rest"):
+        structure_parts.append(
+            _frontend(proto, ports, options, directory, routing, limits)
+        )
+    for bid, backend in backends.items():
+        structure_parts.append(
+            _backend(bid, backend, len(slots[bid]), options, grpc=True)
+        )
+        structure_parts.append(
+            _backend(bid, backend, len(slots[bid]), options, grpc=False)
+        )
+    structure_parts.append(_slow_backends(ports, options))
+    for _, table_name, period_ms, _, _, _ in limits:
+        peers = " peers mi" if options.peers else ""
+        structure_parts.append(
+            f"backend {table_name}\n    stick-table type string len 200 size 100k "
+            f"expire {max(10_000, 2 * period_ms)}ms store "
+            f"http_req_rate({period_ms}ms){peers}\n"
+        )
+    if options.peers:
+        lines = ["peers mi"]
+        for name, address in options.peers:
+            lines.append(f"    peer {name} {address}")
+        structure_parts.append("\n".join(lines) + "\n")
+    if ports.stats:
+        structure_parts.append(
+            f"frontend stats\n    bind {ports.host}:{ports.stats}\n"
+            "    http-request use-service prometheus-exporter if { path /metrics }\n"
+            "    http-request return status 404\n"
+        )
+    structure = "\n".join(structure_parts)
+    # Slot contents are not structure (set server), but the first start and every
+    # reload must carry the current addresses: they go in a separate layer.
+    config = _with_slots(structure, slots)
+    return Render(config, maps, slots, structure, owners, ctx.files)
+
+
+def _global(ports: Ports, options: Options, directory: str) -> str:
+    lines = [
+        "global",
+        "    master-worker",
+        f"    stats socket {directory}/admin.sock mode 600 "
+        "level admin expose-fd listeners",
+        "    stats timeout 1m",
+        "    tune.h2.initial-window-size 1048576",
+        "    tune.bufsize 65536",
+    ]
+    if options.threads:
+        lines.append(f"    nbthread {options.threads}")
+    if options.peer_name:
+        lines.append(f"    localpeer {options.peer_name}")
+    return "\n".join(lines) + "\n"
+
+
+def _defaults(options: Options) -> str:
+    return (
+        "defaults\n"
+        "    mode http\n"
+        "    timeout connect 2s\n"
+        f"    timeout client {options.max_timeout_ms}ms\n"
+        f"    timeout server {options.default_timeout_ms}ms\n"
+        "    timeout http-request 30s\n"
+        "    timeout queue 10s\n"
+        "    timeout tunnel 1h\n"
+    )
+
+
+def _frontend(
+    proto: str,
+    ports: Ports,
+    options: Options,
+    directory: str,
+    routing: list[str],
+    limits: list[tuple[str, str, int, int, bool, float]],
+) -> str:
+    grpc = proto == "grpc"
+    error = _grpc_error if grpc else _rest_error
+    port = ports.grpc if grpc else ports.http
+    out = [f"frontend {proto}"]
+    out.append(f"    bind {ports.host}:{port}" + (" proto h2" if grpc else ""))
+    out.append("    acl slow var(txn.slow) -m found")
+    out.append(f"    acl is_grpc always_{'true' if grpc else 'false'}")
+    if grpc:
+        for prefix in GRPC_REFUSED_PREFIXES:
+            out.append(
+                error(
+                    PERMISSION_DENIED,
+                    "this API is not available through the gateway",
+                    f"if {{ path_beg {GRPC_SERVICE}{prefix} }}",
+                )
+            )
+        unary = " ".join(GRPC_SERVICE + m for m in GRPC_MODEL_METHODS)
+        out.append(f"    acl model_call path {unary}")
+        out.append(f"    acl stream_call path {GRPC_SERVICE}{GRPC_STREAM_METHOD}")
+        out.append(
+            "    http-request set-var(txn.slow) str(server) if !model_call !stream_call"
+        )
+        # Only the first bytes are read: model_name is field 1 and serializers write
+        # it first, so a partly buffered body is enough (tensors stay unread).
+        out.append("    http-request wait-for-body time 2s at-least 1k if model_call")
+        out.append("    http-request wait-for-body time 2s at-least 12 if stream_call")
+        out.append(
+            "    http-request set-var(txn.model) req.body,bytes(5),protobuf(1) if !slow"
+        )
+        out.append(
+            "    http-request set-var(txn.version) "
+            "req.body,bytes(5),protobuf(2) if !slow"
+        )
+        # A body HAProxy cannot read (malformed, compressed): Python answers it.
+        out.append(
+            "    http-request set-var(txn.slow) str(unreadable) if !slow "
+            "!{ var(txn.model) -m found }"
+        )
+        # A grpc-timeout the client sends bounds the server timeout (ms).
+        for unit, factor in (("S", "mul(1000)"), ("M", "mul(60000)"), ("m", "add(0)")):
+            out.append(
+                f"    http-request set-var(txn.ctmo) req.hdr(grpc-timeout),"
+                f"regsub({unit}$,),{factor} if {{ "
+                f"req.hdr(grpc-timeout) -m end {unit} }}"
+            )
+    else:
+        out.append(
+            "    acl model_path path_reg "
+            "^/v2/models/[^/]+(/versions/[^/]+)?(/ready|/config|/stats|/infer)?$"
+        )
+        out.append("    http-request set-var(txn.slow) str(server) if !model_path")
+        out.append(
+            "    http-request set-var(txn.model) path,field(4,/),url_dec if !slow"
+        )
+        out.append(
+            "    http-request set-var(txn.version) path,field(6,/),url_dec "
+            "if !slow { path,field(5,/) -m str versions }"
+        )
+    out.append(
+        "    http-request set-var(txn.route) "
+        f"var(txn.model),map({directory}/routes.map) if !slow"
+    )
+    unknown = "if !slow !{ var(txn.route) -m found }"
+    if grpc:
+        out.append(
+            "    http-request return status 200 hdr grpc-status 5 hdr grpc-message "
+            '"model %[var(txn.model),bytes(0,128),url_enc] is not served here" '
+            + unknown
+        )
+    else:
+        out.append(
+            "    http-request return status 404 content-type application/json "
+            'lf-string "{\\"error\\":\\"model %[var(txn.model),bytes(0,128),'
+            'json(utf8ps)] is not served here\\"}" ' + unknown
+        )
+    if options.auth:
+        out.append("    acl has_xkey req.hdr(x-api-key) -m found")
+        out.append("    acl has_authz req.hdr(authorization) -m found")
+        out.append(
+            '    acl key_bearer req.fhdr(authorization) -m reg -i "^bearer mik_"'
+        )
+        # JWTs, duplicated or ambiguous credentials: the Python authenticator answers.
+        out.append(
+            "    http-request set-var(txn.slow) str(auth) if !slow has_xkey has_authz"
+        )
+        out.append(
+            "    http-request set-var(txn.slow) str(auth) "
+            "if !slow has_authz !key_bearer"
+        )
+        out.append(
+            "    http-request set-var(txn.slow) str(auth) if !slow "
+            "{ req.hdr_cnt(x-api-key) gt 1 } or !slow { "
+            "req.hdr_cnt(authorization) gt 1 }"
+        )
+        out.append(
+            "    http-request set-var(txn.cred) req.fhdr(x-api-key) if !slow has_xkey"
+        )
+        out.append(
+            "    http-request set-var(txn.cred) req.fhdr(authorization),word(2,' ') "
+            "if !slow key_bearer"
+        )
+        out.append(
+            error(
+                UNAUTHENTICATED,
+                "missing credentials",
+                "if !slow !{ var(txn.cred) -m found }",
+            )
+        )
+        out.append(
+            "    http-request set-var(txn.kh) "
+            "var(txn.cred),sha2(256),hex,lower if !slow"
+        )
+        out.append(
+            "    http-request set-var(txn.tenant) "
+            f"var(txn.kh),map({directory}/keys.map) if !slow"
+        )
+        out.append(
+            error(
+                UNAUTHENTICATED,
+                "invalid API key",
+                "if !slow !{ var(txn.tenant) -m found }",
+            )
+        )
+        out.append(
+            "    http-request set-var(txn.allowed) var(txn.kh),concat(:,txn.model,),"
+            f"map({directory}/scopes.map) if !slow"
+        )
+        out.append(
+            "    http-request set-var(txn.allowed) var(txn.kh),concat(:*,,),"
+            f"map({directory}/scopes.map) if !slow !{{ var(txn.allowed) -m found }}"
+        )
+        out.append(
+            error(
+                PERMISSION_DENIED,
+                "not allowed to run inference on this model",
+                "if !slow !{ var(txn.allowed) -m found }",
+            )
+        )
+    out.append(
+        "    http-request set-var(txn.draw) rand(" + str(WEIGHT_SCALE) + ") if !slow"
+    )
+    out.extend(routing)
+    out.append(
+        error(
+            NOT_FOUND,
+            "no route of this model matches the request",
+            "if !slow !{ var(txn.be) -m found }",
+        )
+    )
+    for rid, table_name, _, burst, per_tenant, retry_s in limits:
+        here = f"!slow {{ var(txn.route) -m str {rid} }}"
+        key = "var(txn.route),concat(/,txn.tenant,)" if per_tenant else "var(txn.route)"
+        out.append(f"    http-request track-sc0 {key} table {table_name} if {here}")
+        cond = f"if {here} {{ sc_http_req_rate(0) gt {burst} }}"
+        if grpc:
+            message = "rate limit exceeded"
+            details = retry_details(RESOURCE_EXHAUSTED, message, retry_s)
+            out.append(_grpc_error(RESOURCE_EXHAUSTED, message, cond, details))
+        else:
+            out.append(
+                _rest_error(RESOURCE_EXHAUSTED, "rate limit exceeded", cond, True)
+            )
+    # Client deadline below the route's timeout: the smaller one bounds the server.
+    out.append(
+        "    http-request set-var(txn.tmo) var(txn.ctmo) if { var(txn.ctmo) -m found } "
+        "!{ var(txn.tmo) -m found }"
+    )
+    out.append(
+        "    http-request set-var(txn.tmo) var(txn.ctmo) if { var(txn.ctmo) -m found } "
+        "{ var(txn.ctmo),sub(txn.tmo) -m int lt 0 }"
+    )
+    slow = "slow_grpc" if grpc else "slow_rest"
+    letter = "g" if grpc else "h"
+    out.append(f"    use_backend {slow} if slow")
+    out.append(f"    use_backend {letter}:%[var(txn.be)]")
+    return "\n".join(out) + "\n"
+
+
+def _backend(
+    bid: str, backend: Backend, slots: int, options: Options, grpc: bool
+) -> str:
+    s = backend.server
+    letter = "g" if grpc else "h"
+    out = [f"backend {letter}:{bid}"]
+    if s.hash_header:
+        out.append(f"    balance hdr({s.hash_header.lower()})")
+        out.append("    hash-type consistent")
+    elif s.balance == "ROUND_ROBIN":
+        out.append("    balance roundrobin")
+    else:
+        out.append("    balance leastconn")
+    out.append("    option httpchk GET /v2/health/ready")
+    out.append("    http-check expect status 200")
+    out.append(f"    timeout server {s.timeout_ms or options.default_timeout_ms}ms")
+    out.append(
+        "    http-request set-timeout server var(txn.tmo) if { var(txn.tmo) -m found }"
+    )
+    if s.retry_attempts > 0:
+        out.append(f"    retries {s.retry_attempts}")
+        # A connection that fails, or dies before answering (a SIGKILLed replica),
+        # is retried on another replica; both are safe for inference.
+        out.append("    retry-on conn-failure empty-response")
+        out.append("    option redispatch 1")
+    else:
+        out.append("    retries 0")
+    out.append("    http-request del-header authorization")
+    out.append("    http-request del-header x-api-key")
+    if not grpc:
+        triton = s.triton_model or backend.public_name
+        out.append(
+            f"    http-request set-path /v2/models/{triton}"
+            "%[path,regsub(^/v2/models/[^/]+,)]"
+        )
+    default = ["default-server"]
+    if grpc:
+        default.append("proto h2 check-proto h1")
+    default.append("check inter 2s fastinter 300ms downinter 1s rise 1 fall 2")
+    errors = s.consecutive_errors or 5
+    default.append(f"observe layer4 error-limit {errors} on-error mark-down")
+    if s.max_concurrent_per_replica:
+        default.append(f"maxconn {s.max_concurrent_per_replica}")
+    out.append("    " + " ".join(default))
+    for i in range(1, slots + 1):
+        out.append(f"    @slot {letter}:{bid} {i}")
+    return "\n".join(out) + "\n"
+
+
+def slot_line(grpc: bool, index: int, replica: Replica | None) -> str:
+    if replica is None:
+        return f"    server r{index} 127.0.0.1:1 disabled"
+    if grpc:
+        return (
+            f"    server r{index} {replica.address}:{replica.grpc_port} "
+            f"port {replica.http_port}"
+        )
+    return f"    server r{index} {replica.address}:{replica.http_port}"
+
+
+def _with_slots(structure: str, slots: Mapping[str, list[Replica | None]]) -> str:
+    lines = []
+    for line in structure.splitlines():
+        if line.startswith("    @slot "):
+            _, backend, index = line.split()
+            letter, _, bid = backend.partition(":")
+            replica = slots[bid][int(index) - 1]
+            lines.append(slot_line(letter == "g", int(index), replica))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _slow_backends(ports: Ports, options: Options) -> str:
+    return (
+        "backend slow_grpc\n"
+        f"    timeout server {options.max_timeout_ms}ms\n"
+        f"    server gateway 127.0.0.1:{ports.slow_grpc} proto h2\n"
+        "backend slow_rest\n"
+        f"    timeout server {options.max_timeout_ms}ms\n"
+        f"    server gateway 127.0.0.1:{ports.slow_http}\n"
+    )
