@@ -19,13 +19,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import grpc
-import redis.asyncio
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
-from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
+from matrixinfer.core.grpc.server import (
+    RunningServer,
+    serve_forever,
+    start_server,
+    write_port_file,
+)
 from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.registry.client import RegistryClient
@@ -50,11 +54,6 @@ from matrixinfer.gateway.dataplane.manager import DataPlane
 from matrixinfer.gateway.dataplane.render import Options, Ports
 from matrixinfer.gateway.jwks import JwksFetcher
 from matrixinfer.gateway.proxy import SERVICE, InferenceProxy, Upstreams
-from matrixinfer.gateway.ratelimit import (
-    LocalTokenBucket,
-    RateLimiter,
-    RedisTokenBucket,
-)
 from matrixinfer.gateway.rest import rest_app
 from matrixinfer.gateway.routing import RoutingTable, build_table
 from matrixinfer.gateway.settings import GatewaySettings
@@ -205,7 +204,6 @@ class GatewayApp:
     dataplane: DataPlane
     reporter: LoadReporter | None = None
     autoscaler: grpc.aio.Channel | None = None
-    redis_client: redis.asyncio.Redis | None = None
     tracer_provider: TracerProvider | None = None
     jwks: JwksFetcher | None = None
     temp_dir: pathlib.Path | None = None
@@ -245,21 +243,6 @@ class GatewayApp:
             if settings.autoscaler_address
             else None
         )
-        redis_client = (
-            redis.asyncio.Redis.from_url(settings.redis_url)
-            if settings.redis_url
-            else None
-        )
-        limiter = RateLimiter(
-            LocalTokenBucket(),
-            RedisTokenBucket(
-                redis_client,
-                failure_mode=settings.rate_limit_failure_mode,
-                timeout_s=settings.rate_limit_redis_timeout_s,
-            )
-            if redis_client is not None
-            else None,
-        )
         balancer = Balancer()
         background: set[asyncio.Task[None]] = set()
 
@@ -293,7 +276,6 @@ class GatewayApp:
             max_timeout_s=settings.max_timeout_s,
             ready=lambda: routes.synced,
             authenticator=authenticator,
-            limiter=limiter,
             activator=AutoscalerActivator(autoscaler)
             if autoscaler
             else NoopActivator(),
@@ -345,7 +327,11 @@ class GatewayApp:
             # The slow path: loopback only, on ports of its own; HAProxy forwards.
             server = await start_server(
                 settings.model_copy(
-                    update={"host": settings.slow_path_host, "grpc_port": 0}
+                    update={
+                        "host": settings.slow_path_host,
+                        "grpc_port": 0,
+                        "port_file": None,  # the public port is HAProxy's
+                    }
                 ),
                 lambda s: s.add_generic_rpc_handlers((proxy.handler(),)),
                 service_names=[SERVICE],
@@ -374,6 +360,7 @@ class GatewayApp:
             )
             dataplane = DataPlane(
                 binary,
+                settings.dataplane_mode,
                 directory,
                 ports,
                 options,
@@ -386,6 +373,8 @@ class GatewayApp:
             )
             await dataplane.start()
             routes.deferred = True
+            if settings.port_file is not None:
+                await asyncio.to_thread(write_port_file, settings.port_file, ports.grpc)
             routes.on_rebuild.append(
                 lambda _: dataplane.changed() if dataplane else None
             )
@@ -420,7 +409,6 @@ class GatewayApp:
             dataplane,
             reporter,
             autoscaler,
-            redis_client,
             tracer_provider,
             jwks,
             temp_dir,
@@ -462,8 +450,6 @@ class GatewayApp:
         await self.channel.close()
         if self.autoscaler is not None:
             await self.autoscaler.close()
-        if self.redis_client is not None:
-            await self.redis_client.aclose()
         if self.jwks is not None:
             await self.jwks.stop()
         if self.tracer_provider is not None:

@@ -29,7 +29,6 @@ from matrixinfer.core.grpc.errors import abort_for, status_code_for
 from matrixinfer.gateway.activation import Activator, LoadTracker
 from matrixinfer.gateway.auth import Authenticator, authorize_infer
 from matrixinfer.gateway.balancer import Balancer
-from matrixinfer.gateway.ratelimit import RateLimiter
 from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
 from matrixinfer.gateway.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
 from matrixinfer.gateway.wire import peek_model, with_model
@@ -179,7 +178,6 @@ class InferenceProxy:
         max_timeout_s: float,
         ready: Callable[[], bool],
         authenticator: Authenticator,
-        limiter: RateLimiter,
         activator: Activator,
         tracker: LoadTracker,
         table_changed: Callable[[], Awaitable[None]],
@@ -194,7 +192,6 @@ class InferenceProxy:
         self._table_changed = table_changed
         self._max_held_per_model = max_held_per_model
         self._authenticator = authenticator
-        self._limiter = limiter
         # Mirrored copies run beside the real traffic; bounded, so a slow mirror
         # target can never pile up work in the gateway.
         self._mirrors: set[asyncio.Task[None]] = set()
@@ -296,18 +293,14 @@ class InferenceProxy:
     async def _admit(
         self, all_headers: dict[str, list[str]], name: str, version: str
     ) -> tuple[Route, Rule, Server, str | None, dict[str, str]]:
-        """Authenticate, authorize, route and rate-limit one call (in that order:
-        nothing about a model is revealed to a caller who may not use it). Also
-        returns the sticky-routing key when the ModelServer asks for one."""
+        """Authenticate, authorize and route one call (in that order: nothing about
+        a model is revealed to a caller who may not use it; HAProxy has applied the
+        route's rate limit before handing the call over). Also returns the
+        sticky-routing key when the ModelServer asks for one."""
         principal = self._authenticator.authenticate(all_headers)
         authorize_infer(principal, name)
         headers = {k: v[-1] for k, v in all_headers.items()}
         route, rule, server = self._table().resolve(name, version, headers)
-        limit = route.rate_limit
-        if limit is not None:
-            await self._limiter.check(
-                name, principal.tenant, limit.limit, limit.per, limit.global_
-            )
         affinity = headers.get(server.hash_header) if server.hash_header else None
         return route, rule, server, affinity, headers
 

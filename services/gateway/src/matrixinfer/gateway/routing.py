@@ -8,6 +8,7 @@ requests. If the registry goes away the last table keeps serving.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Mapping
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import NotFound
-from matrixinfer.gateway.ratelimit import Limit
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,24 @@ class Rule:
             if point < 0:
                 return server
         return self.targets[-1][0]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A route's rate: ``rate_per_s`` sustained, ``burst`` at once (HAProxy counts
+    requests over ``burst / rate_per_s`` seconds and refuses above ``burst``)."""
+
+    rate_per_s: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        # Admission refuses these; the data plane must never render a zero period.
+        if not (math.isfinite(self.rate_per_s) and self.rate_per_s > 0):
+            raise ValueError(
+                f"rate_per_s must be > 0 and finite, not {self.rate_per_s}"
+            )
+        if isinstance(self.burst, bool) or self.burst < 1:
+            raise ValueError(f"burst must be an integer >= 1, not {self.burst!r}")
 
 
 @dataclass(frozen=True)

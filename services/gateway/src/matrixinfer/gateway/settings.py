@@ -29,6 +29,13 @@ class GatewaySettings(ServiceSettings):
     """The HAProxy (>= 2.6) executable that carries requests (the data plane); the
     gateway renders its configuration and supervises it."""
 
+    dataplane_mode: Literal["supervised", "external"] = "supervised"
+    """supervised: the gateway starts HAProxy itself and restarts it with backoff
+    (one machine, `make run`). external: HAProxy runs beside it (its own container
+    in the same pod or compose network namespace) on the shared `dataplane_dir`; the
+    gateway writes the configuration there and drives HAProxy through its master
+    and runtime sockets."""
+
     dataplane_dir: pathlib.Path | None = None
     """Folder for HAProxy's configuration, maps and sockets (mode 0700); unset: a
     new temporary folder, removed at exit."""
@@ -96,18 +103,6 @@ class GatewaySettings(ServiceSettings):
     max_held_per_model: int = Field(default=1000, ge=0)
     """Requests held per model while it scales up from zero; more get
     RESOURCE_EXHAUSTED (a bounded queue, never unbounded memory)."""
-
-    redis_url: str | None = None
-    """Redis for rate limits marked `global` (shared by every gateway process), e.g.
-    redis://127.0.0.1:6379/0. Unset: such limits apply per process."""
-
-    rate_limit_redis_timeout_s: float = Field(default=0.05, gt=0)
-    """How long a request waits for Redis before the failure mode applies; short,
-    because it is added to every rate-limited request while Redis struggles."""
-
-    rate_limit_failure_mode: Literal["open", "closed"] = "open"
-    """When Redis does not answer: open lets requests through (Envoy's default:
-    availability over strictness), closed refuses them."""
 
     admin_api: bool = True
     """Serve the registry's admin API over REST (/apis/v1/..., transcoded from its

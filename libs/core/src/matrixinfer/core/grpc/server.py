@@ -63,7 +63,7 @@ def _bind_address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _write_port_file(path: Path, port: int) -> None:
+def write_port_file(path: Path, port: int) -> None:
     # Write-then-rename so a reader polling the file never sees it half written.
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -154,7 +154,7 @@ async def start_server(
     )
     try:
         if settings.port_file is not None:
-            await asyncio.to_thread(_write_port_file, settings.port_file, port)
+            await asyncio.to_thread(write_port_file, settings.port_file, port)
     except BaseException:
         await server.stop(None)
         raise

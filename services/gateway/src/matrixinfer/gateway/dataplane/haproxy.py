@@ -128,8 +128,13 @@ class RuntimeApi:
 class HAProxyProcess:
     """One supervised HAProxy master (and its worker)."""
 
-    def __init__(self, binary: str, directory: pathlib.Path) -> None:
+    def __init__(
+        self, binary: str, directory: pathlib.Path, external: bool = False
+    ) -> None:
         self.binary = binary
+        #: HAProxy runs beside us (another container); we only drive its sockets.
+        self.external = external
+        self.master = RuntimeApi(directory / "master.sock")
         self.directory = directory
         self.config_path = directory / "haproxy.cfg"
         self.master_socket = directory / "master.sock"
@@ -146,6 +151,10 @@ class HAProxyProcess:
         return self._proc.pid if self._proc is not None else None
 
     async def start(self) -> None:
+        if self.external:
+            # The container waits for haproxy.cfg, then starts; we wait for it.
+            await self._wait_ready(timeout_s=120.0)
+            return
         await self._spawn()
         self._watch = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -200,8 +209,9 @@ class HAProxyProcess:
         """Seamless reload of the current config file; returns once the new worker
         answers the runtime API (the old one finishes what it holds)."""
         old = await self.runtime.worker_pid()
-        assert self._proc is not None
-        os.kill(self._proc.pid, signal.SIGUSR2)
+        # Through the master CLI, so it works the same when HAProxy runs in another
+        # container: the master re-executes itself and reads the file again.
+        await self.master.execute("reload")
         deadline = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(OSError, RuntimeError, TimeoutError):
@@ -236,6 +246,8 @@ class HAProxyProcess:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self._stopping = True
+        if self.external:
+            return  # its lifecycle is the container runtime's
         proc = self._proc
         if proc is not None and proc.poll() is None:
             # SIGUSR1 to the master: workers stop accepting and finish their streams.

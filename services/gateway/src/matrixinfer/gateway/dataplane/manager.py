@@ -57,6 +57,7 @@ class DataPlane:
     def __init__(
         self,
         binary: str,
+        mode: str,
         directory: pathlib.Path,
         ports: Ports,
         options: Options,
@@ -70,7 +71,7 @@ class DataPlane:
         self.directory = directory
         self.ports = ports
         self.options = options
-        self.process = HAProxyProcess(binary, directory)
+        self.process = HAProxyProcess(binary, directory, external=mode == "external")
         self._source = source
         self.current: Render | None = None
         self.last_error: str = ""

@@ -208,6 +208,18 @@ def _rest_error(code: int, message: str, cond: str, retry_after: bool = False) -
     )
 
 
+@dataclass(frozen=True)
+class _Limit:
+    route: str
+    table: str
+    period_ms: int
+    burst: int
+    per_tenant: bool
+    retry_after_s: float
+    #: `global: true`: the table is shared with the other gateways (peers)
+    shared: bool
+
+
 @dataclass
 class _Ctx:
     files: dict[str, str]
@@ -271,7 +283,7 @@ def render(
     owners: dict[str, tuple[str, str, str]] = {}
     backends: dict[str, Backend] = {}
     routing: list[str] = []  # the rule lines, shared by both frontends
-    limits: list[tuple[str, str, int, int, bool, float]] = []
+    limits: list[_Limit] = []
 
     for route in table.routes.values():
         rid = _route_id(route)
@@ -340,13 +352,14 @@ def render(
             lim = route.rate_limit.limit
             period_ms = max(1, round(1000 * lim.burst / lim.rate_per_s))
             limits.append(
-                (
+                _Limit(
                     rid,
                     f"rl:{rid}",
                     period_ms,
                     lim.burst,
                     route.rate_limit.per == "tenant",
                     1.0 / lim.rate_per_s,
+                    route.rate_limit.global_,
                 )
             )
 
@@ -376,8 +389,9 @@ def render(
             _backend(bid, backend, len(slots[bid]), options, grpc=False)
         )
     structure_parts.append(_slow_backends(ports, options))
-    for _, table_name, period_ms, _, _, _ in limits:
-        peers = " peers mi" if options.peers else ""
+    for limit in limits:
+        table_name, period_ms = limit.table, limit.period_ms
+        peers = " peers mi" if options.peers and limit.shared else ""
         structure_parts.append(
             f"backend {table_name}\n    stick-table type string len 200 size 100k "
             f"expire {max(10_000, 2 * period_ms)}ms store "
@@ -437,7 +451,7 @@ def _frontend(
     options: Options,
     directory: str,
     routing: list[str],
-    limits: list[tuple[str, str, int, int, bool, float]],
+    limits: list[_Limit],
 ) -> str:
     grpc = proto == "grpc"
     error = _grpc_error if grpc else _rest_error
@@ -588,8 +602,20 @@ def _frontend(
             "if !slow !{ var(txn.be) -m found }",
         )
     )
-    for rid, table_name, _, burst, per_tenant, retry_s in limits:
-        here = f"!slow {{ var(txn.route) -m str {rid} }}"
+    if any(limit.per_tenant for limit in limits):
+        # A JWT caller's tenant picks its counter; the token itself is verified on
+        # the slow path, so a forged claim only spends a refused request.
+        out.append(
+            "    http-request set-var(txn.tenant) "
+            "http_auth_bearer,jwt_payload_query('$.tenant') "
+            "if !{ var(txn.tenant) -m found } { req.hdr(authorization) -m found }"
+        )
+    # Every request of a route counts, the ones Python finishes (held at zero,
+    # mirrored, JWT) included: one limiter for both paths.
+    for limit in limits:
+        rid, table_name, burst = limit.route, limit.table, limit.burst
+        per_tenant, retry_s = limit.per_tenant, limit.retry_after_s
+        here = f"{{ var(txn.route) -m str {rid} }}"
         key = "var(txn.route),concat(/,txn.tenant,)" if per_tenant else "var(txn.route)"
         out.append(f"    http-request track-sc0 {key} table {table_name} if {here}")
         cond = f"if {here} {{ sc_http_req_rate(0) gt {burst} }}"
