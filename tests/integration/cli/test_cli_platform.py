@@ -230,12 +230,12 @@ async def test_apikeys_infer_and_top_through_the_gateway(
         assert top.exit_code == 0, top.output
         header, *rows = top.stdout.splitlines()
         assert header.split() == [
-            "MODEL", "MODELINFER", "READY", "RPS", "P50", "P99", "BATCH",
+            "MODEL", "MODELINFER", "READY", "RPS", "LATENCY", "BATCH",
         ]  # fmt: skip
         iris = next(r.split() for r in rows if r.startswith("iris"))
         assert iris[:3] == ["iris", "iris", "1/1"]
-        if "matrixinfer_gateway_requests" in await _metrics(app):
-            assert iris[3] != "-" and float(iris[3]) > 0
+        # HAProxy carried the six calls: its counters give the rate.
+        assert iris[3] != "-" and float(iris[3]) > 0
 
         result = await run("apikey", "revoke", key["name"])
         assert result.exit_code == 0 and "revoked" in result.stdout
@@ -247,17 +247,6 @@ async def test_apikeys_infer_and_top_through_the_gateway(
         assert "HTTP 401" in result.stderr
     finally:
         await app.stop(0)
-
-
-async def _metrics(app: GatewayApp) -> str:
-    def fetch() -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(app.http_url + "/metrics", timeout=5) as r:
-            text: str = r.read().decode()
-            return text
-
-    return await asyncio.to_thread(fetch)
 
 
 async def test_get_watch_prints_changes_until_ctrl_c(

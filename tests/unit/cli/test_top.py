@@ -178,9 +178,9 @@ def test_table_fills_what_is_known_and_dashes_the_rest() -> None:
     )  # fmt: skip
     assert format_rows(rows) == "\n".join(
         [
-            "MODEL   MODELINFER         READY   RPS     P50      P99      BATCH",
-            "iris    iris,iris-canary   2/3     100.0   1.00ms   5.00ms   4.0",
-            "-       lonely             0/1     -       -        -        -",
+            "MODEL   MODELINFER         READY   RPS     LATENCY   BATCH",
+            "iris    iris,iris-canary   2/3     100.0   1.00ms    4.0",
+            "-       lonely             0/1     -       -         -",
         ]
     )
 
@@ -189,8 +189,32 @@ def test_without_gateway_metrics_everything_but_replicas_is_unknown() -> None:
     rows = [Row("iris", ["iris"], 1, 1)]
     fill_metrics(rows, None, None, 2.0, {}, {})
     assert format_rows(rows).splitlines()[1].split() == [
-        "iris", "iris", "1/1", "-", "-", "-", "-",
+        "iris", "iris", "1/1", "-", "-", "-",
     ]  # fmt: skip
+
+
+def test_haproxy_counters_add_to_the_rate_and_give_the_latency() -> None:
+    def text(requests: float, seconds: float) -> str:
+        return (
+            "# TYPE matrixinfer_gateway_dataplane_requests_total counter\n"
+            "matrixinfer_gateway_dataplane_requests_total"
+            f'{{code="2xx",model="iris",protocol="grpc",server="iris"}} {requests}\n'
+            "# TYPE matrixinfer_gateway_dataplane_response_time_seconds gauge\n"
+            "matrixinfer_gateway_dataplane_response_time_seconds"
+            f'{{model="iris",protocol="grpc",server="iris"}} {seconds}\n'
+            "matrixinfer_gateway_dataplane_response_time_seconds"
+            f'{{model="iris",protocol="http",server="iris"}} 0.0\n'
+        )
+
+    before, after = (
+        parse_metrics(BEFORE + text(1000, 0.002)),
+        parse_metrics(AFTER + text(1600, 0.003)),
+    )
+    rows = [Row("iris", ["iris"], 1, 1)]
+    fill_metrics(rows, before, after, 2.0, {}, {})
+    # 200 answered by the slow path and 600 by HAProxy in 2 s; HAProxy's average.
+    assert rows[0].rps == pytest.approx(400.0)
+    assert rows[0].latency == pytest.approx(0.003)
 
 
 def test_parses_what_prometheus_client_exposes() -> None:

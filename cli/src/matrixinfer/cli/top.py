@@ -1,6 +1,8 @@
 """``matrixinfer top``: per model, replicas ready/desired (registry), requests per
-second and p50/p99 latency (two scrapes of the gateway's /metrics) and the average
-batch size Triton formed (two reads of the gateway's KServe v2 statistics).
+second and latency (two scrapes of the gateway's /metrics: HAProxy's counters and
+its average time over its last 1,024 requests per model, plus what the gateway's
+slow path answered itself) and the average batch size Triton formed (two reads of
+the gateway's KServe v2 statistics).
 
 The calculations are pure functions of the scraped text, so they are tested on
 canned metrics.
@@ -22,6 +24,8 @@ from matrixinfer.cli.client import App, CliError, as_dict
 from matrixinfer.cli.resources import namespace_option
 
 REQUESTS = "matrixinfer_gateway_requests"
+DATAPLANE_REQUESTS = "matrixinfer_gateway_dataplane_requests"
+DATAPLANE_TIME = "matrixinfer_gateway_dataplane_response_time_seconds"
 DURATION = "matrixinfer_gateway_request_duration_seconds"
 UNROUTED = "<unrouted>"
 pass_app = click.make_pass_decorator(App)
@@ -34,17 +38,25 @@ class Scrape:
     #: model → requests answered (every status code)
     requests: dict[str, float] = field(default_factory=dict)
     #: model → [(upper bound, cumulative count)], ascending, ending with +Inf
+    #: (requests the gateway's slow path answered itself)
     buckets: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: model → HAProxy's average time of its last 1,024 requests (slowest backend)
+    average: dict[str, float] = field(default_factory=dict)
 
 
 def parse_metrics(text: str) -> Scrape:
     scrape = Scrape()
     for family in text_string_to_metric_families(text):
-        if family.name == REQUESTS:
+        if family.name in (REQUESTS, DATAPLANE_REQUESTS):
             for s in family.samples:
-                if s.name == REQUESTS + "_total" and "model" in s.labels:
+                if s.name == family.name + "_total" and "model" in s.labels:
                     model = s.labels["model"]
                     scrape.requests[model] = scrape.requests.get(model, 0.0) + s.value
+        elif family.name == DATAPLANE_TIME:
+            for s in family.samples:
+                if "model" in s.labels and s.value > 0:
+                    model = s.labels["model"]
+                    scrape.average[model] = max(scrape.average.get(model, 0.0), s.value)
         elif family.name == DURATION:
             for s in family.samples:
                 if s.name == DURATION + "_bucket" and "model" in s.labels:
@@ -130,8 +142,7 @@ class Row:
     ready: int | None = None
     desired: int | None = None
     rps: float | None = None
-    p50: float | None = None
-    p99: float | None = None
+    latency: float | None = None
     batch: float | None = None
 
 
@@ -149,15 +160,14 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 
 def format_rows(rows: Sequence[Row]) -> str:
-    header = ("MODEL", "MODELINFER", "READY", "RPS", "P50", "P99", "BATCH")
+    header = ("MODEL", "MODELINFER", "READY", "RPS", "LATENCY", "BATCH")
     lines = [
         [
             r.model,
             ",".join(r.infers) or render.MISSING,
             render.MISSING if r.ready is None else f"{r.ready}/{r.desired}",
             _number(r.rps),
-            _seconds(r.p50),
-            _seconds(r.p99),
+            _seconds(r.latency),
             _number(r.batch),
         ]
         for r in rows
@@ -237,11 +247,12 @@ def fill_metrics(
             continue
         if before is not None and after is not None:
             row.rps = rate(before, after, row.model, seconds)
+            row.latency = after.average.get(row.model)
             buckets = after.buckets.get(row.model)
-            if buckets:
+            if row.latency is None and buckets:
+                # Only the slow path answered (e.g. a model scaled to zero).
                 earlier = before.buckets.get(row.model, [])
-                row.p50 = quantile(0.5, earlier, buckets)
-                row.p99 = quantile(0.99, earlier, buckets)
+                row.latency = quantile(0.5, earlier, buckets)
         row.batch = batch_size(stats_before.get(row.model), stats_after.get(row.model))
 
 
@@ -282,11 +293,11 @@ def _stats(app: App, models: Sequence[str]) -> dict[str, Any]:
 )  # fmt: skip
 @pass_app
 def top(app: App, namespace: str | None, all_namespaces: bool, interval: float) -> None:
-    """Per model: replicas ready/desired, requests per second, p50/p99 latency at the
+    """Per model: replicas ready/desired, requests per second, latency at the
     gateway and the average batch size Triton formed, over --interval seconds.
 
-    Rates and latency come from the gateway's /metrics (with several gateway
-    workers, each scrape sees one of them); batch size from its model statistics,
+    Rates and latency come from the gateway's /metrics (latency: HAProxy's average
+    over its last 1,024 requests of the model); batch size from its statistics,
     read only for models with ready replicas (reading them never wakes a model
     scaled to zero). "-" means unknown."""
     ns = "" if all_namespaces else app.namespace(namespace)

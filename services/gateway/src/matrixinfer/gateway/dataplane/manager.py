@@ -341,6 +341,12 @@ class _HAProxyCollector(Collector):
             "Requests in flight to each model's replicas through HAProxy",
             labels=["model", "server", "protocol"],
         )
+        seconds = GaugeMetricFamily(
+            "matrixinfer_gateway_dataplane_response_time_seconds",
+            "HAProxy's average total time of the last 1,024 requests to each model's "
+            "replicas (HAProxy 2.6 keeps no histograms)",
+            labels=["model", "server", "protocol"],
+        )
         up = GaugeMetricFamily(
             "matrixinfer_gateway_dataplane_replicas_up",
             "Replicas HAProxy considers up (health checks and passive ejection)",
@@ -359,6 +365,8 @@ class _HAProxyCollector(Collector):
                 requests.add_metric([*labels, cls], float(_int(row.get(f"hrsp_{cls}"))))
             in_flight.add_metric(labels, float(_int(row.get("scur"))))
             up.add_metric(labels, float(_int(row.get("act"))))
+            seconds.add_metric(labels, _int(row.get("ttime")) / 1000.0)
         yield requests
         yield in_flight
+        yield seconds
         yield up
