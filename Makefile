@@ -9,14 +9,14 @@ GEN_STAMP := libs/api/src/matrixinfer/api/v1/__init__.py
 PROTOS := $(shell find protos -name '*.proto')
 PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 
-.PHONY: setup test-tools proto test lint typecheck importlint pytest run bench clean compose-tool
+.PHONY: setup test-tools proto test lint typecheck importlint pytest run bench clean compose-tool haproxy-tool
 
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.35.0
 
 # What running needs (the venv with every component and tritonserver, generated
 # code); the test-only emulators and validators come with `test-tools`.
-setup: $(SETUP_STAMP) $(GEN_STAMP)
+setup: $(SETUP_STAMP) $(GEN_STAMP) haproxy-tool
 
 test-tools: $(AZURITE) compose-tool
 
@@ -30,6 +30,17 @@ compose-tool:
 	    --no-install-recommends docker-compose >/dev/null) \
 	  || echo "could not install docker-compose: its check in tests/unit/test_deploy.py is skipped"; \
 	else echo "docker-compose missing (installing it needs root and apt-get): its check in tests/unit/test_deploy.py is skipped"; fi
+
+# HAProxy (Debian's package, 2.6) is the gateway's data plane: `make run` needs it.
+# Installed only when missing and we are root with apt-get; otherwise `make run`
+# stops at once and says the one command to run.
+haproxy-tool:
+	@if command -v haproxy >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends haproxy >/dev/null) \
+	  || echo "could not install haproxy: run \`sudo apt-get install haproxy\`"; \
+	else echo "haproxy missing: run \`sudo apt-get install haproxy\` (make run needs it)"; fi
 
 # Azurite (Azure Blob emulator, npm) for the controller's az:// artifact tests.
 $(AZURITE):

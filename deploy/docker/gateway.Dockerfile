@@ -20,10 +20,16 @@ RUN python -m venv /opt/venv \
 
 FROM python:3.11-slim
 COPY --from=build /opt/venv /opt/venv
+# Debian's HAProxy 2.6: `haproxy -c` checks every rendered configuration, and the
+# image can also run it itself (MATRIXINFER_GATEWAY_DATAPLANE_MODE=supervised).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends haproxy \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/matrixinfer matrixinfer
 USER 10001
 WORKDIR /var/lib/matrixinfer
-# KServe v2 on Triton's ports: 8001 gRPC, 8000 HTTP (also /metrics, /healthz, /readyz).
+# KServe v2 on Triton's ports (HAProxy's): 8001 gRPC, 8000 HTTP (also /metrics,
+# /healthz, /readyz).
 ENV PATH=/opt/venv/bin:$PATH \
     MATRIXINFER_GATEWAY_HOST=0.0.0.0
 EXPOSE 8000 8001

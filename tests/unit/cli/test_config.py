@@ -132,3 +132,16 @@ def test_usage_errors_exit_2_before_any_call(args: list[str], message: str) -> N
     )
     assert result.exit_code == 2, result.output
     assert message in result.stderr
+
+
+def test_up_without_haproxy_stops_at_once_with_the_command_to_run(
+    tmp_path: pathlib.Path,
+) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["up", "--state-dir", str(tmp_path / "state")],
+        env={"MATRIXINFER_GATEWAY_HAPROXY_BINARY": str(tmp_path / "no-haproxy")},
+    )
+    assert result.exit_code != 0
+    assert "sudo apt-get install haproxy" in result.output
+    assert not (tmp_path / "state").exists()  # nothing was started or written

@@ -506,6 +506,14 @@ def up(
     }
     if len(set(ports.values())) != len(ports):
         raise click.UsageError("the five ports must differ")
+    haproxy = os.environ.get("MATRIXINFER_GATEWAY_HAPROXY_BINARY", "haproxy")
+    if shutil.which(haproxy) is None:
+        # The gateway's data plane; stop before starting anything.
+        raise click.ClickException(
+            f"{haproxy!r} not found: HAProxy (>= 2.6) carries every inference "
+            "request. Install it with `sudo apt-get install haproxy` (Debian/Ubuntu; "
+            "`make setup` does it when run as root), then run this again."
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_state(state_dir.resolve())
     busy = [f"{opt} {port}" for opt, port in ports.items() if not _port_free(port)]

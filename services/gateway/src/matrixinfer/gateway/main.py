@@ -329,7 +329,7 @@ class GatewayApp:
                 settings.model_copy(
                     update={
                         "host": settings.slow_path_host,
-                        "grpc_port": 0,
+                        "grpc_port": settings.slow_grpc_port,
                         "port_file": None,  # the public port is HAProxy's
                     }
                 ),
@@ -339,7 +339,7 @@ class GatewayApp:
                 bypass=(f"/{SERVICE}/",),
             )
             await rest.setup()
-            site = web.TCPSite(rest, settings.slow_path_host, 0)
+            site = web.TCPSite(rest, settings.slow_path_host, settings.slow_http_port)
             await site.start()
             slow_http_port = int(rest.addresses[0][1])
             ports = Ports(

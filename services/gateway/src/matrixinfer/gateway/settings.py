@@ -58,7 +58,15 @@ class GatewaySettings(ServiceSettings):
 
     slow_path_host: str = "127.0.0.1"
     """Where the gateway's own Python serves what HAProxy hands it (models scaling
-    up from zero, mirrored rules, the admin API); ports are picked at start."""
+    up from zero, mirrored rules, JWTs, the admin API, /healthz, /readyz, /metrics);
+    only HAProxy calls it."""
+
+    slow_grpc_port: int = Field(default=0, ge=0, le=65535)
+    """The slow path's gRPC port; 0: picked at start."""
+
+    slow_http_port: int = Field(default=0, ge=0, le=65535)
+    """The slow path's HTTP port (also the gateway process's own /healthz for
+    probes that must not depend on HAProxy); 0: picked at start."""
 
     registry_address: str = "127.0.0.1:50051"
     """host:port of the registry (routing comes from its Watch)."""
