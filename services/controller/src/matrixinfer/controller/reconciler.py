@@ -95,7 +95,7 @@ class Reconciler:
         try:
             model, revision = await self._model_for(infer)
             template = template_of(model, revision, infer)
-            repository = await self._prepare(template, model, infer)
+            repository = await self._prepare(template, model, infer, revision)
         except MatrixInferError as error:
             log.warning("ModelInfer %s cannot be prepared: %s", owner, error.message)
             await self._write_status(infer, desired, None, 0, error)
@@ -200,7 +200,7 @@ class Reconciler:
         return pinned, ref.revision
 
     async def _prepare(
-        self, template: str, model: pb.Model, infer: pb.ModelInfer
+        self, template: str, model: pb.Model, infer: pb.ModelInfer, revision: int
     ) -> pathlib.Path:
         cached = self._prepared.get(template)
         if cached is not None and cached.exists():
@@ -219,6 +219,7 @@ class Reconciler:
             artifact,
             self.backends,
             self.python_paths,
+            revision,
         )
         self._prepared[template] = target
         return target

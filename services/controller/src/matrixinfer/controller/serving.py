@@ -72,8 +72,11 @@ def build_repository(
     artifact: Artifact,
     available_backends: list[str],
     python_paths: list[str],
+    version: int = 1,
 ) -> pathlib.Path:
-    """Write ``<target>/<model_name>/{config.pbtxt,1/...}``; returns ``target``."""
+    """Write ``<target>/<model_name>/{config.pbtxt,<version>/...}``; returns
+    ``target``. ``version`` is the Model's revision, so a request's
+    ``model_version`` (gRPC field 2, REST ``/versions/{v}``) names a revision."""
     details = model.spec.model_spec
     framework = details.framework
     backend = model.spec.runtime.backend or NATIVE_BACKENDS.get(framework, framework)
@@ -177,5 +180,5 @@ def build_repository(
         parameters=dict(model.spec.runtime.parameters),
     )
     shutil.rmtree(target, ignore_errors=True)
-    write_model(target, serving, 1, files)
+    write_model(target, serving, max(1, version), files)
     return target

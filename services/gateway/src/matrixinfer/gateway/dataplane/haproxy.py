@@ -52,7 +52,6 @@ async def check_config(binary: str, path: pathlib.Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         binary,
         "-c",
-        "-q",
         "-f",
         str(path),
         stdout=asyncio.subprocess.PIPE,
@@ -61,7 +60,11 @@ async def check_config(binary: str, path: pathlib.Path) -> None:
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         text = out.decode(errors="replace").strip()
-        alerts = [line for line in text.splitlines() if "ALERT" in line]
+        alerts = [
+            line.split(" : ", 1)[-1].strip()
+            for line in text.splitlines()
+            if "ALERT" in line
+        ]
         raise ConfigRefused("\n".join(alerts) or text or "haproxy -c failed")
 
 

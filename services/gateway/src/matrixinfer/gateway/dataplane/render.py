@@ -422,6 +422,9 @@ def _global(ports: Ports, options: Options, directory: str) -> str:
         f"    stats socket {directory}/admin.sock mode 600 "
         "level admin expose-fd listeners",
         "    stats timeout 1m",
+        # After a reload the old worker finishes its streams; the longest a call
+        # may take bounds how long it lingers.
+        f"    hard-stop-after {options.max_timeout_ms + 10_000}ms",
         "    tune.h2.initial-window-size 1048576",
         "    tune.bufsize 65536",
     ]
