@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.resources
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,16 @@ _HTTP_OF = {NOT_FOUND: 404, PERMISSION_DENIED: 403, RESOURCE_EXHAUSTED: 429, 16:
 #: is a map value, so weights change without a reload.
 WEIGHT_SCALE = 10_000
 MIN_SLOTS = 4
+RENAME_LUA = "grpc_rename.lua"
+
+
+def rename_filter_source() -> str:
+    """The Lua filter that renames the model in a gRPC body (shipped beside this
+    module; written into the data plane's folder, which HAProxy may see from
+    another container)."""
+    return (importlib.resources.files(__package__) / RENAME_LUA).read_text()
+
+
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]+$")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -276,7 +287,7 @@ def render(
     previous_slots: Mapping[str, list[Replica | None]] | None = None,
 ) -> Render:
     """``http_ports``: each replica's Triton HTTP port by its "host:grpc_port"."""
-    ctx = _Ctx({}, directory)
+    ctx = _Ctx({RENAME_LUA: rename_filter_source()}, directory)
     maps: dict[str, dict[str, str]] = {"routes.map": {}, "weights.map": {}}
     maps.update(api_keys_maps(keys))
     slots: dict[str, list[Replica | None]] = {}
@@ -371,9 +382,15 @@ def render(
         )
         triton = backend.server.triton_model
         if triton and triton != backend.public_name:
+            # The Lua filter of the backend rewrites model_name in the body;
+            # streams (every message carries the name) take the slow path.
+            routing.append(
+                f"    http-request set-var(txn.rename) str({triton}) if !slow is_grpc "
+                f"{{ var(txn.be) -m str {bid} }}"
+            )
             routing.append(
                 f"    http-request set-var(txn.slow) str(rename) if !slow is_grpc "
-                f"{{ var(txn.be) -m str {bid} }}"
+                f"stream_call {{ var(txn.be) -m str {bid} }}"
             )
 
     structure_parts = [_global(ports, options, directory), _defaults(options)]
@@ -428,6 +445,7 @@ def _global(ports: Ports, options: Options, directory: str) -> str:
         "    tune.h2.initial-window-size 1048576",
         "    tune.bufsize 65536",
     ]
+    lines.append(f"    lua-load {directory}/{RENAME_LUA}")
     if options.threads:
         lines.append(f"    nbthread {options.threads}")
     if options.peer_name:
@@ -463,6 +481,8 @@ def _frontend(
     out.append(f"    bind {ports.host}:{port}" + (" proto h2" if grpc else ""))
     out.append("    acl slow var(txn.slow) -m found")
     out.append(f"    acl is_grpc always_{'true' if grpc else 'false'}")
+    if not grpc:
+        out.append("    acl stream_call always_false")
     if grpc:
         for prefix in GRPC_REFUSED_PREFIXES:
             out.append(
@@ -652,6 +672,8 @@ def _backend(
     s = backend.server
     letter = "g" if grpc else "h"
     out = [f"backend {letter}:{bid}"]
+    if grpc and s.triton_model and s.triton_model != backend.public_name:
+        out.append("    filter lua.grpc-rename")
     if s.hash_header:
         out.append(f"    balance hdr({s.hash_header.lower()})")
         out.append("    hash-type consistent")
