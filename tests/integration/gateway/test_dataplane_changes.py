@@ -265,3 +265,32 @@ async def test_haproxy_is_restarted_when_it_dies(platform: Platform) -> None:
         pass
     else:
         raise AssertionError("haproxy outlived the gateway")
+
+
+async def test_a_weighted_canary_splits_real_requests_within_two_points(
+    platform: Platform,
+) -> None:
+    await platform.apply(manifests((90, 10)).replace("replicas: 2", "replicas: 1"))
+    await platform.wait_for(lambda i: i is not None and i.status.ready_replicas == 1)
+    app = await start_gateway(platform)
+    channel = grpc.aio.insecure_channel(app.address)
+    request = infer_request().SerializeToString()
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    total = 10_000
+    try:
+        await wait_routed(app)
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await call(request, timeout=30)
+
+        await asyncio.gather(*(worker(total // 20) for _ in range(20)))
+        await asyncio.sleep(0.6)  # HAProxy's counters are read four times a second
+        rows = app.dataplane.stats.rows
+        canary = int(rows["g:default:iris:iris-b"]["stot"])
+        stable = int(rows["g:default:iris:iris"]["stot"])
+    finally:
+        await channel.close()
+        await app.stop(0)
+    assert canary + stable == total
+    assert abs(canary / total - 0.10) <= 0.02, (canary, stable)

@@ -681,7 +681,10 @@ def _backend(
         out.append("    balance roundrobin")
     else:
         out.append("    balance leastconn")
-    out.append("    option httpchk GET /v2/health/ready")
+    # The model's readiness, not the server's: a restarted Triton (explicit model
+    # control) is ready before it has loaded the model again.
+    triton_name = s.triton_model or backend.public_name
+    out.append(f"    option httpchk GET /v2/models/{triton_name}/ready")
     out.append("    http-check expect status 200")
     out.append(f"    timeout server {s.timeout_ms or options.default_timeout_ms}ms")
     out.append(
