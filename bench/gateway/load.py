@@ -1,13 +1,12 @@
-"""The load generators of bench.gateway, in their own module so a spawned process
-can import them (the benchmark's ``__main__`` cannot be), and the bare pass-through
-proxy the gateway is compared with."""
+"""The Python load generators of bench.gateway (latency at one request at a time),
+in their own module so a spawned process can import them (the benchmark's
+``__main__`` cannot be)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import multiprocessing
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,8 +20,8 @@ ROW = [6.7, 3.0, 5.2, 2.3]
 Result = tuple[int, int, float, float]
 
 
-def request_bytes() -> bytes:
-    request = service_pb2.ModelInferRequest(model_name="iris")
+def request_bytes(model: str = "iris") -> bytes:
+    request = service_pb2.ModelInferRequest(model_name=model)
     request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
     request.raw_input_contents.append(np.array([ROW], np.float32).tobytes())
     raw: bytes = request.SerializeToString()
@@ -120,32 +119,3 @@ def load_rest(
             return await _drive(one, concurrency, seconds)
 
     out.put(_summary(*asyncio.run(run())))
-
-
-def bare_proxy(port: int, upstream: str) -> None:
-    """The floor: a grpc.aio pass-through of raw ModelInfer bytes with no logic at
-    all (no auth, routing, balancing, limits, metrics)."""
-
-    async def run() -> None:
-        channel = grpc.aio.insecure_channel(upstream)
-        call = channel.unary_unary(PATH)
-
-        async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            response: bytes = await call(request, timeout=10)
-            return response
-
-        handler = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService",
-            {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
-        )
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((handler,))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
-
-    asyncio.run(run())
-
-
-if __name__ == "__main__":
-    bare_proxy(int(sys.argv[1]), sys.argv[2])

@@ -707,8 +707,6 @@ def _backend(
             "%[path,regsub(^/v2/models/[^/]+,)]"
         )
     default = ["default-server"]
-    if grpc:
-        default.append("proto h2 check-proto h1")
     default.append("check inter 2s fastinter 300ms downinter 1s rise 1 fall 2")
     errors = s.consecutive_errors or 5
     default.append(f"observe layer4 error-limit {errors} on-error mark-down")
@@ -721,11 +719,14 @@ def _backend(
 
 
 def slot_line(grpc: bool, index: int, replica: Replica | None) -> str:
+    # gRPC to the replica (h2), its health check over HTTP/1.1 to Triton's HTTP
+    # port. 2.6 does not take check-proto from default-server: it is set per server.
+    h2 = " proto h2 check-proto h1" if grpc else ""
     if replica is None:
-        return f"    server r{index} 127.0.0.1:1 disabled"
+        return f"    server r{index} 127.0.0.1:1{h2} disabled"
     if grpc:
         return (
-            f"    server r{index} {replica.address}:{replica.grpc_port} "
+            f"    server r{index} {replica.address}:{replica.grpc_port}{h2} "
             f"port {replica.http_port}"
         )
     return f"    server r{index} {replica.address}:{replica.http_port}"
