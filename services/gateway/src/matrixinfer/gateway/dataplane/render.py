@@ -442,8 +442,6 @@ def _global(ports: Ports, options: Options, directory: str) -> str:
         # After a reload the old worker finishes its streams; the longest a call
         # may take bounds how long it lingers.
         f"    hard-stop-after {options.max_timeout_ms + 10_000}ms",
-        "    tune.h2.initial-window-size 1048576",
-        "    tune.bufsize 65536",
     ]
     lines.append(f"    lua-load {directory}/{RENAME_LUA}")
     if options.threads:
@@ -698,6 +696,9 @@ def _backend(
         out.append("    option redispatch 1")
     else:
         out.append("    retries 0")
+    # Requests of every client share the replica's h2 connections (inference
+    # calls are independent, so any idle stream slot may carry any of them).
+    out.append("    http-reuse always")
     out.append("    http-request del-header authorization")
     out.append("    http-request del-header x-api-key")
     if not grpc:
