@@ -1,0 +1,124 @@
+"""Routing decisions HAProxy makes itself, observed on its own counters: header
+matches (exact, prefix, regex) in rule order, and sticky routing by a header
+(consistent hashing) across two real replicas."""
+
+from __future__ import annotations
+
+import grpc
+from tritonclient.grpc import service_pb2
+
+from matrixinfer.gateway.main import GatewayApp
+from tests.integration.conftest import (
+    Platform,
+    iris_manifests,
+    start_gateway,
+    wait_routed,
+)
+
+SERVERS = "".join(
+    f"""
+---
+apiVersion: networking.matrixinfer.ai/v1alpha1
+kind: ModelServer
+metadata:
+  name: {name}
+spec:
+  modelInferRef: iris
+  model: iris
+"""
+    for name in ("iris-exact", "iris-prefix", "iris-regex")
+)
+RULES = """  rules:
+    - match: {headers: {x-canary: {exact: "yes please"}}}
+      targets: [{modelServer: iris-exact}]
+    - match: {headers: {x-tier: {prefix: gold}}}
+      targets: [{modelServer: iris-prefix}]
+    - match: {headers: {x-user: {regex: "team-[0-9]+"}}}
+      targets: [{modelServer: iris-regex}]
+    - targets: [{modelServer: iris}]"""
+
+
+def request(name: str = "iris") -> bytes:
+    message = service_pb2.ModelInferRequest(model_name=name)
+    tensor = message.inputs.add(name="X", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([6.7, 3.0, 5.2, 2.3])
+    return message.SerializeToString()
+
+
+async def counts(app: GatewayApp, prefix: str) -> dict[tuple[str, str], int]:
+    rows = await app.dataplane.process.runtime.show_stat()
+    return {
+        (r["pxname"], r["svname"]): int(r["stot"] or 0)
+        for r in rows
+        if r["pxname"].startswith(prefix)
+    }
+
+
+async def test_header_matches_pick_the_rule_in_order(platform: Platform) -> None:
+    await platform.apply(
+        iris_manifests().replace(
+            "  rules:\n    - targets: [{modelServer: iris}]", RULES
+        )
+        + SERVERS
+    )
+    await platform.wait_for(lambda i: i is not None and i.status.ready_replicas == 1)
+    app = await start_gateway(platform)
+    cases = [
+        ((("x-canary", "yes please"),), "iris-exact"),
+        ((("x-canary", "yes"),), "iris"),  # exact means exact
+        ((("x-tier", "gold-plus"),), "iris-prefix"),
+        ((("x-tier", "silver-gold"),), "iris"),
+        ((("x-user", "team-42"),), "iris-regex"),
+        ((("x-user", "team-42x"),), "iris"),  # the whole value must match
+        ((("x-canary", "yes please"), ("x-user", "team-1")), "iris-exact"),  # order
+        ((), "iris"),
+    ]
+    try:
+        await wait_routed(app)
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            for headers, server in cases:
+                before = await counts(app, "g:")
+                await call(request(), metadata=headers, timeout=10)
+                after = await counts(app, "g:")
+                grew = [k[0] for k in after if after[k] != before.get(k, 0)]
+                assert f"g:default:iris:{server}" in grew, (headers, grew)
+    finally:
+        await app.stop(0)
+
+
+async def test_sticky_routing_by_header_through_the_proxy(platform: Platform) -> None:
+    sticky = iris_manifests(**{"replicas: 1": "replicas: 2"}).replace(
+        "  model: iris\n",
+        "  model: iris\n  trafficPolicy:\n"
+        "    loadBalancer: {type: CONSISTENT_HASH, consistentHash: {header: x-user}}\n",
+        1,
+    )
+    await platform.apply(sticky)
+    await platform.wait_for(
+        lambda i: i is not None and i.status.ready_replicas == 2, 90
+    )
+    app = await start_gateway(platform)
+    try:
+        await wait_routed(app, replicas=2)
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            homes: dict[str, set[str]] = {}
+            for user in range(12):
+                for _ in range(5):
+                    before = await counts(app, "g:default:iris:iris")
+                    await call(
+                        request(), metadata=(("x-user", f"user-{user}"),), timeout=10
+                    )
+                    after = await counts(app, "g:default:iris:iris")
+                    replica = [
+                        k[1]
+                        for k in after
+                        if k[1] != "BACKEND" and after[k] != before.get(k, 0)
+                    ]
+                    homes.setdefault(f"user-{user}", set()).update(replica)
+        # Every user always lands on the same replica; users spread over both.
+        assert all(len(replicas) == 1 for replicas in homes.values()), homes
+        assert len(set().union(*homes.values())) == 2, homes
+    finally:
+        await app.stop(0)
