@@ -248,6 +248,9 @@ def _header_acl(ctx: _Ctx, match: HeaderMatch) -> str | None:
     if not _HEADER_NAME.match(name):
         return None
     fetch = f"req.fhdr({name})"
+    values = [match.exact, match.prefix, match.regex.pattern if match.regex else None]
+    if any(v is not None and ("\n" in v or "\r" in v) for v in values):
+        return None  # one pattern per line in the file: such a value never matches
     if match.exact is not None:
         return f"{{ {fetch} -m str -f {ctx.pattern_file([match.exact])} }}"
     if match.prefix is not None:

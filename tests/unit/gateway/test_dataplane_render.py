@@ -1,0 +1,168 @@
+"""The HAProxy configuration rendered from a routing table: what needs a reload and
+what does not, canary thresholds, server slots, API-key maps; every render is
+accepted by the real `haproxy -c`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+import re
+
+import pytest
+
+from matrixinfer.gateway.dataplane.haproxy import ConfigRefused, check_config
+from matrixinfer.gateway.dataplane.render import (
+    ApiKey,
+    Options,
+    Ports,
+    Render,
+    Replica,
+    api_keys_maps,
+    assign_slots,
+    render,
+    thresholds,
+)
+from matrixinfer.gateway.routing import (
+    HeaderMatch,
+    Limit,
+    Route,
+    RouteLimit,
+    RoutingTable,
+    Rule,
+    Server,
+)
+
+PORTS = Ports("127.0.0.1", 18001, 18000, 18101, 18100)
+KEY = ApiKey("ab" * 32, frozenset({"iris"}), "team-a")
+
+
+def table(
+    weights: tuple[int, int] = (90, 10),
+    stable_replicas: tuple[str, ...] = ("127.0.0.1:5001",),
+    header: HeaderMatch | None = None,
+) -> RoutingTable:
+    stable = Server("default", "iris", "iris", stable_replicas, model_infer="iris")
+    canary = Server(
+        "default",
+        "iris-v2",
+        "iris-v2",
+        ("127.0.0.1:5003",),
+        model_infer="iris-v2",
+        hash_header="x-user",
+    )
+    rules = (
+        Rule("pinned", "2", (), ((canary, 100),)),
+        Rule(
+            "main",
+            "",
+            (header,) if header else (),
+            ((stable, weights[0]), (canary, weights[1])),
+            timeout_ms=500,
+        ),
+    )
+    t = RoutingTable(
+        http_ports={
+            "127.0.0.1:5001": 5002,
+            "127.0.0.1:5005": 5006,
+            "127.0.0.1:5003": 5004,
+        }
+    )
+    t.routes["iris"] = Route(
+        "iris", "default", rules, RouteLimit(Limit(10, 20), "tenant", True)
+    )
+    return t
+
+
+def rendered(t: RoutingTable, tmp: pathlib.Path, **options: object) -> Render:
+    return render(
+        t,
+        t.http_ports,
+        [KEY],
+        PORTS,
+        Options(**options),  # type: ignore[arg-type]
+        str(tmp),
+    )
+
+
+def write(r: Render, tmp: pathlib.Path) -> pathlib.Path:
+    for name, text in r.files.items():
+        (tmp / name).write_text(text)
+    for name, entries in r.maps.items():
+        (tmp / name).write_text("".join(f"{k} {v}\n" for k, v in entries.items()))
+    path = tmp / "haproxy.cfg"
+    path.write_text(r.config)
+    return path
+
+
+def test_thresholds_are_cumulative_shares() -> None:
+    assert thresholds([90, 10]) == [9000, 10000]
+    assert thresholds([1, 1, 1]) == [3333, 6667, 10000]
+    assert thresholds([0, 0]) == [10000, 10000]  # all zero: the first takes all
+    assert thresholds([0, 5]) == [0, 10000]
+
+
+def test_slots_keep_replicas_in_place_and_grow_in_powers_of_two() -> None:
+    a, b, c = (Replica("127.0.0.1", p, p + 1) for p in (1, 3, 5))
+    first = assign_slots(None, (a, b))
+    assert first == [a, b, None, None]
+    # b goes, c comes: a stays in slot 1, c takes a free slot.
+    second = assign_slots(first, (a, c))
+    assert second == [a, c, None, None]
+    many = tuple(Replica("127.0.0.1", p, p + 1) for p in range(10, 15))
+    assert len(assign_slots(second, many)) == 8
+
+
+def test_api_key_maps() -> None:
+    maps = api_keys_maps([KEY, ApiKey("cd" * 32, frozenset({"*"}), "")])
+    assert maps["keys.map"] == {"ab" * 32: "team-a", "cd" * 32: "-"}
+    assert set(maps["scopes.map"]) == {f"{'ab' * 32}:iris", f"{'cd' * 32}:*"}
+
+
+def test_weights_and_replicas_change_without_a_reload(tmp_path: pathlib.Path) -> None:
+    before = rendered(table(), tmp_path)
+    weights = rendered(table(weights=(50, 50)), tmp_path)
+    assert weights.structure == before.structure
+    assert weights.maps["weights.map"]["default:iris/1/0"] == "5000"
+    assert before.maps["weights.map"]["default:iris/1/0"] == "9000"
+    more = rendered(
+        table(stable_replicas=("127.0.0.1:5001", "127.0.0.1:5005")), tmp_path
+    )
+    assert more.structure == before.structure
+    assert more.slots["default:iris:iris"][:2] == [
+        Replica("127.0.0.1", 5001, 5002),
+        Replica("127.0.0.1", 5005, 5006),
+    ]
+    # A new header match is structure: a reload.
+    header = rendered(table(header=HeaderMatch("x-canary", exact="yes")), tmp_path)
+    assert header.structure != before.structure
+
+
+def test_the_render_is_what_haproxy_accepts(tmp_path: pathlib.Path) -> None:
+    r = rendered(
+        table(header=HeaderMatch("x-user", regex=re.compile(r"team-[0-9]+ \"x\""))),
+        tmp_path,
+        peers=(("gw1", "127.0.0.1:17001"), ("gw2", "127.0.0.1:17002")),
+        peer_name="gw1",
+    )
+    asyncio.run(check_config("haproxy", write(r, tmp_path)))
+    config = r.config
+    # The body's first field routes gRPC; REST goes by path; the rename filter is
+    # on the backend whose Triton model differs from the public name.
+    assert "req.body,bytes(5),protobuf(1)" in config
+    assert "filter lua.grpc-rename" in config
+    assert "balance hdr(x-user)" in config and "hash-type consistent" in config
+    assert "stick-table type string" in config and "peers mi" in config
+    off = rendered(table(), tmp_path, auth=False)
+    assert "keys.map" not in off.config
+
+
+def test_a_broken_render_is_refused_with_haproxy_s_reason(
+    tmp_path: pathlib.Path,
+) -> None:
+    r = rendered(table(), tmp_path)
+    broken = dataclasses.replace(
+        r, config=r.config + "backend x\n    balance nonsense\n"
+    )
+    with pytest.raises(ConfigRefused, match="balance"):
+        asyncio.run(check_config("haproxy", write(broken, tmp_path)))
