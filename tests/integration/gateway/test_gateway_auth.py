@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
@@ -209,5 +210,125 @@ async def test_jwt_from_the_providers_jwks_url_over_rest(platform: Platform) -> 
             assert await status(token()[:-4] + "AAAA") == 401  # bad signature
             assert await status("not-a-jwt") == 401
     finally:
+        await app.stop(0)
+        await runner.cleanup()
+
+
+async def test_jwts_are_verified_by_haproxy_with_the_jwks_keys(
+    platform: Platform,
+) -> None:
+    """JWTs over gRPC, checked by HAProxy itself (signature by the key the kid
+    names, RS256 and ES256, exp/nbf with leeway, iss, aud, scopes): none of these
+    calls reaches the gateway's Python. A kid the gateway does not know yet goes to
+    the slow path, which refreshes the JWKS; the rotated key then works natively."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    published = [
+        {**RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True), "kid": "r1"},
+        {**ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True), "kid": "e1"},
+    ]
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": published})
+
+    idp = web.Application()
+    idp.router.add_get("/jwks.json", jwks)
+    runner = web.AppRunner(idp)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+
+    def token(key: object = rsa_key, kid: str = "r1", **claims: object) -> str:
+        now = int(time.time())
+        body: dict[str, object] = {
+            "iss": "https://idp.test",
+            "aud": "matrixinfer",
+            "sub": "dave",
+            "exp": now + 300,
+            "scope": "admin infer:iris",
+        }
+        body.update(claims)
+        alg = "ES256" if key is ec_key else "RS256"
+        return pyjwt.encode(body, key, algorithm=alg, headers={"kid": kid})  # type: ignore[arg-type]
+
+    app = await start_gateway(
+        platform,
+        auth_mode="required",
+        jwt_issuer="https://idp.test",
+        jwt_audience="matrixinfer",
+        jwks_url=f"http://127.0.0.1:{runner.addresses[0][1]}/jwks.json",
+        jwks_refresh_s=3600,
+    )
+    channel = grpc.aio.insecure_channel(app.address)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    async def code(bearer: str) -> grpc.StatusCode:
+        try:
+            await stub.ModelInfer(
+                infer_request(),
+                metadata=(("authorization", f"Bearer {bearer}"),),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as e:
+            assert bearer not in (e.details() or "")
+            return e.code()
+        return grpc.StatusCode.OK
+
+    async def slow_calls() -> int:
+        rows = await app.dataplane.process.runtime.show_stat()
+        return next(
+            int(r["stot"])
+            for r in rows
+            if r["pxname"] == "slow_grpc" and r["svname"] == "BACKEND"
+        )
+
+    try:
+        await platform.apply(iris_manifests())
+        await platform.wait_for(
+            lambda i: i is not None and i.status.ready_replicas == 1
+        )
+        await wait_routed(app)
+        before = await slow_calls()
+        now = int(time.time())
+        ok, unauth, denied = (
+            grpc.StatusCode.OK,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        cases = [
+            (token(), ok),
+            (token(ec_key, "e1"), ok),
+            (token(scope="infer:*"), ok),
+            (token(exp=now - 10), ok),  # within the 30 s leeway
+            (token(exp=now - 3600), unauth),
+            (token(nbf=now + 3600), unauth),
+            (token(iss="https://evil.test"), unauth),
+            (token(aud="someone-else"), unauth),
+            (token(scope="infer:resnet admin"), denied),
+            (token(scope="infer:iris-v2"), denied),  # a prefix is not a match
+            (token()[:-4] + "AAAA", unauth),  # signature
+            (token(ec_key, "r1"), unauth),  # ES256 token naming the RSA key
+        ]
+        for bearer, expected in cases:
+            assert await code(bearer) == expected, pyjwt.decode(
+                bearer, options={"verify_signature": False}
+            )
+        assert await slow_calls() == before  # all decided by HAProxy
+
+        # Key rotation: an unknown kid goes to Python, which refetches the JWKS.
+        published.append(
+            {**RSAAlgorithm.to_jwk(rotated.public_key(), as_dict=True), "kid": "r2"}
+        )
+        fresh = token(rotated, "r2")
+        for _ in range(100):
+            if await code(fresh) == ok:
+                break
+            await asyncio.sleep(0.1)
+        await app.dataplane.wait_applied()
+        at_rotation = await slow_calls()
+        assert await code(fresh) == ok
+        assert await slow_calls() == at_rotation  # the new key is HAProxy's now
+    finally:
+        await channel.close()
         await app.stop(0)
         await runner.cleanup()

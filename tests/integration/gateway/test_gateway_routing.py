@@ -42,7 +42,8 @@ def request(name: str = "iris") -> bytes:
     message = service_pb2.ModelInferRequest(model_name=name)
     tensor = message.inputs.add(name="X", datatype="FP32", shape=[1, 4])
     tensor.contents.fp32_contents.extend([6.7, 3.0, 5.2, 2.3])
-    return message.SerializeToString()
+    raw: bytes = message.SerializeToString()
+    return raw
 
 
 async def counts(app: GatewayApp, prefix: str) -> dict[tuple[str, str], int]:

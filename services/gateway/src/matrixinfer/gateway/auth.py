@@ -185,6 +185,8 @@ class Authenticator:
         on_unknown_kid: Callable[[], None] | None = None,
     ) -> None:
         self._on_unknown_kid = on_unknown_kid
+        #: Told when the keys change (the data plane renders them).
+        self.on_jwks_change: list[Callable[[], None]] = []
         self._api_keys = api_keys
         self._jwt = jwt
         self._allow_anonymous = allow_anonymous
@@ -195,13 +197,26 @@ class Authenticator:
         # algorithms because only kids present in the JWKS are ever added.
         self._parsed_keys: dict[tuple[str, str], pyjwt.PyJWK] = {}
 
+    @property
+    def jwt_settings(self) -> JwtSettings | None:
+        return self._jwt
+
+    @property
+    def jwks_by_kid(self) -> Mapping[str, Mapping[str, Any]]:
+        return self._jwks_by_kid
+
     def replace_jwks(self, jwks: Mapping[str, Any]) -> None:
         """Swap in a newly fetched JWKS (key rotation); raises ValueError when the
         document is unusable, leaving the current keys in place."""
         if not isinstance(jwks.get("keys"), list):
             raise ValueError("a JWKS document needs a 'keys' list")
-        self._jwks_by_kid = _index_jwks(jwks)
+        index = _index_jwks(jwks)
+        changed = index != self._jwks_by_kid
+        self._jwks_by_kid = index
         self._parsed_keys = {}
+        if changed:
+            for callback in self.on_jwks_change:
+                callback()
 
     def authenticate(self, headers: Mapping[str, list[str]]) -> Principal:
         credential = _credential(headers)

@@ -50,6 +50,7 @@ from matrixinfer.gateway.auth import (
 )
 from matrixinfer.gateway.balancer import Balancer
 from matrixinfer.gateway.dataplane.haproxy import find_binary
+from matrixinfer.gateway.dataplane.jwt import jwt_plan
 from matrixinfer.gateway.dataplane.manager import DataPlane
 from matrixinfer.gateway.dataplane.render import Options, Ports
 from matrixinfer.gateway.jwks import JwksFetcher
@@ -367,12 +368,14 @@ class GatewayApp:
                 lambda: (
                     routes.pending,
                     routes.pending_keys,
+                    jwt_plan(authenticator.jwt_settings, authenticator.jwks_by_kid),
                 ),
                 metrics,
                 on_applied=routes.publish,
             )
             await dataplane.start()
             routes.deferred = True
+            authenticator.on_jwks_change.append(dataplane.changed)
             if settings.port_file is not None:
                 await asyncio.to_thread(write_port_file, settings.port_file, ports.grpc)
             routes.on_rebuild.append(

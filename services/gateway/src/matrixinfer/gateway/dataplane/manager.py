@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -31,6 +32,7 @@ from matrixinfer.gateway.dataplane.haproxy import (
 )
 from matrixinfer.gateway.dataplane.render import (
     ApiKey,
+    JwtPlan,
     Options,
     Ports,
     Render,
@@ -41,7 +43,7 @@ from matrixinfer.gateway.routing import RoutingTable
 
 log = logging.getLogger(__name__)
 
-Source = Callable[[], tuple[RoutingTable, dict[str, ApiKeyRecord]]]
+Source = Callable[[], tuple[RoutingTable, dict[str, ApiKeyRecord], JwtPlan | None]]
 
 
 @dataclass
@@ -111,8 +113,8 @@ class DataPlane:
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        table, keys = self._source()
-        first = self._render(table, dataplane_keys(keys, time.time()))
+        table, keys, plan = self._source()
+        first = self._render(table, dataplane_keys(keys, time.time()), plan)
         self._write(first)
         await check_config(self.process.binary, self.process.config_path)
         await self.process.start()
@@ -151,14 +153,16 @@ class DataPlane:
 
     # -- applying ---------------------------------------------------------------
 
-    def _render(self, table: RoutingTable, keys: list[ApiKey]) -> Render:
+    def _render(
+        self, table: RoutingTable, keys: list[ApiKey], plan: JwtPlan | None
+    ) -> Render:
         previous = self.current.slots if self.current is not None else None
         return render(
             table,
             table.http_ports,
             keys,
             self.ports,
-            self.options,
+            dataclasses.replace(self.options, jwt=plan),
             str(self.directory),
             previous,
         )
@@ -179,9 +183,9 @@ class DataPlane:
             await self._wake.wait()
             self._wake.clear()
             target = self.generation
-            table, keys = self._source()
+            table, keys, plan = self._source()
             try:
-                await self._apply(table, dataplane_keys(keys, time.time()))
+                await self._apply(table, dataplane_keys(keys, time.time()), plan)
                 self.last_error = ""
                 self._healthy.set(1)
             except ConfigRefused as e:
@@ -205,8 +209,10 @@ class DataPlane:
             self.applied = max(self.applied, target)
             self._applied_event.set()
 
-    async def _apply(self, table: RoutingTable, keys: list[ApiKey]) -> None:
-        new = self._render(table, keys)
+    async def _apply(
+        self, table: RoutingTable, keys: list[ApiKey], plan: JwtPlan | None
+    ) -> None:
+        new = self._render(table, keys, plan)
         old = self.current
         assert old is not None
         if new.structure != old.structure:

@@ -24,7 +24,7 @@ import base64
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from google.rpc import error_details_pb2, status_pb2
@@ -84,6 +84,20 @@ class Ports:
 
 
 @dataclass(frozen=True)
+class JwtPlan:
+    """What HAProxy needs to verify JWTs itself: the accepted issuer, audience and
+    algorithms, the clock leeway, and the JWKS keys as (kid, declared alg or "",
+    public key PEM)."""
+
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    leeway_s: int
+    max_token_bytes: int
+    keys: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True)
 class Options:
     auth: bool = True
     default_timeout_ms: int = 30_000
@@ -92,6 +106,7 @@ class Options:
     #: Shared stick tables: (name, host:port) of every gateway, this one included.
     peers: tuple[tuple[str, str], ...] = ()
     peer_name: str = ""
+    jwt: JwtPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -293,6 +308,13 @@ def render(
     ctx = _Ctx({RENAME_LUA: rename_filter_source()}, directory)
     maps: dict[str, dict[str, str]] = {"routes.map": {}, "weights.map": {}}
     maps.update(api_keys_maps(keys))
+    if options.jwt is not None:
+        maps["jwks.map"], maps["jwks-alg.map"] = {}, {}
+        for kid, alg, pem in options.jwt.keys:
+            ctx.files[_pem_name(pem)] = pem
+            kid_hash = hashlib.sha256(kid.encode()).hexdigest()
+            maps["jwks.map"][kid_hash] = f"{directory}/{_pem_name(pem)}"
+            maps["jwks-alg.map"][kid_hash] = alg or "any"
     slots: dict[str, list[Replica | None]] = {}
     owners: dict[str, tuple[str, str, str]] = {}
     backends: dict[str, Backend] = {}
@@ -399,7 +421,7 @@ def render(
     structure_parts = [_global(ports, options, directory), _defaults(options)]
     for proto in ("grpc", "rest"):
         structure_parts.append(
-            _frontend(proto, ports, options, directory, routing, limits)
+            _frontend(proto, ports, options, directory, routing, limits, ctx)
         )
     for bid, backend in backends.items():
         structure_parts.append(
@@ -474,6 +496,7 @@ def _frontend(
     directory: str,
     routing: list[str],
     limits: list[_Limit],
+    ctx: _Ctx,
 ) -> str:
     grpc = proto == "grpc"
     error = _grpc_error if grpc else _rest_error
@@ -553,68 +576,7 @@ def _frontend(
             'json(utf8ps)] is not served here\\"}" ' + unknown
         )
     if options.auth:
-        out.append("    acl has_xkey req.hdr(x-api-key) -m found")
-        out.append("    acl has_authz req.hdr(authorization) -m found")
-        out.append(
-            '    acl key_bearer req.fhdr(authorization) -m reg -i "^bearer mik_"'
-        )
-        # JWTs, duplicated or ambiguous credentials: the Python authenticator answers.
-        out.append(
-            "    http-request set-var(txn.slow) str(auth) if !slow has_xkey has_authz"
-        )
-        out.append(
-            "    http-request set-var(txn.slow) str(auth) "
-            "if !slow has_authz !key_bearer"
-        )
-        out.append(
-            "    http-request set-var(txn.slow) str(auth) if !slow "
-            "{ req.hdr_cnt(x-api-key) gt 1 } or !slow { "
-            "req.hdr_cnt(authorization) gt 1 }"
-        )
-        out.append(
-            "    http-request set-var(txn.cred) req.fhdr(x-api-key) if !slow has_xkey"
-        )
-        out.append(
-            "    http-request set-var(txn.cred) req.fhdr(authorization),word(2,' ') "
-            "if !slow key_bearer"
-        )
-        out.append(
-            error(
-                UNAUTHENTICATED,
-                "missing credentials",
-                "if !slow !{ var(txn.cred) -m found }",
-            )
-        )
-        out.append(
-            "    http-request set-var(txn.kh) "
-            "var(txn.cred),sha2(256),hex,lower if !slow"
-        )
-        out.append(
-            "    http-request set-var(txn.tenant) "
-            f"var(txn.kh),map({directory}/keys.map) if !slow"
-        )
-        out.append(
-            error(
-                UNAUTHENTICATED,
-                "invalid API key",
-                "if !slow !{ var(txn.tenant) -m found }",
-            )
-        )
-        out.append(
-            "    http-request set-var(txn.allowed) var(txn.kh),concat(:,txn.model,),"
-            f"map({directory}/scopes.map) if !slow"
-        )
-        out.append(
-            "    http-request set-var(txn.allowed) var(txn.kh),concat(:*,,),"
-            f"map({directory}/scopes.map) if !slow !{{ var(txn.allowed) -m found }}"
-        )
-        out.append(
-            error(
-                PERMISSION_DENIED,
-                "not allowed to run inference on this model",
-                "if !slow !{ var(txn.allowed) -m found }",
-            )
-        )
+        out.extend(_auth_rules(error, options, directory, ctx))
     out.append(
         "    http-request set-var(txn.draw) rand(" + str(WEIGHT_SCALE) + ") if !slow"
     )
@@ -627,15 +589,15 @@ def _frontend(
         )
     )
     if any(limit.per_tenant for limit in limits):
-        # A JWT caller's tenant picks its counter; the token itself is verified on
-        # the slow path, so a forged claim only spends a refused request.
+        # A JWT caller's tenant picks its counter (set already when HAProxy verified
+        # the token; a token Python verifies can only spend a refused request).
         out.append(
             "    http-request set-var(txn.tenant) "
             "http_auth_bearer,jwt_payload_query('$.tenant') "
             "if !{ var(txn.tenant) -m found } { req.hdr(authorization) -m found }"
         )
     # Every request of a route counts, the ones Python finishes (held at zero,
-    # mirrored, JWT) included: one limiter for both paths.
+    # mirrored) included: one limiter for both paths.
     for limit in limits:
         rid, table_name, burst = limit.route, limit.table, limit.burst
         per_tenant, retry_s = limit.per_tenant, limit.retry_after_s
@@ -665,6 +627,176 @@ def _frontend(
     out.append(f"    use_backend {slow} if slow")
     out.append(f"    use_backend {letter}:%[var(txn.be)]")
     return "\n".join(out) + "\n"
+
+
+def _auth_rules(
+    error: Callable[[int, str, str], str],
+    options: Options,
+    directory: str,
+    ctx: _Ctx,
+) -> list[str]:
+    """API keys (sha256 looked up in maps) and, when configured, JWTs (signature by
+    the JWKS key its kid names, exp/nbf with leeway, iss, aud, sub, scopes): all in
+    HAProxy. What it cannot decide the way the Python authenticator would (an
+    unknown kid, list-valued claims, a malformed token, ambiguous credentials) goes
+    to the slow path, which answers exactly as before."""
+    out = [
+        "    acl has_xkey req.hdr(x-api-key) -m found",
+        "    acl has_authz req.hdr(authorization) -m found",
+        '    acl key_bearer req.fhdr(authorization) -m reg -i "^bearer mik_"',
+        "    acl key var(txn.cred) -m found",
+        "    acl jwt var(txn.jwt) -m found",
+        "    http-request set-var(txn.slow) str(auth) if !slow has_xkey has_authz",
+        "    http-request set-var(txn.slow) str(auth) if !slow "
+        "{ req.hdr_cnt(x-api-key) gt 1 } or !slow { req.hdr_cnt(authorization) gt 1 }",
+        "    http-request set-var(txn.cred) req.fhdr(x-api-key) if !slow has_xkey",
+        "    http-request set-var(txn.cred) req.fhdr(authorization),word(2,' ') "
+        "if !slow key_bearer",
+    ]
+    plan = options.jwt
+    if plan is None or not plan.keys:
+        out.append(
+            "    http-request set-var(txn.slow) str(auth) "
+            "if !slow has_authz !key_bearer"
+        )
+    else:
+        out.extend(_jwt_rules(error, plan, directory, ctx))
+    out.append(
+        error(
+            UNAUTHENTICATED,
+            "missing credentials",
+            "if !slow !key !jwt",
+        )
+    )
+    out += [
+        "    http-request set-var(txn.kh) var(txn.cred),sha2(256),hex,lower "
+        "if !slow key",
+        "    http-request set-var(txn.tenant) "
+        f"var(txn.kh),map({directory}/keys.map) if !slow key",
+        error(
+            UNAUTHENTICATED,
+            "invalid API key",
+            "if !slow key !{ var(txn.tenant) -m found }",
+        ),
+        "    http-request set-var(txn.allowed) var(txn.kh),concat(:,txn.model,),"
+        f"map({directory}/scopes.map) if !slow key",
+        "    http-request set-var(txn.allowed) var(txn.kh),concat(:*,,),"
+        f"map({directory}/scopes.map) if !slow key !{{ var(txn.allowed) -m found }}",
+        error(
+            PERMISSION_DENIED,
+            "not allowed to run inference on this model",
+            "if !slow !{ var(txn.allowed) -m found }",
+        ),
+    ]
+    return out
+
+
+JWT_MAX_SCOPES = 16
+
+
+def _jwt_rules(
+    error: Callable[[int, str, str], str],
+    plan: JwtPlan,
+    directory: str,
+    ctx: _Ctx,
+) -> list[str]:
+    slow = "    http-request set-var(txn.slow) str(auth) if !slow jwt "
+    # Claims straight from the header: 2.6's JWT converters do not read a token
+    # back from a variable reliably (jwt_verify answers -3).
+    payload = "http_auth_bearer,jwt_payload_query"
+    out = [
+        # A compact JWS (three base64url parts), or Python says what is wrong.
+        "    http-request set-var(txn.jwt) http_auth_bearer "
+        "if !slow has_authz !key_bearer { req.fhdr(authorization) -m reg -i -f "
+        + ctx.pattern_file([r"^bearer [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"])
+        + " }",
+        "    http-request set-var(txn.slow) str(auth) "
+        "if !slow has_authz !key_bearer !jwt",
+        slow + f"{{ var(txn.jwt),length gt {plan.max_token_bytes} }}",
+        "    http-request set-var(txn.jalg) http_auth_bearer,jwt_header_query('$.alg') "
+        "if !slow jwt",
+        "    http-request set-var(txn.jkid) http_auth_bearer,jwt_header_query('$.kid'),"
+        "sha2(256),hex,lower if !slow jwt",
+        "    http-request set-var(txn.jkey) "
+        f"var(txn.jkid),map({directory}/jwks.map) if !slow jwt",
+        "    http-request set-var(txn.jkalg) "
+        f"var(txn.jkid),map({directory}/jwks-alg.map) if !slow jwt",
+        # An unknown kid: Python refuses it and refreshes the JWKS early.
+        slow + "!{ var(txn.jkey) -m found }",
+        # The algorithm is ours to allow, never the token's to choose.
+        slow + "!{ var(txn.jalg) -m str " + " ".join(plan.algorithms) + " }",
+        slow
+        + "!{ var(txn.jkalg) -m str any } !{ var(txn.jalg),strcmp(txn.jkalg) eq 0 }",
+    ]
+    for _, _, pem in plan.keys:
+        # Loads each key file at start; requests name the file in txn.jkey.
+        path = f"{directory}/{_pem_name(pem)}"
+        out.append(
+            "    http-request set-var(txn.jpreload) str(),"
+            f'jwt_verify(RS256,"{path}") if FALSE'
+        )
+    out += [
+        # Straight from the header: 2.6's jwt_verify refuses (-3) a token read back
+        # from a variable.
+        "    http-request set-var(txn.jok) "
+        "http_auth_bearer,jwt_verify(txn.jalg,txn.jkey) if !slow jwt",
+        error(
+            UNAUTHENTICATED,
+            "token signature invalid",
+            "if !slow jwt !{ var(txn.jok) -m int eq 1 }",
+        ),
+        f"    http-request set-var(txn.jexp) {payload}('$.exp','int') if !slow jwt",
+        f"    http-request set-var(txn.jnbf) {payload}('$.nbf','int') if !slow jwt",
+        f"    http-request set-var(txn.jaud) {payload}('$.aud') if !slow jwt",
+        f"    http-request set-var(txn.jscope) {payload}('$.scope') if !slow jwt",
+        "    http-request set-var(txn.now) date() if !slow jwt",
+        # Missing or non-integer times, list-valued claims, no subject: Python.
+        slow + "!{ var(txn.jexp) -m found }",
+        slow + f"!{{ {payload}('$.sub') -m found }}",
+        slow + "!{ var(txn.jaud) -m found }",
+        slow + "{ var(txn.jaud) -m beg [ }",
+        slow + "{ var(txn.jscope) -m beg [ }",
+        # (word() past the last word is an empty string, not a missing one)
+        slow + f"{{ var(txn.jscope),word({JWT_MAX_SCOPES + 1},' ') -m len gt 0 }}",
+        error(
+            UNAUTHENTICATED,
+            "token expired",
+            f"if !slow jwt {{ var(txn.now),sub(txn.jexp) -m int ge {plan.leeway_s} }}",
+        ),
+        error(
+            UNAUTHENTICATED,
+            "token not yet valid",
+            "if !slow jwt { var(txn.jnbf) -m found } "
+            f"{{ var(txn.jnbf),sub(txn.now) -m int gt {plan.leeway_s} }}",
+        ),
+        error(
+            UNAUTHENTICATED,
+            "token issuer not accepted",
+            f"if !slow jwt !{{ {payload}('$.iss') -m str "
+            f"-f {ctx.pattern_file([plan.issuer])} }}",
+        ),
+        error(
+            UNAUTHENTICATED,
+            "token audience not accepted",
+            "if !slow jwt !{ var(txn.jaud) -m str "
+            f"-f {ctx.pattern_file([plan.audience])} }}",
+        ),
+        f"    http-request set-var(txn.tenant) {payload}('$.tenant') if !slow jwt",
+        "    http-request set-var(txn.want) str(),concat(infer:,txn.model,) "
+        "if !slow jwt",
+    ]
+    for i in range(1, JWT_MAX_SCOPES + 1):
+        word = f"var(txn.jscope),word({i},' ')"
+        out.append(
+            "    http-request set-var(txn.allowed) int(1) if !slow jwt "
+            f"{{ {word},strcmp(txn.want) eq 0 }} "
+            f"or !slow jwt {{ {word} -m str infer:* }}"
+        )
+    return out
+
+
+def _pem_name(pem: str) -> str:
+    return "jwk_" + hashlib.sha256(pem.encode()).hexdigest()[:16] + ".pem"
 
 
 def _backend(
