@@ -106,11 +106,28 @@ def test_slots_keep_replicas_in_place_and_grow_in_powers_of_two() -> None:
     a, b, c = (Replica("127.0.0.1", p, p + 1) for p in (1, 3, 5))
     first = assign_slots(None, (a, b))
     assert first == [a, b, None, None]
-    # b goes, c comes: a stays in slot 1, c takes a free slot.
+    # b goes, c comes: a stays in slot 1, c takes a free slot (not b's).
     second = assign_slots(first, (a, c))
-    assert second == [a, c, None, None]
+    assert second == [a, None, c, None]
     many = tuple(Replica("127.0.0.1", p, p + 1) for p in range(10, 15))
     assert len(assign_slots(second, many)) == 8
+
+
+def test_a_slot_a_replica_just_left_is_not_given_to_another() -> None:
+    """HAProxy keeps idle connections per server slot and reuses them after the
+    slot's address changes: a new replica in the slot of one that is still
+    stopping would receive requests on the old replica's connections."""
+    a, b, c, d = (Replica("127.0.0.1", p, p + 1) for p in (1, 3, 5, 7))
+    # c leaves as d comes, slot 1 emptied a moment ago: d takes slot 4.
+    assert assign_slots([None, b, c, None], (b, d), frozenset({1})) == [
+        None,
+        b,
+        None,
+        d,
+    ]
+    # Every free slot cooling: the slots double (a reload) rather than reuse one.
+    grown = assign_slots([a, b, c, None], (d,), frozenset({4}))
+    assert grown[4:] == [d, None, None, None] and grown[:4] == [None] * 4
 
 
 def test_api_key_maps() -> None:

@@ -76,9 +76,19 @@ class RuntimeApi:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # During a reload the socket's path briefly names the old worker's closed
+        # listener: try again for a moment.
+        for _ in range(40):
+            try:
+                return await asyncio.open_unix_connection(str(self.socket_path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                await asyncio.sleep(0.05)
+        return await asyncio.open_unix_connection(str(self.socket_path))
+
     async def execute(self, command: str) -> str:
         async with asyncio.timeout(self.timeout_s):
-            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+            reader, writer = await self._connect()
             try:
                 writer.write(command.encode() + b"\n")
                 await writer.drain()

@@ -43,6 +43,11 @@ from matrixinfer.gateway.routing import RoutingTable
 
 log = logging.getLogger(__name__)
 
+#: A slot emptied this recently is not given to another replica: HAProxy may
+#: still hold idle connections of the slot to the replica that left (draining,
+#: then stopping within the controller's grace period).
+SLOT_COOLING_S = 30.0
+
 Source = Callable[[], tuple[RoutingTable, dict[str, ApiKeyRecord], JwtPlan | None]]
 
 
@@ -81,10 +86,15 @@ class DataPlane:
         self.applied = 0  # the generation HAProxy runs
         self.reloads = 0
         self._wake = asyncio.Event()
+        # One change at a time: a reload between writing the files and the runtime
+        # commands would otherwise start a worker that misses the commands.
+        self._lock = asyncio.Lock()
         self._applied_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self.stats = DataPlaneStats()
+        #: backend → slot number → when its replica left (see assign_slots)
+        self._freed: dict[str, dict[int, float]] = {}
         self._errors = Counter(
             "matrixinfer_gateway_dataplane_config_errors_total",
             "Rendered HAProxy configurations refused by "
@@ -147,7 +157,8 @@ class DataPlane:
 
     async def reload(self) -> None:
         """Reload the running configuration as is (operators; tests)."""
-        await self.process.reload()
+        async with self._lock:
+            await self.process.reload()
         self.reloads += 1
         self._reloads.inc()
 
@@ -157,6 +168,11 @@ class DataPlane:
         self, table: RoutingTable, keys: list[ApiKey], plan: JwtPlan | None
     ) -> Render:
         previous = self.current.slots if self.current is not None else None
+        now = time.monotonic()
+        cooling = {
+            bid: frozenset(i for i, at in freed.items() if now - at < SLOT_COOLING_S)
+            for bid, freed in self._freed.items()
+        }
         return render(
             table,
             table.http_ports,
@@ -165,7 +181,16 @@ class DataPlane:
             dataclasses.replace(self.options, jwt=plan),
             str(self.directory),
             previous,
+            cooling,
         )
+
+    def _note_freed(self, old: Render, new: Render) -> None:
+        now = time.monotonic()
+        for bid, slots in old.slots.items():
+            after = new.slots.get(bid, [])
+            for i, replica in enumerate(slots, start=1):
+                if replica is not None and (i > len(after) or after[i - 1] is None):
+                    self._freed.setdefault(bid, {})[i] = now
 
     def _write(self, r: Render) -> None:
         """Files first (a reload or a restart reads them), each replaced atomically."""
@@ -184,8 +209,15 @@ class DataPlane:
             self._wake.clear()
             target = self.generation
             table, keys, plan = self._source()
+            started = time.monotonic()
             try:
-                await self._apply(table, dataplane_keys(keys, time.time()), plan)
+                async with self._lock:
+                    await self._apply(table, dataplane_keys(keys, time.time()), plan)
+                log.debug(
+                    "routing change %d applied in %.0f ms",
+                    target,
+                    (time.monotonic() - started) * 1000,
+                )
                 self.last_error = ""
                 self._healthy.set(1)
             except ConfigRefused as e:
@@ -225,12 +257,16 @@ class DataPlane:
             await self.process.reload()
             self.reloads += 1
             self._reloads.inc()
+            self._note_freed(old, new)
             self.current = new
             log.info("data plane reloaded (%d backends)", len(new.slots))
             return
-        await self._runtime_update(old, new)
+        # Files first: a worker started later (a restart) reads them; then the
+        # running worker is told the same through the runtime API.
         self._write(new)
+        self._note_freed(old, new)
         self.current = new
+        await self._runtime_update(old, new)
 
     async def _runtime_update(self, old: Render, new: Render) -> None:
         api = self.process.runtime

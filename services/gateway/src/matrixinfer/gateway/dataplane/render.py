@@ -181,21 +181,36 @@ def slot_count(replicas: int) -> int:
 
 
 def assign_slots(
-    previous: list[Replica | None] | None, replicas: tuple[Replica, ...]
+    previous: list[Replica | None] | None,
+    replicas: tuple[Replica, ...],
+    cooling: frozenset[int] = frozenset(),
 ) -> list[Replica | None]:
     """Keep every replica that stays in its slot; new ones take free slots; the
-    slot count grows (a reload) only when they no longer fit."""
+    slot count grows (a reload) only when they no longer fit.
+
+    ``cooling``: slot numbers (1-based) emptied recently. A new replica never takes
+    one: HAProxy may still hold idle connections of that slot to the replica that
+    left (still draining, or stopping), and would reuse them for the new address.
+    """
     size = max(slot_count(len(replicas)), len(previous or []))
     slots: list[Replica | None] = list(previous or []) + [None] * (
         size - len(previous or [])
     )
     wanted = set(replicas)
+    # Slots whose replica leaves in this very change cool down too.
+    cooling = cooling | {
+        i + 1 for i, r in enumerate(slots) if r is not None and r not in wanted
+    }
     slots = [r if r in wanted else None for r in slots]
     placed = {r for r in slots if r is not None}
     for replica in replicas:
         if replica in placed:
             continue
-        slots[slots.index(None)] = replica
+        free = [i for i, r in enumerate(slots) if r is None and (i + 1) not in cooling]
+        if not free:
+            slots += [None] * len(slots)  # twice the slots: a reload
+            free = [len(slots) // 2]
+        slots[free[0]] = replica
     return slots
 
 
@@ -303,6 +318,7 @@ def render(
     options: Options,
     directory: str,
     previous_slots: Mapping[str, list[Replica | None]] | None = None,
+    cooling: Mapping[str, frozenset[int]] | None = None,
 ) -> Render:
     """``http_ports``: each replica's Triton HTTP port by its "host:grpc_port"."""
     ctx = _Ctx({RENAME_LUA: rename_filter_source()}, directory)
@@ -361,7 +377,11 @@ def render(
                 if bid not in backends:
                     replicas = _replicas(server, http_ports)
                     backends[bid] = Backend(bid, server, route.model_name, replicas)
-                    slots[bid] = assign_slots((previous_slots or {}).get(bid), replicas)
+                    slots[bid] = assign_slots(
+                        (previous_slots or {}).get(bid),
+                        replicas,
+                        (cooling or {}).get(bid, frozenset()),
+                    )
                     owners[bid] = (
                         server.namespace,
                         server.model_infer,
