@@ -9,7 +9,7 @@ GEN_STAMP := libs/api/src/matrixinfer/api/v1/__init__.py
 PROTOS := $(shell find protos -name '*.proto')
 PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 
-.PHONY: setup test-tools proto test lint typecheck importlint pytest run bench clean compose-tool haproxy-tool
+.PHONY: setup test-tools proto test lint typecheck importlint pytest run bench clean compose-tool haproxy-tool bench-tools
 
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.35.0
@@ -78,7 +78,16 @@ test: lint typecheck importlint pytest
 run: setup
 	$(BIN)/matrixinfer up
 
-bench: setup
+# h2load (Debian's nghttp2-client) is bench.gateway's load generator.
+bench-tools:
+	@if command -v h2load >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends nghttp2-client >/dev/null) \
+	  || echo "could not install h2load: run \`sudo apt-get install nghttp2-client\`"; \
+	else echo "h2load missing: run \`sudo apt-get install nghttp2-client\` (bench.gateway needs it)"; fi
+
+bench: setup bench-tools
 	$(BIN)/python -m bench.registry
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.gateway

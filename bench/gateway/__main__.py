@@ -41,6 +41,7 @@ from bench.platform import start_platform, stop
 from bench.report import ROOT, machine_line, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
+from matrixinfer.core.process import pids_matching
 
 ROUTE = """  rules:
     - targets: [{modelServer: iris}]"""
@@ -75,17 +76,7 @@ def cpu_seconds(pid: int) -> float:
 
 def haproxy_pids(directory: pathlib.Path) -> list[int]:
     """HAProxy's master and workers: their command lines name the config file."""
-    pids = []
-    for proc in pathlib.Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "haproxy" in cmdline and str(directory) in cmdline:
-            pids.append(int(proc.name))
-    return pids
+    return pids_matching("haproxy", str(directory))
 
 
 def frontend_requests(directory: pathlib.Path, frontend: str) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from matrixinfer.core.process import pids_matching
 from tests.conftest import ROOT
 
 # Several platform starts and real traffic: more than the default 120 s.
@@ -126,17 +127,7 @@ def shell(command: str) -> str:
 
 
 def tritonservers_of(state_dir: pathlib.Path) -> list[int]:
-    found = []
-    for proc in pathlib.Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "tritonserver" in cmdline and str(state_dir) in cmdline:
-            found.append(int(proc.name))
-    return found
+    return pids_matching("tritonserver", str(state_dir))
 
 
 def test_readme_quickstart(state_dir: pathlib.Path) -> None:

@@ -24,6 +24,12 @@ from matrixinfer.registry.main import RegistryApp
 from tests.conftest import ROOT, registry_settings
 
 IRIS_ONNX = ROOT / "examples/iris/model.onnx"
+#: A KServe v2 REST request for iris (one virginica row: label 2).
+IRIS_REST_BODY = {
+    "inputs": [
+        {"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [6.7, 3.0, 5.2, 2.3]}
+    ]
+}
 
 
 def iris_manifests(uri: str = f"file://{IRIS_ONNX}", **replace: str) -> str:

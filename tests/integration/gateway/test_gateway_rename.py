@@ -12,6 +12,7 @@ import tritonclient.grpc.aio as triton_aio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import (
+    IRIS_REST_BODY,
     Platform,
     iris_manifests,
     start_gateway,
@@ -64,12 +65,7 @@ async def test_renamed_routes_are_served_natively(platform: Platform) -> None:
         assert await client.is_model_ready(PUBLIC)
         metadata = await client.get_model_metadata(PUBLIC, as_json=True)
         assert [i["name"] for i in metadata["inputs"]] == ["X"]
-        body = {
-            "inputs": [
-                {"name": "X", "shape": [1, 4], "datatype": "FP32",
-                 "data": [6.7, 3.0, 5.2, 2.3]}
-            ]
-        }  # fmt: skip
+        body = IRIS_REST_BODY
         async with aiohttp.ClientSession() as session:
             url = f"{app.http_url}/v2/models/{PUBLIC}/infer"
             async with session.post(url, json=body) as response:

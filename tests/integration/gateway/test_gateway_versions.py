@@ -11,6 +11,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import (
+    IRIS_REST_BODY,
     Platform,
     iris_manifests,
     start_gateway,
@@ -98,12 +99,7 @@ async def test_a_version_pins_a_revision_end_to_end(platform: Platform) -> None:
             assert "version" in str(e) and "7" in str(e)
         else:
             raise AssertionError("a version no replica has was answered")
-        body = {
-            "inputs": [
-                {"name": "X", "shape": [1, 4], "datatype": "FP32",
-                 "data": [6.7, 3.0, 5.2, 2.3]}
-            ]
-        }  # fmt: skip
+        body = IRIS_REST_BODY
         async with aiohttp.ClientSession() as session:
             for version in ("1", "2"):
                 url = f"{app.http_url}/v2/models/iris/versions/{version}/infer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 
 
@@ -13,3 +14,20 @@ def die_with_parent() -> list[str]:
     missing (then only an orderly stop cleans up)."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
+def pids_matching(*needles: str) -> list[int]:
+    """Processes whose command line contains every one of ``needles`` (Linux
+    /proc): how supervisors, benchmarks and tests find children they did not
+    start themselves (HAProxy's workers, Triton replicas)."""
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if all(needle in cmdline for needle in needles):
+            found.append(int(proc.name))
+    return found
