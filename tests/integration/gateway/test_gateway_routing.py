@@ -4,11 +4,16 @@ matches (exact, prefix, regex) in rule order, and sticky routing by a header
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import grpc
+import pytest
 from tritonclient.grpc import service_pb2
 
 from matrixinfer.gateway.main import GatewayApp
 from tests.integration.conftest import (
+    IRIS_REST_BODY,
     Platform,
     iris_manifests,
     start_gateway,
@@ -121,5 +126,49 @@ async def test_sticky_routing_by_header_through_the_proxy(platform: Platform) ->
         # Every user always lands on the same replica; users spread over both.
         assert all(len(replicas) == 1 for replicas in homes.values()), homes
         assert len(set().union(*homes.values())) == 2, homes
+    finally:
+        await app.stop(0)
+
+
+async def test_route_timeouts_and_client_deadlines_are_enforced_by_haproxy(
+    platform: Platform,
+) -> None:
+    """A replica that holds each request ~3 s (Triton waits for a preferred batch
+    that never forms): the rule's timeoutMs ends the call at the gateway with
+    DEADLINE_EXCEEDED (REST: 504); a shorter client deadline wins."""
+    slow = iris_manifests(
+        **{
+            "preferredBatchSizes: [16, 32]": "preferredBatchSizes: [64]",
+            "maxQueueDelayMicroseconds: 200": "maxQueueDelayMicroseconds: 3000000",
+        }
+    ).replace(
+        "  rules:\n    - targets: [{modelServer: iris}]",
+        "  rules:\n    - targets: [{modelServer: iris}]\n      timeoutMs: 400",
+    )
+    await platform.apply(slow)
+    await platform.wait_for(
+        lambda i: i is not None and i.status.ready_replicas == 1, 90
+    )
+    app = await start_gateway(platform)
+    try:
+        await wait_routed(app)
+        loop = asyncio.get_running_loop()
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            started = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(request(), timeout=10)
+            took = loop.time() - started
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "gateway" in (info.value.details() or "")  # HAProxy's answer
+            assert took < 2.5  # the route's 0.4 s, not the replica's 3 s
+        async with aiohttp.ClientSession() as session:
+            started = loop.time()
+            async with session.post(
+                f"{app.http_url}/v2/models/iris/infer", json=IRIS_REST_BODY
+            ) as response:
+                assert response.status == 504
+                assert "deadline" in (await response.json())["error"]
+            assert loop.time() - started < 2.5
     finally:
         await app.stop(0)

@@ -524,6 +524,7 @@ def _frontend(
     out = [f"frontend {proto}"]
     out.append(f"    bind {ports.host}:{port}" + (" proto h2" if grpc else ""))
     out.append("    acl slow var(txn.slow) -m found")
+    out.extend(_generated_errors(grpc))
     out.append(f"    acl is_grpc always_{'true' if grpc else 'false'}")
     if not grpc:
         out.append("    acl stream_call always_false")
@@ -819,12 +820,35 @@ def _pem_name(pem: str) -> str:
     return "jwk_" + hashlib.sha256(pem.encode()).hexdigest()[:16] + ".pem"
 
 
+def _generated_errors(grpc: bool) -> list[str]:
+    """HAProxy's own answers (a server timeout, no server left, a connection that
+    failed after the retries) in the protocol's error shape. gRPC clients take
+    grpc-status over the HTTP status when both are present."""
+    if grpc:
+        return [
+            "    http-error status 504 hdr grpc-status 4 "
+            'hdr grpc-message "deadline exceeded at the gateway"',
+            "    http-error status 503 hdr grpc-status 14 "
+            'hdr grpc-message "no replica could take the request"',
+            "    http-error status 502 hdr grpc-status 14 "
+            'hdr grpc-message "the replica failed to answer"',
+        ]
+    return [
+        "    http-error status 504 content-type application/json "
+        "string " + _q('{"error":"deadline exceeded at the gateway"}'),
+        "    http-error status 503 content-type application/json "
+        "string " + _q('{"error":"no replica could take the request"}'),
+        "    http-error status 502 content-type application/json "
+        "string " + _q('{"error":"the replica failed to answer"}'),
+    ]
+
+
 def _backend(
     bid: str, backend: Backend, slots: int, options: Options, grpc: bool
 ) -> str:
     s = backend.server
     letter = "g" if grpc else "h"
-    out = [f"backend {letter}:{bid}"]
+    out = [f"backend {letter}:{bid}", *_generated_errors(grpc)]
     if grpc and s.triton_model and s.triton_model != backend.public_name:
         out.append("    filter lua.grpc-rename")
     if s.hash_header:
