@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2
 
 from tests.integration.conftest import (
     IRIS_REST_BODY,
@@ -77,6 +79,30 @@ async def test_renamed_routes_are_served_natively(platform: Platform) -> None:
                 break
             await asyncio.sleep(0.1)
         assert await dataplane_requests(app.http_url, PUBLIC) == 5
+
+        # Renames on every HAProxy thread at once (8 connections, 4 calls each at a
+        # time): a Lua state shared by threads failed these.
+        request = service_pb2.ModelInferRequest(model_name=PUBLIC)
+        row = request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
+        row.contents.fp32_contents.extend([6.7, 3.0, 5.2, 2.3])
+        raw = request.SerializeToString()
+        channels = [
+            grpc.aio.insecure_channel(
+                app.address, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for _ in range(8)
+        ]
+        try:
+
+            async def calls(channel: grpc.aio.Channel) -> None:
+                call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+                for _ in range(50):
+                    await asyncio.gather(*(call(raw, timeout=10) for _ in range(4)))
+
+            await asyncio.gather(*(calls(c) for c in channels))
+        finally:
+            for channel in channels:
+                await channel.close()
     finally:
         await client.close()
         await app.stop(0)

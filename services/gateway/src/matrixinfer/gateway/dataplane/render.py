@@ -488,7 +488,9 @@ def _global(ports: Ports, options: Options, directory: str) -> str:
         # may take bounds how long it lingers.
         f"    hard-stop-after {options.max_timeout_ms + 10_000}ms",
     ]
-    lines.append(f"    lua-load {directory}/{RENAME_LUA}")
+    # One Lua state per thread: with one shared state, 2.6 fails filters that run
+    # on several threads at once ("attempt to index a thread value").
+    lines.append(f"    lua-load-per-thread {directory}/{RENAME_LUA}")
     if options.threads:
         lines.append(f"    nbthread {options.threads}")
     if options.peer_name:
