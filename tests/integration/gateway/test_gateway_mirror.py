@@ -1,5 +1,7 @@
 """Mirrored traffic reaches the shadow replicas; callers only see the primary's
-answers."""
+answers. Mirrored rules are carried by the gateway's slow path behind HAProxy, which
+passes the caller's traceparent on: the gateway's span continues the caller's
+trace."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import asyncio
 
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
 
 from matrixinfer.api.v1 import resources_pb2 as pb
 from tests.integration.conftest import Platform, iris_manifests, start_gateway
@@ -27,6 +32,7 @@ spec:
   modelInferRef: shadow
   model: iris
 """
+CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 MIRRORED_ROUTE = """  rules:
     - targets: [{modelServer: iris}]
       mirror: {modelServer: shadow, percent: 100}"""
@@ -57,7 +63,8 @@ async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
     primary = await platform.wait_for(ready, 90)
     shadow = await platform.wait_for(ready, 90, name="shadow")
     assert primary is not None and shadow is not None
-    app = await start_gateway(platform)
+    exporter = InMemorySpanExporter()
+    app = await start_gateway(platform, exporter)
     client = triton_aio.InferenceServerClient(app.address)
     try:
         for _ in range(100):
@@ -77,7 +84,9 @@ async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
         tensor = triton_aio.InferInput("X", [1, 4], "FP32")
         tensor.set_data_from_numpy(np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32))
         for _ in range(20):
-            result = await client.infer("iris", [tensor])
+            result = await client.infer(
+                "iris", [tensor], headers={"traceparent": CALLER}
+            )
             labels = result.as_numpy("label")
             assert labels is not None and labels.reshape(-1).tolist() == [2]
         for _ in range(100):  # mirrored copies are sent in the background
@@ -86,6 +95,14 @@ async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
             await asyncio.sleep(0.05)
         assert await inference_count(shadow.status.endpoints[0]) - shadow_before == 20
         assert await inference_count(primary.status.endpoints[0]) - primary_before == 20
+        spans = [
+            s for s in exporter.get_finished_spans() if s.name == "ModelInfer iris"
+        ]
+        assert len(spans) == 20
+        for span in spans:  # HAProxy passed the caller's traceparent through
+            assert format(span.context.trace_id, "032x") == CALLER.split("-")[1]
+            assert span.parent is not None
+            assert format(span.parent.span_id, "016x") == CALLER.split("-")[2]
     finally:
         await client.close()
         await app.stop(0)
