@@ -332,3 +332,81 @@ async def test_jwts_are_verified_by_haproxy_with_the_jwks_keys(
         await channel.close()
         await app.stop(0)
         await runner.cleanup()
+
+
+async def test_jwt_keys_that_arrive_after_start_reach_haproxy(
+    platform: Platform,
+) -> None:
+    """The identity provider is down when the gateway starts: JWTs are refused by
+    the slow path, which keeps asking for the keys; once they come, HAProxy is
+    reconfigured with them and verifies the tokens itself."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "late"}
+    up = {"yes": False}
+
+    async def jwks(request: web.Request) -> web.Response:
+        if not up["yes"]:
+            return web.json_response({"error": "down"}, status=503)
+        return web.json_response({"keys": [public]})
+
+    idp = web.Application()
+    idp.router.add_get("/jwks.json", jwks)
+    runner = web.AppRunner(idp)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    claims = {
+        "iss": "https://idp.test",
+        "aud": "matrixinfer",
+        "sub": "erin",
+        "exp": int(time.time()) + 300,
+        "scope": "infer:iris",
+    }
+    bearer = pyjwt.encode(claims, key, algorithm="RS256", headers={"kid": "late"})
+    app = await start_gateway(
+        platform,
+        auth_mode="required",
+        jwt_issuer="https://idp.test",
+        jwt_audience="matrixinfer",
+        jwks_url=f"http://127.0.0.1:{runner.addresses[0][1]}/jwks.json",
+    )
+    channel = grpc.aio.insecure_channel(app.address)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    metadata = (("authorization", f"Bearer {bearer}"),)
+    try:
+        await platform.apply(iris_manifests())
+        await platform.wait_for(
+            lambda i: i is not None and i.status.ready_replicas == 1
+        )
+        await wait_routed(app)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ModelInfer(infer_request(), metadata=metadata, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        up["yes"] = True
+        for _ in range(100):  # an unknown kid makes the gateway refetch early
+            try:
+                await stub.ModelInfer(infer_request(), metadata=metadata, timeout=10)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.2)
+        await app.dataplane.wait_applied()
+        assert app.dataplane.last_error == ""
+        rows = await app.dataplane.process.runtime.show_stat()
+        native = next(
+            int(r["stot"])
+            for r in rows
+            if r["pxname"] == "g:default:iris:iris" and r["svname"] == "BACKEND"
+        )
+        await stub.ModelInfer(infer_request(), metadata=metadata, timeout=10)
+        rows = await app.dataplane.process.runtime.show_stat()
+        assert (
+            next(
+                int(r["stot"])
+                for r in rows
+                if r["pxname"] == "g:default:iris:iris" and r["svname"] == "BACKEND"
+            )
+            == native + 1
+        )
+    finally:
+        await channel.close()
+        await app.stop(0)
+        await runner.cleanup()

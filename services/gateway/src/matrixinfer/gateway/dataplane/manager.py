@@ -251,6 +251,14 @@ class DataPlane:
             candidate = self.directory / "haproxy.cfg.new"
             for name, text in new.files.items():
                 _atomic_write(self.directory / name, text)
+            for name, entries in new.maps.items():
+                # A map the running configuration does not use yet (JWT keys that
+                # arrived after start) must exist for the check.
+                if not (self.directory / name).exists():
+                    _atomic_write(
+                        self.directory / name,
+                        "".join(f"{k} {v}\n" for k, v in entries.items()),
+                    )
             _atomic_write(candidate, new.config)
             await check_config(self.process.binary, candidate)
             self._write(new)
