@@ -114,6 +114,22 @@ class DeadlineExceeded(MatrixInferError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class Cancelled(MatrixInferError):
+    """The caller gave up (a peer's CANCELLED, carried on as ours)."""
+
+    reason = "CANCELLED"
+
+
+class Unimplemented(MatrixInferError):
+    reason = "UNIMPLEMENTED"
+
+
+class Internal(MatrixInferError):
+    """A peer failed in a way it did not explain (INTERNAL, UNKNOWN, DATA_LOSS)."""
+
+    reason = "INTERNAL"
+
+
 @dataclass
 class ViolationCollector:
     """Collects field violations so one response can name every wrong field."""

@@ -24,7 +24,8 @@ error after that is the stream's last line, ``{"error": {...}}``.
 
 Every route needs a credential with the ``admin`` scope unless the gateway's
 ``auth_mode`` is ``off``. Errors keep the gRPC status's meaning in HTTP (see
-:data:`HTTP_STATUS`) with a JSON body naming each wrong field.
+:data:`matrixinfer.core.grpc.errors.HTTP_STATUS`) with a JSON body naming each
+wrong field.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ from matrixinfer.core.errors import (
     InvalidArgument,
     MatrixInferError,
 )
-from matrixinfer.core.grpc.errors import error_details, status_code_for
+from matrixinfer.core.grpc.errors import (
+    error_details,
+    http_status_for,
+    status_code_for,
+)
 from matrixinfer.core.grpc.interceptors import (
     REQUEST_ID_METADATA_KEY,
     request_id_from_metadata,
@@ -72,21 +77,6 @@ REGISTRY: ServiceDescriptor = registry_pb2.DESCRIPTOR.services_by_name["Registry
 STREAM_TIMEOUT_PARAM = "timeoutSeconds"
 NDJSON = "application/x-ndjson"
 
-HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
 # A watch's expired resourceVersion is Kubernetes' 410 Gone: list again, then watch.
 _EXPIRED_REASON = "EXPIRED"
@@ -757,7 +747,7 @@ def render(binding: Binding, message: Message) -> Any:
 def http_status(code: grpc.StatusCode, reason: str | None = None) -> int:
     if code == grpc.StatusCode.OUT_OF_RANGE and reason == _EXPIRED_REASON:
         return 410
-    return HTTP_STATUS.get(code, 500)
+    return http_status_for(code)
 
 
 def error_body(

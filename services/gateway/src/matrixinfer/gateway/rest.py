@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceExhausted
-from matrixinfer.core.grpc.errors import status_code_for
+from matrixinfer.core.grpc.errors import http_status_for, status_code_for
 from matrixinfer.gateway import openapi
 from matrixinfer.gateway.admin import AdminApi
 from matrixinfer.gateway.jsonbody import INT64_TYPES, parse_json
@@ -37,26 +37,12 @@ DTYPES: dict[str, Any] = {
     "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
     "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }  # fmt: skip
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
 
 def _error(
     code: grpc.StatusCode, message: str, retry_after_s: float | None = None
 ) -> web.Response:
-    response = web.json_response({"error": message}, status=HTTP_STATUS.get(code, 500))
+    response = web.json_response({"error": message}, status=http_status_for(code))
     if retry_after_s is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     return response

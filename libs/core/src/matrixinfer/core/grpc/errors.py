@@ -26,10 +26,12 @@ from grpc_status import rpc_status
 
 from matrixinfer.core.errors import (
     AlreadyExists,
+    Cancelled,
     Conflict,
     DeadlineExceeded,
     Expired,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     MatrixInferError,
     NotFound,
@@ -37,6 +39,7 @@ from matrixinfer.core.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,7 +67,79 @@ STATUS_CODES: Mapping[type[MatrixInferError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    Internal: grpc.StatusCode.INTERNAL,
 }
+
+#: The way back, for a peer's status: every code but OK has its error class, so a
+#: caller of an adapter sees the code the peer sent (never a made-up UNAVAILABLE).
+ERRORS_BY_CODE: Mapping[grpc.StatusCode, type[MatrixInferError]] = {
+    **{code: cls for cls, code in STATUS_CODES.items()},
+    grpc.StatusCode.UNKNOWN: Internal,
+    grpc.StatusCode.DATA_LOSS: Internal,
+}
+
+#: gRPC status → HTTP status, the one table for every REST surface (Google's
+#: mapping; 499 is the de-facto "client closed request").
+HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+#: HTTP status → the gRPC code it stands for when it comes back (several codes
+#: share 400, 409 and 500; this picks the canonical one of each).
+_CODE_OF_HTTP: Mapping[int, grpc.StatusCode] = {
+    200: grpc.StatusCode.OK,
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    500: grpc.StatusCode.INTERNAL,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
+def code_for_http_status(status: int) -> grpc.StatusCode:
+    """The gRPC code of an HTTP answer: the table's, else by class (other 4xx:
+    FAILED_PRECONDITION, other 5xx: UNAVAILABLE for 502, INTERNAL otherwise)."""
+    if status in _CODE_OF_HTTP:
+        return _CODE_OF_HTTP[status]
+    if status == 502:
+        return grpc.StatusCode.UNAVAILABLE
+    if 400 <= status < 500:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.UNKNOWN
+
+
+def error_for_status(code: grpc.StatusCode, message: str) -> MatrixInferError:
+    """A peer's non-OK status as our error, keeping its code."""
+    return ERRORS_BY_CODE.get(code, Internal)(message or code.name)
+
 
 # Clients reject trailers over their metadata limit (8 KiB by default in gRPC), and
 # then the caller would see a confusing INTERNAL instead of our error; so the

@@ -10,25 +10,12 @@ import grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.core.errors import (
-    Conflict,
-    Expired,
-    FailedPrecondition,
-    MatrixInferError,
-    NotFound,
-    Unavailable,
-)
-
-_ERRORS: dict[grpc.StatusCode, type[MatrixInferError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ABORTED: Conflict,
-    grpc.StatusCode.OUT_OF_RANGE: Expired,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-}
+from matrixinfer.core.errors import MatrixInferError, NotFound
+from matrixinfer.core.grpc.errors import error_for_status
 
 
 def _translate(error: grpc.aio.AioRpcError) -> MatrixInferError:
-    return _ERRORS.get(error.code(), Unavailable)(error.details() or error.code().name)
+    return error_for_status(error.code(), error.details() or "")
 
 
 class RegistryClient:
