@@ -172,3 +172,35 @@ async def test_route_timeouts_and_client_deadlines_are_enforced_by_haproxy(
             assert loop.time() - started < 2.5
     finally:
         await app.stop(0)
+
+
+async def test_round_robin_takes_the_replicas_in_turn(platform: Platform) -> None:
+    turns = iris_manifests(**{"replicas: 1": "replicas: 2"}).replace(
+        "  model: iris\n",
+        "  model: iris\n  trafficPolicy:\n    loadBalancer: {type: ROUND_ROBIN}\n",
+        1,
+    )
+    await platform.apply(turns)
+    await platform.wait_for(
+        lambda i: i is not None and i.status.ready_replicas == 2, 90
+    )
+    app = await start_gateway(platform)
+    try:
+        await wait_routed(app, replicas=2)
+        order = []
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            for _ in range(8):
+                before = await counts(app, "g:default:iris:iris")
+                await call(request(), timeout=10)
+                after = await counts(app, "g:default:iris:iris")
+                order += [
+                    k[1]
+                    for k in after
+                    if k[1] != "BACKEND" and after[k] != before.get(k, 0)
+                ]
+        # One call at a time, each to the other replica.
+        assert len(order) == 8 and len(set(order)) == 2, order
+        assert all(a != b for a, b in zip(order, order[1:], strict=False)), order
+    finally:
+        await app.stop(0)

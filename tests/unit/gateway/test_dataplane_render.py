@@ -172,6 +172,15 @@ def test_the_render_is_what_haproxy_accepts(tmp_path: pathlib.Path) -> None:
     assert "stick-table type string" in config and "peers mi" in config
     off = rendered(table(), tmp_path, auth=False)
     assert "keys.map" not in off.config
+    # Each load balancer type is HAProxy's own algorithm.
+    assert "balance leastconn" in config
+    turns = table()
+    route = turns.routes["iris"]
+    stable = route.rules[1].targets[0][0]  # the target without a hash header
+    server = dataclasses.replace(stable, balance="ROUND_ROBIN")
+    rule = dataclasses.replace(route.rules[1], targets=((server, 100),))
+    turns.routes["iris"] = dataclasses.replace(route, rules=(rule,))
+    assert "balance roundrobin" in rendered(turns, tmp_path).config
 
 
 def test_a_broken_render_is_refused_with_haproxy_s_reason(

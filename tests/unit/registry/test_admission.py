@@ -252,6 +252,20 @@ def test_hostile_names_are_refused(name: str) -> None:
             ["INVALID_ARGUMENT"],
             "spec.trafficPolicy.retry.retryOn[0]",
         ),
+        # Accepted once and then ignored; refused now, naming the field.
+        (
+            "ModelServer",
+            "spec.trafficPolicy.retry.perTryTimeoutMs",
+            500,
+            "spec.trafficPolicy.retry.perTryTimeoutMs",
+        ),
+        (
+            "ModelServer",
+            "spec.workloadSelector",
+            {"matchLabels": {"app": "iris"}},
+            "spec.workloadSelector",
+        ),
+        ("ModelServer", "spec.protocol", "http", "spec.protocol"),
         (
             "ModelRoute",
             "spec.rules",

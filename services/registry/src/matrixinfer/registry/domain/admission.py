@@ -477,24 +477,25 @@ def _model_infer(obj: pb.ModelInfer, path: str, errors: ViolationCollector) -> N
 
 def _model_server(obj: pb.ModelServer, path: str, errors: ViolationCollector) -> None:
     spec = obj.spec
-    has_ref = bool(spec.model_infer_ref)
-    has_selector = bool(spec.workload_selector.match_labels)
-    if has_ref == has_selector:
+    # Nothing the API accepts may be ignored: what the data plane does not do yet
+    # is refused, naming the field.
+    if spec.workload_selector.match_labels:
         errors.add(
-            f"{path}.modelInferRef",
-            "set exactly one of modelInferRef and workloadSelector",
+            f"{path}.workloadSelector",
+            "not supported yet: name the ModelInfer in modelInferRef",
         )
-    if has_ref:
+    if not spec.model_infer_ref:
+        errors.add(f"{path}.modelInferRef", "required: the ModelInfer to expose")
+    else:
         check_name(spec.model_infer_ref, f"{path}.modelInferRef", errors)
-    for key, value in spec.workload_selector.match_labels.items():
-        _check_qualified_key(key, f"{path}.workloadSelector.matchLabels", errors)
-        if not _LABEL_VALUE.fullmatch(value):
-            errors.add(
-                f"{path}.workloadSelector.matchLabels[{key}]", "not a valid label value"
-            )
     _check_triton_model_name(spec.model, f"{path}.model", errors, required=False)
     spec.protocol = spec.protocol or "grpc"
-    _one_of(spec.protocol, ("grpc", "http"), f"{path}.protocol", errors)
+    if spec.protocol != "grpc":
+        errors.add(
+            f"{path}.protocol",
+            "only grpc is supported (gRPC calls reach the replicas' gRPC port, REST "
+            "calls their HTTP port)",
+        )
     tp = spec.traffic_policy
     pp = f"{path}.trafficPolicy"
     tp.timeout_ms = tp.timeout_ms or 30_000
@@ -502,9 +503,11 @@ def _model_server(obj: pb.ModelServer, path: str, errors: ViolationCollector) ->
     if not tp.HasField("retry"):
         tp.retry.attempts = 2
     _range(tp.retry.attempts, 0, 10, f"{pp}.retry.attempts", errors)
-    _range(
-        tp.retry.per_try_timeout_ms, 0, 3_600_000, f"{pp}.retry.perTryTimeoutMs", errors
-    )
+    if tp.retry.per_try_timeout_ms:
+        errors.add(
+            f"{pp}.retry.perTryTimeoutMs",
+            "not supported yet: timeoutMs bounds the whole call, retries included",
+        )
     if not tp.retry.retry_on:
         tp.retry.retry_on.append("UNAVAILABLE")
     for i, code in enumerate(tp.retry.retry_on):
