@@ -78,13 +78,24 @@ async def test_iris_classifier_serves_real_predictions(
         result = await client.infer("iris", [batch], client_timeout=30)
         return result.as_numpy("label"), result.as_numpy("probabilities")
 
+    async def counts() -> tuple[int, int]:
+        stats = await client.get_inference_statistics("iris", as_json=True)
+        model = stats["model_stats"][0]
+        requests = int(model["inference_stats"]["success"].get("count", 0))
+        return requests, int(model.get("execution_count", 0))
+
     try:
+        requests0, executions0 = await counts()
         # Concurrent requests, so Triton's dynamic batcher combines them.
         parts = await asyncio.gather(
             *(classify(features[i : i + 10]) for i in range(0, 150, 10))
         )
+        requests1, executions1 = await counts()
     finally:
         await client.close()
+    # Triton's own statistics: 15 requests ran in fewer executions (batches).
+    assert requests1 - requests0 == 15
+    assert 0 < executions1 - executions0 < 15
     predicted = np.concatenate([p[0] for p in parts])
     probabilities = np.concatenate([p[1] for p in parts])
     assert predicted is not None and probabilities is not None
