@@ -19,6 +19,7 @@ from matrixinfer.autoscaler.loop import Autoscaler, AutoscalerMetrics
 from matrixinfer.autoscaler.service import AutoscalerServicer
 from matrixinfer.autoscaler.settings import AutoscalerSettings
 from matrixinfer.autoscaler.sources import GatewayLoad, PrometheusQuery, TritonScraper
+from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
 from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import (
@@ -52,8 +53,9 @@ class AutoscalerApp:
 
     @classmethod
     async def start(cls, settings: AutoscalerSettings) -> AutoscalerApp:
-        registry_channel = grpc.aio.insecure_channel(settings.registry_address)
-        controller_channel = grpc.aio.insecure_channel(settings.controller_address)
+        # Deadlines, keepalive and bounded retries on every call (core's factory).
+        registry_channel = create_channel(settings.registry_address)
+        controller_channel = create_channel(settings.controller_address)
         session = aiohttp.ClientSession()
         registry = RegistryClient(registry_channel, settings.call_timeout_s)
         informer = Informer(registry, KINDS, lambda *_: None)

@@ -23,6 +23,7 @@ from matrixinfer.controller.runtimes.base import Runtime
 from matrixinfer.controller.runtimes.local import LocalRuntime
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.controller.workqueue import WorkQueue
+from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
 from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import (
@@ -60,13 +61,10 @@ class ControllerApp:
         """``runtime``: a different runtime than the local one (bench: FakeRuntime)."""
         state = settings.state_dir.resolve()
         install = find_tritonserver()
-        channel = grpc.aio.insecure_channel(
-            settings.registry_address,
-            options=[
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ],
+        # Deadlines on every call, keepalive, bounded retries of UNAVAILABLE: a hung
+        # registry cannot hang the controller.
+        channel = create_channel(
+            settings.registry_address, max_message_bytes=settings.max_message_bytes
         )
         client = RegistryClient(channel)
         if runtime is None:

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry
 
+from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import (
     RunningServer,
     serve_forever,
@@ -233,14 +234,15 @@ class GatewayApp:
         """Start serving; ``span_exporter`` adds one (tests read spans back)."""
         binary = find_binary(settings.haproxy_binary)
         peers = _peers(settings.peers)
-        channel = grpc.aio.insecure_channel(settings.registry_address)
+        # Deadlines, keepalive and bounded retries on every call (core's factory).
+        channel = create_channel(settings.registry_address)
         routes = Routes()
         informer = Informer(RegistryClient(channel), KINDS, routes.rebuild)
         routes.informer = informer
         upstreams = Upstreams(settings.max_message_bytes)
         tracker = LoadTracker()
         autoscaler = (
-            grpc.aio.insecure_channel(settings.autoscaler_address)
+            create_channel(settings.autoscaler_address)
             if settings.autoscaler_address
             else None
         )
