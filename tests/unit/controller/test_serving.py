@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.artifacts.fetcher import Artifact
-from matrixinfer.controller.serving import build_repository
+from matrixinfer.controller.serving import build_repository, gpus_needed
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from tests.conftest import ROOT
 
@@ -161,3 +161,27 @@ def test_onnx_without_a_batch_dimension_needs_batching_off(
     )
     config = read_config(repo)
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [1, 4]
+
+
+@pytest.mark.parametrize(
+    "gpu, groups, needed",
+    [
+        (0, [], 0),
+        (0, [{"kind": "CPU"}], 0),
+        (0, [{"kind": "GPU"}], 1),
+        (0, [{"kind": "GPU", "gpus": [0]}], 1),
+        (0, [{"kind": "GPU", "gpus": [1]}], 2),
+        (0, [{"kind": "GPU", "gpus": [0]}, {"kind": "GPU", "gpus": [2, 1]}], 3),
+        (4, [{"kind": "GPU", "gpus": [1]}], 4),
+        (2, [{"kind": "CPU"}], 2),
+    ],
+)
+def test_gpus_a_replica_takes(
+    gpu: int, groups: list[dict[str, object]], needed: int
+) -> None:
+    spec = pb.ModelInferSpec()
+    spec.resources.gpu = gpu
+    for group in groups:
+        added = spec.instance_groups.add(kind=str(group["kind"]))
+        added.gpus.extend(group.get("gpus", []))  # type: ignore[arg-type]
+    assert gpus_needed(spec) == needed

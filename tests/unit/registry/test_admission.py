@@ -267,6 +267,16 @@ def test_hostile_names_are_refused(name: str) -> None:
         ),
         ("ModelServer", "spec.protocol", "http", "spec.protocol"),
         (
+            "ModelInfer",
+            "spec",
+            {
+                "modelRef": {"name": "m"},
+                "resources": {"gpu": 1},
+                "instanceGroups": [{"kind": "GPU", "gpus": [1]}],
+            },
+            "spec.instanceGroups[0].gpus[0]",
+        ),
+        (
             "ModelRoute",
             "spec.rules",
             [

@@ -102,9 +102,15 @@ class TritonProcess:
         args += [f"--load-model={m}" for m in self.models]
         return [*args, *self.extra_args]
 
-    async def start(self) -> None:
+    def environment(self) -> dict[str, str]:
+        """The process's environment: ours, the install's, and the GPUs it may see
+        (CUDA numbers them 0..n-1 inside the process)."""
         env = {**os.environ, **self.install.environment()}
         env["CUDA_VISIBLE_DEVICES"] = self.gpus if self.gpus is not None else ""
+        return env
+
+    async def start(self) -> None:
+        env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             # Own session: stopping kills the stub processes the server spawned too.

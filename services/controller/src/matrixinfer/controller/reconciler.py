@@ -22,7 +22,7 @@ from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher
 from matrixinfer.controller.domain.rollout import ReplicaView, plan
 from matrixinfer.controller.runtimes.base import Phase, ReplicaSpec, Runtime
-from matrixinfer.controller.serving import build_repository
+from matrixinfer.controller.serving import build_repository, gpus_needed
 from matrixinfer.core.errors import MatrixInferError, NotFound
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
@@ -124,7 +124,7 @@ class Reconciler:
                     template=template,
                     repository=repository,
                     models=(model.metadata.name,),
-                    gpus=infer.spec.resources.gpu,
+                    gpus=gpus_needed(infer.spec),
                     env=tuple((e.name, e.value) for e in infer.spec.runtime.env),
                     args=tuple(infer.spec.runtime.args),
                 )

@@ -64,6 +64,22 @@ def _spec_tensors(tensors: list[pb.TensorSpec]) -> tuple[tc.Tensor, ...]:
     return tuple(tc.Tensor(t.name, t.data_type, tuple(t.dims)) for t in tensors)
 
 
+def gpus_needed(spec: pb.ModelInferSpec) -> int:
+    """How many GPUs one replica takes from the inventory.
+
+    The rule: ``resources.gpu`` if set; a GPU instance group needs at least one GPU,
+    and one naming ``gpus`` needs as many as its highest id + 1, because ids name
+    the replica's own devices: a replica given inventory GPUs 4 and 7 sees them
+    as 0 and 1 (``CUDA_VISIBLE_DEVICES=4,7``), and its ``config.pbtxt`` keeps the
+    ids as written. A replica with no GPU group and no ``resources.gpu`` sees none.
+    """
+    needed = spec.resources.gpu
+    for group in spec.instance_groups:
+        if group.kind == "GPU":
+            needed = max(needed, max(group.gpus) + 1 if group.gpus else 1)
+    return needed
+
+
 def build_repository(
     target: pathlib.Path,
     model_name: str,

@@ -61,6 +61,11 @@ class LocalRuntime:
             r.replica for r in self._replicas.values() if r.replica.spec.owner == owner
         ]
 
+    def process_of(self, name: str) -> TritonProcess | None:
+        """The tritonserver process a replica runs now (its environment, command)."""
+        running = self._replicas.get(name)
+        return running.process if running is not None else None
+
     def owners(self) -> list[str]:
         return sorted({r.replica.spec.owner for r in self._replicas.values()})
 

@@ -447,6 +447,14 @@ def _model_infer(obj: pb.ModelInfer, path: str, errors: ViolationCollector) -> N
             errors.add(f"{gp}.gpus", "only for kind GPU")
         for j, gpu in enumerate(group.gpus):
             _range(gpu, 0, 63, f"{gp}.gpus[{j}]", errors)
+            # gpus are the replica's own devices, numbered 0..resources.gpu-1 once
+            # it is given its GPUs (docs/decisions.md, "GPUs").
+            if res.gpu and gpu >= res.gpu:
+                errors.add(
+                    f"{gp}.gpus[{j}]",
+                    f"the replica has resources.gpu={res.gpu} GPU(s), numbered "
+                    f"0..{res.gpu - 1}",
+                )
     if spec.HasField("warmup"):
         spec.warmup.data = spec.warmup.data or "zero"
         _one_of(spec.warmup.data, ("zero", "random"), f"{path}.warmup.data", errors)
