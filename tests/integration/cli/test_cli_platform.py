@@ -234,8 +234,10 @@ async def test_apikeys_infer_and_top_through_the_gateway(
         ]  # fmt: skip
         iris = next(r.split() for r in rows if r.startswith("iris"))
         assert iris[:3] == ["iris", "iris", "1/1"]
-        # HAProxy carried the six calls: its counters give the rate.
+        # HAProxy carried the six calls: its counters give the rate; Triton's
+        # statistics (read through the gateway) give the batch it formed.
         assert iris[3] != "-" and float(iris[3]) > 0
+        assert iris[5] != "-" and float(iris[5]) >= 1.0
 
         result = await run("apikey", "revoke", key["name"])
         assert result.exit_code == 0 and "revoked" in result.stdout
