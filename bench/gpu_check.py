@@ -19,18 +19,14 @@ import subprocess
 import sys
 import tempfile
 
-import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
+from bench.platform import start_platform, stop
 from bench.report import ROOT
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
-from matrixinfer.controller.main import ControllerApp
 from matrixinfer.controller.runtimes.local import LocalRuntime
-from matrixinfer.controller.settings import ControllerSettings
-from matrixinfer.registry.main import RegistryApp
-from matrixinfer.registry.settings import RegistrySettings
 
 
 def gpus() -> list[int]:
@@ -43,22 +39,7 @@ def gpus() -> list[int]:
 
 
 async def check(inventory: list[int], work: pathlib.Path) -> dict[str, object]:
-    registry = await RegistryApp.start(
-        RegistrySettings(
-            database_url=f"sqlite+aiosqlite:///{work}/registry.db",
-            grpc_port=0,
-            log_level="WARNING",
-        )
-    )
-    controller = await ControllerApp.start(
-        ControllerSettings(
-            registry_address=registry.address,
-            grpc_port=0,
-            state_dir=work / "controller",
-            gpus=inventory,
-            log_level="WARNING",
-        )
-    )
+    registry, controller, channel = await start_platform(work, False, inventory)
     result: dict[str, object] = {"inventory": inventory}
     try:
         manifest = (
@@ -69,21 +50,20 @@ async def check(inventory: list[int], work: pathlib.Path) -> dict[str, object]:
             )
             .replace("{kind: CPU, count: 1}", "{kind: GPU, count: 1, gpus: [0]}")
         )
-        async with grpc.aio.insecure_channel(registry.address) as channel:
-            stub = registry_pb2_grpc.RegistryStub(channel)
-            await stub.Apply(rpb.ApplyRequest(manifest=manifest))
-            for _ in range(1200):
-                infer = (
-                    await stub.Get(rpb.GetRequest(kind="ModelInfer", name="iris"))
-                ).model_infer
-                if infer.status.ready_replicas == 1:
-                    break
-                await asyncio.sleep(0.1)
-            result["ready"] = infer.status.ready_replicas == 1
-            result["conditions"] = [
-                f"{c.type}={c.status} {c.reason}: {c.message}"
-                for c in infer.status.conditions
-            ]
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        await stub.Apply(rpb.ApplyRequest(manifest=manifest))
+        for _ in range(1200):
+            infer = (
+                await stub.Get(rpb.GetRequest(kind="ModelInfer", name="iris"))
+            ).model_infer
+            if infer.status.ready_replicas == 1:
+                break
+            await asyncio.sleep(0.1)
+        result["ready"] = infer.status.ready_replicas == 1
+        result["conditions"] = [
+            f"{c.type}={c.status} {c.reason}: {c.message}"
+            for c in infer.status.conditions
+        ]
         runtime = controller.runtime
         assert isinstance(runtime, LocalRuntime)
         replica = runtime.replicas("default/iris")[0]
@@ -108,8 +88,7 @@ async def check(inventory: list[int], work: pathlib.Path) -> dict[str, object]:
             finally:
                 await client.close()
     finally:
-        await controller.stop(0)
-        await registry.stop(0)
+        await stop(registry, controller, channel)
     groups = result.get("instance_group")
     kinds = [g.get("kind") for g in groups] if isinstance(groups, list) else []
     result["ok"] = bool(

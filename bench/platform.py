@@ -14,8 +14,9 @@ from matrixinfer.registry.settings import RegistrySettings
 
 
 async def start_platform(
-    workdir: pathlib.Path, fake: bool
+    workdir: pathlib.Path, fake: bool, gpus: list[int] | None = None
 ) -> tuple[RegistryApp, ControllerApp, grpc.aio.Channel]:
+    """``gpus``: the controller's GPU inventory (bench.gpu_check)."""
     registry = await RegistryApp.start(
         RegistrySettings(
             database_url=f"sqlite+aiosqlite:///{workdir}/registry.db",
@@ -31,6 +32,7 @@ async def start_platform(
             drain_s=0.5,
             log_level="WARNING",
             workers=8 if fake else 4,
+            gpus=gpus or [],
         ),
         runtime=FakeRuntime() if fake else None,
     )

@@ -41,6 +41,7 @@ from bench.platform import start_platform, stop
 from bench.report import ROOT, machine_line, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
+from matrixinfer.core.ports import free_ports
 from matrixinfer.core.process import pids_matching
 
 ROUTE = """  rules:
@@ -178,12 +179,6 @@ async def latency(
     return p50 * 1000, p99 * 1000, failures
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def pct(value: float, base: float) -> str:
     return f"{value / base * 100:.0f} %" if base else "-"
 
@@ -197,7 +192,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         work = pathlib.Path(tmp)
         dataplane = work / "dataplane"
         registry, controller, registry_channel = await start_platform(work, fake=False)
-        grpc_port, http_port = free_port(), free_port()
+        grpc_port, http_port = free_ports(2)
         env = {
             **os.environ,
             "MATRIXINFER_GATEWAY_REGISTRY_ADDRESS": registry.address,

@@ -4,9 +4,10 @@ of the iris example."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -77,21 +78,27 @@ class Platform:
         return infer
 
 
-@pytest_asyncio.fixture
-async def platform(tmp_path: pathlib.Path) -> AsyncIterator[Platform]:
+@contextlib.asynccontextmanager
+async def running_platform(
+    tmp_path: pathlib.Path, **controller_settings: object
+) -> AsyncIterator[Platform]:
+    """A registry (SQLite under ``tmp_path``) and a controller with quick drains;
+    ``controller_settings`` add to or replace the controller's settings."""
     registry = await RegistryApp.start(
         registry_settings(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
     )
+    values: dict[str, object] = {
+        "registry_address": registry.address,
+        "grpc_port": 0,
+        "state_dir": tmp_path / "controller",
+        "drain_s": 0.5,
+        "stop_grace_s": 3.0,
+        "log_json": False,
+        "resync_s": 5.0,
+    }
+    values.update(controller_settings)
     controller = await ControllerApp.start(
-        ControllerSettings(
-            registry_address=registry.address,
-            grpc_port=0,
-            state_dir=tmp_path / "controller",
-            drain_s=0.5,
-            stop_grace_s=3.0,
-            log_json=False,
-            resync_s=5.0,
-        )
+        ControllerSettings(**values)  # type: ignore[arg-type]
     )
     channel = grpc.aio.insecure_channel(
         registry.address, options=[("grpc.use_local_subchannel_pool", 1)]
@@ -102,6 +109,12 @@ async def platform(tmp_path: pathlib.Path) -> AsyncIterator[Platform]:
         await channel.close()
         await controller.stop(0)
         await registry.stop(0)
+
+
+@pytest_asyncio.fixture
+async def platform(tmp_path: pathlib.Path) -> AsyncIterator[Platform]:
+    async with running_platform(tmp_path) as started:
+        yield started
 
 
 async def start_gateway(
@@ -138,3 +151,26 @@ async def wait_routed(app: GatewayApp, model: str = "iris", replicas: int = 1) -
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the gateway never routed {model!r} to {replicas} replica(s)")
+
+
+async def haproxy_counts(
+    app: GatewayApp, prefix: str = ""
+) -> dict[tuple[str, str], int]:
+    """HAProxy's request counts (stot) by (proxy, server), for proxies whose name
+    starts with ``prefix`` (its runtime API, read now)."""
+    rows = await app.dataplane.process.runtime.show_stat()
+    return {
+        (r["pxname"], r["svname"]): int(r["stot"] or 0)
+        for r in rows
+        if r["pxname"].startswith(prefix)
+    }
+
+
+async def carried_by(
+    app: GatewayApp, prefix: str, send: Callable[[], Awaitable[object]]
+) -> list[tuple[str, str]]:
+    """The (proxy, server) rows whose counts grew while ``send`` ran."""
+    before = await haproxy_counts(app, prefix)
+    await send()
+    after = await haproxy_counts(app, prefix)
+    return [key for key, count in after.items() if count != before.get(key, 0)]

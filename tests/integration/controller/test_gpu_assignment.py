@@ -9,17 +9,10 @@ from __future__ import annotations
 import asyncio
 import pathlib
 
-import grpc
 import pytest
 
-from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.api.v1 import registry_pb2_grpc
-from matrixinfer.controller.main import ControllerApp
 from matrixinfer.controller.runtimes.local import LocalRuntime
-from matrixinfer.controller.settings import ControllerSettings
-from matrixinfer.registry.main import RegistryApp
-from tests.conftest import registry_settings
-from tests.integration.conftest import iris_manifests
+from tests.integration.conftest import iris_manifests, running_platform
 
 GROUP = "    - {kind: CPU, count: 1}"
 
@@ -37,21 +30,7 @@ def deployment(name: str, groups: str, resources: str = "") -> str:
 async def test_replicas_see_the_inventory_gpus_they_were_given(
     tmp_path: pathlib.Path,
 ) -> None:
-    registry = await RegistryApp.start(
-        registry_settings(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
-    )
-    controller = await ControllerApp.start(
-        ControllerSettings(
-            registry_address=registry.address,
-            grpc_port=0,
-            state_dir=tmp_path / "controller",
-            log_json=False,
-            gpus=[4, 7, 9],
-        )
-    )
-    channel = grpc.aio.insecure_channel(registry.address)
-    stub = registry_pb2_grpc.RegistryStub(channel)
-    try:
+    async with running_platform(tmp_path, gpus=[4, 7, 9]) as platform:
         model = iris_manifests().split("\n---\n")[0]
         manifests = "\n---\n".join(
             [
@@ -63,8 +42,8 @@ async def test_replicas_see_the_inventory_gpus_they_were_given(
                 deployment("cpu", GROUP),
             ]
         )
-        await stub.Apply(rpb.ApplyRequest(manifest=manifests), timeout=10)
-        runtime = controller.runtime
+        await platform.apply(manifests)
+        runtime = platform.controller.runtime
         assert isinstance(runtime, LocalRuntime)
         seen: dict[str, str] = {}
         for _ in range(200):
@@ -91,7 +70,3 @@ async def test_replicas_see_the_inventory_gpus_they_were_given(
         assert "KIND_GPU" in seen["one.config"] and "gpus: 0" in seen["one.config"]
         assert "KIND_GPU" in seen["two.config"] and "gpus: 1" in seen["two.config"]
         assert "KIND_CPU" in seen["cpu.config"]
-    finally:
-        await channel.close()
-        await controller.stop(0)
-        await registry.stop(0)

@@ -24,6 +24,7 @@ from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.gateway.main import GatewayApp
 from tests.integration.conftest import (
     Platform,
+    haproxy_counts,
     iris_manifests,
     start_gateway,
     wait_routed,
@@ -275,12 +276,7 @@ async def test_jwts_are_verified_by_haproxy_with_the_jwks_keys(
         return grpc.StatusCode.OK
 
     async def slow_calls() -> int:
-        rows = await app.dataplane.process.runtime.show_stat()
-        return next(
-            int(r["stot"])
-            for r in rows
-            if r["pxname"] == "slow_grpc" and r["svname"] == "BACKEND"
-        )
+        return (await haproxy_counts(app, "slow_grpc"))[("slow_grpc", "BACKEND")]
 
     try:
         await platform.apply(iris_manifests())
@@ -390,22 +386,10 @@ async def test_jwt_keys_that_arrive_after_start_reach_haproxy(
                 await asyncio.sleep(0.2)
         await app.dataplane.wait_applied()
         assert app.dataplane.last_error == ""
-        rows = await app.dataplane.process.runtime.show_stat()
-        native = next(
-            int(r["stot"])
-            for r in rows
-            if r["pxname"] == "g:default:iris:iris" and r["svname"] == "BACKEND"
-        )
+        native = ("g:default:iris:iris", "BACKEND")
+        before = (await haproxy_counts(app, native[0]))[native]
         await stub.ModelInfer(infer_request(), metadata=metadata, timeout=10)
-        rows = await app.dataplane.process.runtime.show_stat()
-        assert (
-            next(
-                int(r["stot"])
-                for r in rows
-                if r["pxname"] == "g:default:iris:iris" and r["svname"] == "BACKEND"
-            )
-            == native + 1
-        )
+        assert (await haproxy_counts(app, native[0]))[native] == before + 1
     finally:
         await channel.close()
         await app.stop(0)

@@ -8,12 +8,12 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import uuid
 
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
+from matrixinfer.core.ports import free_ports
 from tests.integration.conftest import (
     Platform,
     iris_manifests,
@@ -68,12 +68,6 @@ async def test_killing_a_replica_under_load_fails_no_request(
     assert results["ok"] > before > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_two_gateways_share_a_global_limit_through_haproxy_peers(
     platform: Platform,
 ) -> None:
@@ -89,7 +83,9 @@ async def test_two_gateways_share_a_global_limit_through_haproxy_peers(
     )
     await platform.apply(manifests)
     await platform.wait_for(lambda i: i is not None and i.status.ready_replicas == 1)
-    peers = [f"gw{i}=127.0.0.1:{_free_port()}" for i in (1, 2)]
+    peers = [
+        f"gw{i}=127.0.0.1:{port}" for i, port in zip((1, 2), free_ports(2), strict=True)
+    ]
     apps = [
         await start_gateway(platform, peers=peers, peer_name=f"gw{i}") for i in (1, 2)
     ]

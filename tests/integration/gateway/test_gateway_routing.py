@@ -5,16 +5,17 @@ matches (exact, prefix, regex) in rule order, and sticky routing by a header
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import aiohttp
 import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from matrixinfer.gateway.main import GatewayApp
 from tests.integration.conftest import (
     IRIS_REST_BODY,
     Platform,
+    carried_by,
     iris_manifests,
     start_gateway,
     wait_routed,
@@ -51,15 +52,6 @@ def request(name: str = "iris") -> bytes:
     return raw
 
 
-async def counts(app: GatewayApp, prefix: str) -> dict[tuple[str, str], int]:
-    rows = await app.dataplane.process.runtime.show_stat()
-    return {
-        (r["pxname"], r["svname"]): int(r["stot"] or 0)
-        for r in rows
-        if r["pxname"].startswith(prefix)
-    }
-
-
 async def test_header_matches_pick_the_rule_in_order(platform: Platform) -> None:
     await platform.apply(
         iris_manifests().replace(
@@ -84,10 +76,10 @@ async def test_header_matches_pick_the_rule_in_order(platform: Platform) -> None
         async with grpc.aio.insecure_channel(app.address) as channel:
             call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             for headers, server in cases:
-                before = await counts(app, "g:")
-                await call(request(), metadata=headers, timeout=10)
-                after = await counts(app, "g:")
-                grew = [k[0] for k in after if after[k] != before.get(k, 0)]
+                rows = await carried_by(
+                    app, "g:", partial(call, request(), metadata=headers, timeout=10)
+                )
+                grew = [proxy for proxy, _ in rows]
                 assert f"g:default:iris:{server}" in grew, (headers, grew)
     finally:
         await app.stop(0)
@@ -112,16 +104,13 @@ async def test_sticky_routing_by_header_through_the_proxy(platform: Platform) ->
             homes: dict[str, set[str]] = {}
             for user in range(12):
                 for _ in range(5):
-                    before = await counts(app, "g:default:iris:iris")
-                    await call(
-                        request(), metadata=(("x-user", f"user-{user}"),), timeout=10
+                    metadata = (("x-user", f"user-{user}"),)
+                    rows = await carried_by(
+                        app,
+                        "g:default:iris:iris",
+                        partial(call, request(), metadata=metadata, timeout=10),
                     )
-                    after = await counts(app, "g:default:iris:iris")
-                    replica = [
-                        k[1]
-                        for k in after
-                        if k[1] != "BACKEND" and after[k] != before.get(k, 0)
-                    ]
+                    replica = [server for _, server in rows if server != "BACKEND"]
                     homes.setdefault(f"user-{user}", set()).update(replica)
         # Every user always lands on the same replica; users spread over both.
         assert all(len(replicas) == 1 for replicas in homes.values()), homes
@@ -191,14 +180,10 @@ async def test_round_robin_takes_the_replicas_in_turn(platform: Platform) -> Non
         async with grpc.aio.insecure_channel(app.address) as channel:
             call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             for _ in range(8):
-                before = await counts(app, "g:default:iris:iris")
-                await call(request(), timeout=10)
-                after = await counts(app, "g:default:iris:iris")
-                order += [
-                    k[1]
-                    for k in after
-                    if k[1] != "BACKEND" and after[k] != before.get(k, 0)
-                ]
+                rows = await carried_by(
+                    app, "g:default:iris:iris", lambda: call(request(), timeout=10)
+                )
+                order += [server for _, server in rows if server != "BACKEND"]
         # One call at a time, each to the other replica.
         assert len(order) == 8 and len(set(order)) == 2, order
         assert all(a != b for a, b in zip(order, order[1:], strict=False)), order

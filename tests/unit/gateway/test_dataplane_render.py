@@ -77,7 +77,6 @@ def table(
 def rendered(t: RoutingTable, tmp: pathlib.Path, **options: object) -> Render:
     return render(
         t,
-        t.http_ports,
         [KEY],
         PORTS,
         Options(**options),  # type: ignore[arg-type]

@@ -12,7 +12,6 @@ import logging
 import os
 import pathlib
 import signal
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from matrixinfer.core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from matrixinfer.core.ports import free_ports
 from matrixinfer.core.process import die_with_parent
 from matrixinfer.triton.install import TritonInstall
 
@@ -37,14 +37,7 @@ class Ports:
 def allocate_ports(host: str = "127.0.0.1") -> Ports:
     """Three free ports (the OS picks them). Another process may take one before
     Triton binds it; Triton then exits at once and the caller starts it again."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
-    try:
-        for sock in sockets:
-            sock.bind((host, 0))
-        grpc_port, http_port, metrics_port = (s.getsockname()[1] for s in sockets)
-    finally:
-        for sock in sockets:
-            sock.close()
+    grpc_port, http_port, metrics_port = free_ports(3, host)
     return Ports(grpc_port, http_port, metrics_port)
 
 

@@ -73,22 +73,20 @@ class LoadTracker:
     """Counters per ModelInfer, touched on every request (no locks: one event loop)."""
 
     loads: dict[Key, Load] = field(default_factory=dict)
-    #: Requests HAProxy carries itself, per model: (in flight, total so far); read
-    #: from its counters before each sample.
-    dataplane: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    #: Requests HAProxy carries itself, in flight per model (read from its
+    #: counters before each sample).
+    dataplane_in_flight: dict[Key, int] = field(default_factory=dict)
     _dataplane_totals: dict[Key, int] = field(default_factory=dict)
 
     def observe_dataplane(self, counters: dict[Key, tuple[int, int]]) -> None:
-        """Fold HAProxy's counters in: in-flight as is, arrivals as the growth of
-        its request total since the last look (a reload restarts the totals)."""
+        """Fold HAProxy's (in flight, requests so far) in: arrivals are the growth
+        of its total since the last look (a reload restarts the totals at 0)."""
         for key, (_, total) in counters.items():
             before = self._dataplane_totals.get(key)
-            if before is not None and total >= before:
-                self.load(key).arrivals += total - before
-            elif before is not None:  # counters restarted (reload): count from zero
-                self.load(key).arrivals += total
+            if before is not None:
+                self.load(key).arrivals += total - before if total >= before else total
             self._dataplane_totals[key] = total
-        self.dataplane = {key: (cur, 0) for key, (cur, _) in counters.items()}
+        self.dataplane_in_flight = {key: cur for key, (cur, _) in counters.items()}
 
     def load(self, key: Key) -> Load:
         load = self.loads.get(key)
@@ -99,11 +97,11 @@ class LoadTracker:
     def sample(self) -> None:
         """Take one concurrency sample of every model (the reporter calls this
         several times per report)."""
-        for key, (in_flight, _) in self.dataplane.items():
+        for key, in_flight in self.dataplane_in_flight.items():
             if in_flight:
                 self.load(key)
         for key, load in self.loads.items():
-            extra = self.dataplane.get(key, (0, 0))[0]
+            extra = self.dataplane_in_flight.get(key, 0)
             load.concurrency_sum += load.in_flight + load.held + extra
             load.samples += 1
 
@@ -127,7 +125,9 @@ class LoadTracker:
             load.arrivals = 0
             load.concurrency_sum, load.samples = 0.0, 0
             if not (
-                load.in_flight or load.held or self.dataplane.get((namespace, name))
+                load.in_flight
+                or load.held
+                or self.dataplane_in_flight.get((namespace, name))
             ):
                 del self.loads[(namespace, name)]
         return report

@@ -11,7 +11,6 @@ import json
 import logging
 import pathlib
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from matrixinfer.core.grpc.server import (
 )
 from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
+from matrixinfer.core.ports import free_ports
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
 from matrixinfer.core.tracing import setup_tracing
@@ -134,12 +134,6 @@ def next_key_expiry(store: InMemoryApiKeyStore, now_s: float) -> float | None:
     return min(times) if times else None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _peers(values: list[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for value in values:
@@ -202,7 +196,6 @@ class GatewayApp:
     server: RunningServer
     tracker: LoadTracker
     rest: web.AppRunner
-    slow_http_port: int
     dataplane: DataPlane
     reporter: LoadReporter | None = None
     autoscaler: grpc.aio.Channel | None = None
@@ -222,10 +215,6 @@ class GatewayApp:
     def http_url(self) -> str:
         """Where clients send KServe v2 REST and the admin API (HAProxy)."""
         return f"http://{self.settings.host}:{self.dataplane.ports.http}"
-
-    @property
-    def slow_address(self) -> str:
-        return f"{self.settings.slow_path_host}:{self.server.port}"
 
     @classmethod
     async def start(
@@ -345,10 +334,11 @@ class GatewayApp:
             site = web.TCPSite(rest, settings.slow_path_host, settings.slow_http_port)
             await site.start()
             slow_http_port = int(rest.addresses[0][1])
+            picked = free_ports(2, settings.host)
             ports = Ports(
                 host=settings.host,
-                grpc=settings.grpc_port or _free_port(settings.host),
-                http=settings.http_port or _free_port(settings.host),
+                grpc=settings.grpc_port or picked[0],
+                http=settings.http_port or picked[1],
                 slow_grpc=server.port,
                 slow_http=slow_http_port,
                 stats=settings.dataplane_stats_port,
@@ -410,7 +400,6 @@ class GatewayApp:
             server,
             tracker,
             rest,
-            slow_http_port,
             dataplane,
             reporter,
             autoscaler,

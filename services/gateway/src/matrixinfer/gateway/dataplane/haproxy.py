@@ -103,15 +103,14 @@ class RuntimeApi:
         """Run commands in batches; raises when HAProxy answers an error."""
         for start in range(0, len(commands), batch):
             answer = await self.execute("; ".join(commands[start : start + batch]))
+            # Success is silence, or one of these notes; anything else refused.
             bad = [
                 line
-                for line in answer.splitlines()
-                if line.strip()
+                for line in map(str.strip, answer.splitlines())
+                if line
+                and not line.isdigit()
                 and not line.startswith(("New version created", "Done"))
-                and line.strip() not in ("",)
-                and not line.strip().isdigit()
                 and "changed from" not in line
-                and "no need to change" not in line
             ]
             if bad:
                 raise RuntimeError(f"runtime API refused: {' | '.join(bad[:5])}")

@@ -53,11 +53,10 @@ Source = Callable[[], tuple[RoutingTable, dict[str, ApiKeyRecord], JwtPlan | Non
 
 @dataclass
 class DataPlaneStats:
-    """The last ``show stat`` rows of the model backends, read about once a second
+    """The last ``show stat`` rows of the model backends, read four times a second
     (load reports and /metrics read this, never HAProxy per scrape)."""
 
     rows: dict[str, dict[str, str]] = field(default_factory=dict)
-    read_at: float = 0.0
 
 
 class DataPlane:
@@ -175,7 +174,6 @@ class DataPlane:
         }
         return render(
             table,
-            table.http_ports,
             keys,
             self.ports,
             dataclasses.replace(self.options, jwt=plan),
@@ -251,14 +249,6 @@ class DataPlane:
             candidate = self.directory / "haproxy.cfg.new"
             for name, text in new.files.items():
                 _atomic_write(self.directory / name, text)
-            for name, entries in new.maps.items():
-                # A map the running configuration does not use yet (JWT keys that
-                # arrived after start) must exist for the check.
-                if not (self.directory / name).exists():
-                    _atomic_write(
-                        self.directory / name,
-                        "".join(f"{k} {v}\n" for k, v in entries.items()),
-                    )
             _atomic_write(candidate, new.config)
             await check_config(self.process.binary, candidate)
             self._write(new)
@@ -305,8 +295,7 @@ class DataPlane:
                         for r in rows
                         if r.get("svname") == "BACKEND"
                         and r.get("pxname", "")[:2] in ("g:", "h:")
-                    },
-                    time.monotonic(),
+                    }
                 )
             await asyncio.sleep(0.25)
 

@@ -128,12 +128,11 @@ class Replica:
 
 @dataclass(frozen=True)
 class Backend:
-    """The replicas of one ModelServer as one route reaches them."""
+    """One ModelServer as one route reaches it (ids: "<ns>:<route>:<server>",
+    HAProxy-safe since DNS names have no ':')."""
 
-    id: str  # "<ns>:<route>:<server>", HAProxy-safe (DNS names have no ':')
     server: Server
     public_name: str
-    replicas: tuple[Replica, ...]
 
 
 @dataclass
@@ -312,7 +311,6 @@ def _replicas(server: Server, http_ports: Mapping[str, int]) -> tuple[Replica, .
 
 def render(
     table: RoutingTable,
-    http_ports: Mapping[str, int],
     keys: Iterable[ApiKey],
     ports: Ports,
     options: Options,
@@ -320,7 +318,6 @@ def render(
     previous_slots: Mapping[str, list[Replica | None]] | None = None,
     cooling: Mapping[str, frozenset[int]] | None = None,
 ) -> Render:
-    """``http_ports``: each replica's Triton HTTP port by its "host:grpc_port"."""
     ctx = _Ctx({RENAME_LUA: rename_filter_source()}, directory)
     maps: dict[str, dict[str, str]] = {"routes.map": {}, "weights.map": {}}
     maps.update(api_keys_maps(keys))
@@ -375,11 +372,10 @@ def render(
                 bid = _backend_id(route, server)
                 maps["weights.map"][f"{rule_id}/{t_index}"] = str(bound)
                 if bid not in backends:
-                    replicas = _replicas(server, http_ports)
-                    backends[bid] = Backend(bid, server, route.model_name, replicas)
+                    backends[bid] = Backend(server, route.model_name)
                     slots[bid] = assign_slots(
                         (previous_slots or {}).get(bid),
-                        replicas,
+                        _replicas(server, table.http_ports),
                         (cooling or {}).get(bid, frozenset()),
                     )
                     owners[bid] = (
@@ -666,7 +662,7 @@ def _auth_rules(
     out = [
         "    acl has_xkey req.hdr(x-api-key) -m found",
         "    acl has_authz req.hdr(authorization) -m found",
-        '    acl key_bearer req.fhdr(authorization) -m reg -i "^bearer mik_"',
+        '    acl key_bearer req.fhdr(authorization),lower -m beg "bearer mik_"',
         "    acl key var(txn.cred) -m found",
         "    acl jwt var(txn.jwt) -m found",
         "    http-request set-var(txn.slow) str(auth) if !slow has_xkey has_authz",
@@ -850,7 +846,7 @@ def _backend(
 ) -> str:
     s = backend.server
     letter = "g" if grpc else "h"
-    out = [f"backend {letter}:{bid}", *_generated_errors(grpc)]
+    out = [f"backend {letter}:{bid}"]
     if grpc and s.triton_model and s.triton_model != backend.public_name:
         out.append("    filter lua.grpc-rename")
     if s.hash_header:
