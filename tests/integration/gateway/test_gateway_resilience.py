@@ -78,7 +78,7 @@ async def test_two_gateways_share_a_global_limit_through_haproxy_peers(
         .replace(
             "  rules:\n    - targets: [{modelServer: iris}]",
             "  rules:\n    - targets: [{modelServer: iris}]\n"
-            "  rateLimit: {requestsPerSecond: 1, burst: 10, global: true}",
+            "  rateLimit: {requestsPerSecond: 0.5, burst: 10, global: true}",
         )
     )
     await platform.apply(manifests)
@@ -93,7 +93,15 @@ async def test_two_gateways_share_a_global_limit_through_haproxy_peers(
     try:
         for app in apps:
             await wait_routed(app, route)
-        await asyncio.sleep(0.5)  # the peers connect to each other
+        # Until each gateway's HAProxy has its peer session up (a fixed pause was
+        # too short on a loaded machine: counts made before it are not shared).
+        for app in apps:
+            for _ in range(100):
+                peers_state = await app.dataplane.process.runtime.execute("show peers")
+                if "last_status=ESTA" in peers_state:
+                    break
+                await asyncio.sleep(0.1)
+            assert "last_status=ESTA" in peers_state, peers_state
 
         async def attempt(client: triton_aio.InferenceServerClient) -> bool:
             try:
@@ -104,16 +112,17 @@ async def test_two_gateways_share_a_global_limit_through_haproxy_peers(
                 return False
 
         outcomes = []
-        # Callers alternate between the gateways, a quarter second apart: peers
-        # propagate counter updates asynchronously (well within that on loopback).
+        # Callers alternate between the gateways, half a second apart: peers
+        # propagate counter updates asynchronously (a quarter second was too close
+        # on a loaded machine).
         for client, _ in zip(itertools.cycle(clients), range(24), strict=False):
             outcomes.append(await attempt(client))
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.5)
     finally:
         for client in clients:
             await client.close()
         for app in apps:
             await app.stop(0)
-    # One counter for both gateways: 10 requests per 10 s window in all (a slack
+    # One counter for both gateways: 10 requests per 20 s window in all (a slack
     # of 2 for the sliding window), where two separate counters would let 20 pass.
     assert 10 <= sum(outcomes) <= 12, outcomes
