@@ -9,7 +9,7 @@ GEN_STAMP := libs/api/src/matrixinfer/api/v1/__init__.py
 PROTOS := $(shell find protos -name '*.proto')
 PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 
-.PHONY: setup test-tools proto test lint typecheck importlint pytest run bench clean compose-tool haproxy-tool bench-tools
+.PHONY: setup test-tools proto test lint typecheck importlint pytest run bench clean compose-tool haproxy-tool promtool-tool bench-tools
 
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.35.0
@@ -18,7 +18,7 @@ AZURITE_VERSION := 3.35.0
 # code); the test-only emulators and validators come with `test-tools`.
 setup: $(SETUP_STAMP) $(GEN_STAMP) haproxy-tool
 
-test-tools: $(AZURITE) compose-tool
+test-tools: $(AZURITE) compose-tool promtool-tool
 
 # docker-compose (Debian's package, Python; `config` needs no Docker engine) lets
 # tests/unit/test_deploy.py validate docker-compose.yml. Installed only when missing
@@ -30,6 +30,26 @@ compose-tool:
 	    --no-install-recommends docker-compose >/dev/null) \
 	  || echo "could not install docker-compose: its check in tests/unit/test_deploy.py is skipped"; \
 	else echo "docker-compose missing (installing it needs root and apt-get): its check in tests/unit/test_deploy.py is skipped"; fi
+
+# promtool (Debian's prometheus package, 2.42) and amtool (prometheus-alertmanager)
+# let tests/unit/test_alert_rules.py check and unit-test deploy/prometheus/alerts.yml
+# and check deploy/alertmanager/alertmanager.yml. Only the tools are wanted: when no
+# policy-rc.d exists, a temporary one keeps the packages' daemons from starting, and
+# on systemd hosts their units are disabled. Installed only when missing and we are
+# root with apt-get; otherwise those checks are skipped with the reason.
+promtool-tool:
+	@if command -v promtool >/dev/null && command -v amtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  policy=/usr/sbin/policy-rc.d; made=; \
+	  if [ ! -e $$policy ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && made=1; fi; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus prometheus-alertmanager >/dev/null) \
+	  || echo "could not install promtool/amtool: tests/unit/test_alert_rules.py skips them"; \
+	  if [ -n "$$made" ]; then rm -f $$policy; fi; \
+	  if [ -d /run/systemd/system ]; then \
+	    systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || :; fi; \
+	else echo "promtool/amtool missing (installing them needs root and apt-get): tests/unit/test_alert_rules.py skips them"; fi
 
 # HAProxy (Debian's package, 2.6) is the gateway's data plane: `make run` needs it.
 # Installed only when missing and we are root with apt-get; otherwise `make run`

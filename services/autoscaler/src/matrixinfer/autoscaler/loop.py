@@ -70,6 +70,12 @@ class AutoscalerMetrics:
             labels,
             registry=registry,
         )
+        self.max_replicas = Gauge(
+            "matrixinfer_autoscaler_max_replicas",
+            "The policy's maxReplicas: desired_replicas never goes above it.",
+            labels,
+            registry=registry,
+        )
         self.panic = Gauge(
             "matrixinfer_autoscaler_panic_mode",
             "1 while the policy is in panic mode, else 0.",
@@ -101,7 +107,7 @@ class AutoscalerMetrics:
 
     def forget(self, target: Key) -> None:
         """Drop the series of a policy that is gone (no stale gauges)."""
-        for gauge in (self.desired, self.actual, self.panic):
+        for gauge in (self.desired, self.actual, self.max_replicas, self.panic):
             with contextlib.suppress(KeyError):
                 gauge.remove(*target)
         for metric in self._metric_names.pop(target, set()):
@@ -313,6 +319,7 @@ class Autoscaler:
         labels = tracked.target
         self._metrics.desired.labels(*labels).set(decision.desired)
         self._metrics.actual.labels(*labels).set(ready)
+        self._metrics.max_replicas.labels(*labels).set(tracked.policy.max_replicas)
         self._metrics.panic.labels(*labels).set(1 if decision.mode == "panic" else 0)
         for metric in tracked.policy.metrics:
             self._metrics.note(labels, metric.type)

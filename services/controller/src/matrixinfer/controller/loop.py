@@ -1,7 +1,11 @@
 """The control loop: informer events and runtime changes become keys on the work
 queue; workers reconcile one key at a time; failures are retried with backoff; every
 ModelInfer is looked at again at least every ``resync_s``. One failing reconcile is
-logged and the loop goes on."""
+logged and the loop goes on.
+
+``matrixinfer_controller_reconciles_total{namespace,model_infer,result}`` counts
+reconciles by result (``ok``, or ``error``: retried with backoff); the
+ControllerReconcileFailing alert (deploy/prometheus/alerts.yml) reads it."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
 
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.reconciler import Reconciler
@@ -28,7 +34,19 @@ class ControllerLoop:
     queue: WorkQueue
     workers: int = 4
     resync_s: float = 30.0
+    #: Where the reconcile counter is registered (None: counted, not served).
+    metrics: CollectorRegistry | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _reconciles: Counter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._reconciles = Counter(
+            "matrixinfer_controller_reconciles",
+            "Reconciles of each ModelInfer, by result (ok; error: retried with "
+            "backoff).",
+            ["namespace", "model_infer", "result"],
+            registry=self.metrics,
+        )
 
     def on_event(self, kind: str, event_type: str, resource: pb.Resource) -> None:
         namespace, name = key_of(resource)
@@ -71,12 +89,15 @@ class ControllerLoop:
             try:
                 again = await self.reconciler.reconcile(key)
             except MatrixInferError as e:
+                self._reconciles.labels(*key, "error").inc()
                 delay = self.queue.retry(key)
                 log.info("reconcile %s/%s: %s; again in %.1f s", *key, e.message, delay)
             except Exception:
+                self._reconciles.labels(*key, "error").inc()
                 delay = self.queue.retry(key)
                 log.exception("reconcile %s/%s failed; again in %.1f s", *key, delay)
             else:
+                self._reconciles.labels(*key, "ok").inc()
                 self.queue.forget(key)
                 if again is not None:
                     self.queue.add_after(key, again)

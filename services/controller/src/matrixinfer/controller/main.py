@@ -104,12 +104,18 @@ class ControllerApp:
             stop_grace_s=settings.stop_grace_s,
             resync_s=settings.resync_s,
         )
+        metrics = CollectorRegistry()
         loop = ControllerLoop(
-            informer, reconciler, runtime, queue, settings.workers, settings.resync_s
+            informer,
+            reconciler,
+            runtime,
+            queue,
+            settings.workers,
+            settings.resync_s,
+            metrics,
         )
         holder.append(loop)
         servicer = ControllerServicer(loop)
-        metrics = CollectorRegistry()
         metrics_server: MetricsServer | None = None
         try:
             await informer.start()
