@@ -3,8 +3,12 @@ in-process registry on an ephemeral port."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import pathlib
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -91,3 +95,30 @@ def seed_manifest() -> str:
     """The example manifest of the original architecture document, unchanged (the
     copy in examples/: a user's clone has nothing beside it)."""
     return (ROOT / "examples/manifests/seed-model.yaml").read_text()
+
+
+@contextlib.contextmanager
+def http_files(directory: pathlib.Path) -> Iterator[tuple[str, list[str]]]:
+    """A plain HTTP server on 127.0.0.1 (a thread of this process) serving the files
+    of ``directory``; yields its base URL and the paths it was asked for, in order."""
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # the test asserts on ``requested``; no access log on stderr
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

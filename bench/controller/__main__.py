@@ -7,7 +7,11 @@ Runs a real registry (SQLite) and a real controller in this process and measures
     5 times, each on a fresh name; the first also fetches the artifact and builds
     the repository, the others reuse them (median reported, first shown apart);
 (b) rollout — a new Model revision on a 2-replica ModelInfer, from Apply until both
-    replicas serve the new revision and the old ones are gone;
+    replicas serve the new revision and the old ones are gone, under continuous
+    inference through a real gateway (HAProxy, auth off) in this process: two
+    tritonclient senders from before the Apply until after the rollout; every
+    failed request is counted and reported, and the answers per revision (Triton's
+    ``model_version``) show the traffic moving to the new one;
 (c) reconcile throughput — 1,000 ModelInfers on the in-memory fake runtime (no Triton):
     from the Apply of all of them until every one reports its replica ready.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import pathlib
@@ -26,14 +31,19 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
 
 from bench.platform import start_platform, stop
 from bench.report import ROOT, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.gateway.main import GatewayApp
+from matrixinfer.gateway.settings import GatewaySettings
 
 ONNX = ROOT / "examples/iris/model.onnx"
 
@@ -61,6 +71,27 @@ def infer_doc(name: str, replicas: int = 1) -> dict[str, object]:
         "metadata": {"name": name},
         "spec": {"modelRef": {"name": "iris"}, "replicas": replicas},
     }
+
+
+def route_docs(infer: str) -> list[dict[str, object]]:
+    """A ModelServer and a ModelRoute: clients call ``iris`` on the gateway."""
+    return [
+        {
+            "apiVersion": "networking.matrixinfer.ai/v1alpha1",
+            "kind": "ModelServer",
+            "metadata": {"name": infer},
+            "spec": {"modelInferRef": infer, "model": "iris"},
+        },
+        {
+            "apiVersion": "networking.matrixinfer.ai/v1alpha1",
+            "kind": "ModelRoute",
+            "metadata": {"name": "iris"},
+            "spec": {
+                "modelName": "iris",
+                "rules": [{"targets": [{"modelServer": infer}]}],
+            },
+        },
+    ]
 
 
 async def wait_for(
@@ -118,13 +149,84 @@ async def wait_for_gone(stub: registry_pb2_grpc.RegistryStub, name: str) -> None
         await asyncio.sleep(0.05)
 
 
-async def rollout(workdir: pathlib.Path) -> float:
+@dataclass
+class Rollout:
+    seconds: float
+    answered: dict[str, int]  # by the revision that answered
+    failed: int
+    errors: list[str]
+
+
+class Senders:
+    """Clients calling ``iris`` through the gateway, one request after another each,
+    until stopped."""
+
+    def __init__(self, address: str, count: int = 2) -> None:
+        self.address = address
+        self.count = count
+        self.answered: collections.Counter[str] = collections.Counter()
+        self.errors: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._send()) for _ in range(self.count)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _send(self) -> None:
+        client = triton_aio.InferenceServerClient(self.address)
+        x = triton_aio.InferInput("X", [1, 4], "FP32")
+        x.set_data_from_numpy(np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32))
+        try:
+            while not self._stop.is_set():
+                try:
+                    result = await client.infer("iris", [x], client_timeout=10)
+                except Exception as e:  # noqa: BLE001 - counted and reported
+                    self.errors.append(str(e))
+                    continue
+                self.answered[result.get_response().model_version] += 1
+        finally:
+            await client.close()
+
+
+async def routed(gateway: GatewayApp, replicas: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        route = gateway.routes.table.routes.get("iris")
+        if (
+            route is not None
+            and route.rules
+            and route.rules[0].targets
+            and len(route.rules[0].targets[0][0].replicas) >= replicas
+        ):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the gateway never routed iris")
+
+
+async def rollout(workdir: pathlib.Path) -> Rollout:
     registry, controller, channel = await start_platform(workdir, fake=False)
     stub = registry_pb2_grpc.RegistryStub(channel)
+    gateway = await GatewayApp.start(
+        GatewaySettings(
+            registry_address=registry.address,
+            grpc_port=0,
+            http_port=0,
+            auth_mode="off",
+            log_level="WARNING",
+        )
+    )
+    senders = Senders(gateway.address)
     try:
-        docs = [model_doc("1"), infer_doc("roll", replicas=2)]
+        docs = [model_doc("1"), infer_doc("roll", replicas=2), *route_docs("roll")]
         await stub.Apply(rpb.ApplyRequest(manifest=json.dumps(docs)))
         await wait_for(stub, "roll", ready(2))
+        await routed(gateway, replicas=2)
+        senders.start()
+        await asyncio.sleep(1.0)  # traffic on revision 1 before the change
         started = time.monotonic()
         await stub.Apply(rpb.ApplyRequest(manifest=json.dumps(model_doc("2"))))
         done = await wait_for(
@@ -137,8 +239,17 @@ async def rollout(workdir: pathlib.Path) -> float:
                 and i.status.replicas == 2
             ),
         )
-        return done - started
+        await asyncio.sleep(1.0)  # and on revision 2 after it
+        await senders.stop()
+        return Rollout(
+            done - started,
+            dict(sorted(senders.answered.items())),
+            len(senders.errors),
+            sorted(set(senders.errors))[:5],
+        )
     finally:
+        await senders.stop()
+        await gateway.stop(0)
         await stop(registry, controller, channel)
 
 
@@ -173,6 +284,15 @@ async def throughput(workdir: pathlib.Path, count: int) -> float:
         await stop(registry, controller, channel)
 
 
+def rollout_traffic(roll: Rollout) -> str:
+    by_revision = ", ".join(
+        f"{n} by revision {revision}" for revision, n in roll.answered.items()
+    )
+    return (
+        f"{sum(roll.answered.values())} answered ({by_revision}), {roll.failed} failed"
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
@@ -180,7 +300,9 @@ async def main_async(args: argparse.Namespace) -> None:
         cold = await cold_start(workdir / "cold", args.runs)
         print("rollout of 2 replicas:", flush=True)
         roll = await rollout(workdir / "roll")
-        print(f"  {roll:.2f} s", flush=True)
+        print(f"  {roll.seconds:.2f} s; {rollout_traffic(roll)}", flush=True)
+        for error in roll.errors:
+            print(f"  failed: {error}", flush=True)
         print(
             f"reconcile throughput, {args.objects} ModelInfers, fake runtime:",
             flush=True,
@@ -193,7 +315,9 @@ async def main_async(args: argparse.Namespace) -> None:
         f"Measured: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; "
-        "registry (SQLite) and controller in one process, CPU only.",
+        "registry (SQLite) and controller in one process, CPU only; during the "
+        "rollout a gateway (HAProxy, auth off) in the same process carries two "
+        "tritonclient senders' requests.",
         "",
         "| measure | result |",
         "|---|---:|",
@@ -202,7 +326,10 @@ async def main_async(args: argparse.Namespace) -> None:
         f"| cold start, first run (fetch + repository build included) "
         f"| {cold[0]:.2f} s |",
         f"| cold start, all runs | {', '.join(f'{t:.2f}' for t in cold)} s |",
-        f"| rollout of 2 replicas to a new revision (maxSurge 1) | {roll:.2f} s |",
+        f"| rollout of 2 replicas to a new revision (maxSurge 1) "
+        f"| {roll.seconds:.2f} s |",
+        f"| requests through the gateway during the rollout "
+        f"| {rollout_traffic(roll)} |",
         f"| reconcile {args.objects} ModelInfers on the fake runtime | "
         f"{spent:.2f} s ({args.objects / spent:.0f}/s) |",
     ]

@@ -92,18 +92,31 @@ def test_rollout_and_rollback(platform_up: Run) -> None:
     assert row.split()[2:4] == ["1/1", "3"], out
 
 
-def test_autoscaling_to_three_and_to_zero_and_back(platform_up: Run) -> None:
+def test_autoscaling_to_three_in_panic_and_to_zero_and_back(platform_up: Run) -> None:
     out = run_block("autoscaling")
-    header, row = next(
-        (lines[i], lines[i + 1])
-        for lines in [out.splitlines()]
-        for i in range(len(lines) - 1)
-        if lines[i].startswith("NAME") and "DESIRED" in lines[i]
+    lines = out.splitlines()
+    # The policy's table once its CURRENT reached 3, under load: 3 wanted, 3 ready.
+    at = next(
+        i for i, line in enumerate(lines) if line.split()[:2] == ["NAME", "TARGET"]
     )
-    desired = row.split()[header.split().index("DESIRED")]
-    assert int(desired) >= 2, out  # scaled up under load
-    assert re.search(r"\d+ requests answered, 0 failed", out), out
-    answer = json.loads(out.strip().splitlines()[-1])  # the request at zero
+    policy = dict(zip(lines[at].split(), lines[at + 1].split(), strict=False))
+    assert (policy["NAME"], policy["CURRENT"], policy["DESIRED"]) == ("iris", "3", "3")
+    # The ModelInfer's scaleReason: the last scale before that was a panic decision
+    # on the Concurrency metric. (When the policy's edit found iris idle, it went to
+    # zero first and the reason starts "traffic at zero → 3 replicas: " before it.)
+    assert re.search(
+        r"panic: Concurrency [0-9.]+ over 3s → \d+ replicas \(target 2 per replica\);"
+        r" no scale-down until 10s after load last reached 200% of ready replicas",
+        lines[at + 2],
+    ), out
+    assert re.search(r"^\d+ requests answered, 0 failed, in 20 s$", out, re.M), out
+    # Scaled to zero once the load was gone.
+    at = next(
+        i for i, line in enumerate(lines) if line.split()[:2] == ["NAME", "MODEL"]
+    )
+    infer = dict(zip(lines[at].split(), lines[at + 1].split(), strict=False))
+    assert (infer["NAME"], infer["READY"]) == ("iris", "0/0"), out
+    answer = json.loads(lines[-1])  # the request at zero
     label = next(o for o in answer["outputs"] if o["name"] == "label")
     assert label["data"] == [2]
 

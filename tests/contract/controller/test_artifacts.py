@@ -1,5 +1,6 @@
-"""Fetching artifacts from a real S3-compatible server (moto_server) and the local
-disk: digests, caching, verification, safe unpacking."""
+"""Fetching artifacts from real servers — S3-compatible (moto_server), GCS
+(gcp-storage-emulator), Azure Blob (Azurite), plain HTTP (Python's http.server) —
+and the local disk: digests, caching, verification, safe unpacking."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from moto.server import ThreadedMotoServer
 
 from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher, ArtifactLimits
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
-from tests.conftest import ROOT
+from tests.conftest import ROOT, http_files
 
 ONNX = (ROOT / "examples/iris/model.onnx").read_bytes()
 
@@ -169,6 +170,52 @@ async def test_metadata_addresses_are_refused(uri: str, tmp_path: pathlib.Path) 
 
 
 @pytest.fixture
+def iris_over_http() -> Iterator[tuple[str, list[str]]]:
+    """examples/iris over plain HTTP on 127.0.0.1, and the paths asked for. Loopback
+    needs no setting: the SSRF guard refuses link-local and cloud metadata
+    addresses (and names resolving to them), not private or loopback ones."""
+    with http_files(ROOT / "examples/iris") as served:
+        yield served
+
+
+async def test_http_object_is_fetched_verified_and_cached(
+    iris_over_http: tuple[str, list[str]], tmp_path: pathlib.Path
+) -> None:
+    base, requested = iris_over_http
+    uri = f"{base}/model.onnx"
+    digest = hashlib.sha256(ONNX).hexdigest()
+    fetcher = ArtifactFetcher(tmp_path / "cache")
+    artifact = await fetcher.fetch(uri, sha256=digest)
+    assert artifact.digest == digest
+    assert (artifact.path / "model.onnx").read_bytes() == ONNX
+    assert requested == ["/model.onnx"]
+    # Known content is served from the cache without a second download.
+    again = await fetcher.fetch(uri, sha256=digest)
+    assert again.path == artifact.path
+    assert requested == ["/model.onnx"]
+
+
+async def test_http_object_with_a_wrong_sha256_is_refused(
+    iris_over_http: tuple[str, list[str]], tmp_path: pathlib.Path
+) -> None:
+    base, requested = iris_over_http
+    uri = f"{base}/model.onnx"
+    wrong = hashlib.sha256(b"some other model").hexdigest()
+    actual = hashlib.sha256(ONNX).hexdigest()
+    fetcher = ArtifactFetcher(tmp_path / "cache")
+    with pytest.raises(InvalidArgument) as refused:
+        await fetcher.fetch(uri, sha256=wrong)
+    assert refused.value.message == (
+        f"sha256 mismatch for {uri}: the Model says {wrong}, the artifact is {actual}"
+    )
+    assert requested == ["/model.onnx"]  # downloaded, then refused
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # nothing kept
+    with pytest.raises(FailedPrecondition) as missing:
+        await fetcher.fetch(f"{base}/missing.onnx")
+    assert missing.value.message == f"GET {base}/missing.onnx answered HTTP 404"
+
+
+@pytest.fixture
 def gcs() -> Iterator[str]:
     server = create_server("127.0.0.1", 0, in_memory=True, default_bucket="models")
     server.start()
@@ -197,6 +244,8 @@ async def test_gcs_object_and_prefix(gcs: str, tmp_path: pathlib.Path) -> None:
         await fetcher.fetch("gs://models/missing.onnx")
 
 
+#: Installed by `make test-tools` (which `make test` runs before pytest), so under
+#: `make test` it is always there; a run without it fails and says how to get it.
 AZURITE = ROOT / ".tools/azurite/node_modules/.bin/azurite-blob"
 # Azurite's published development account (the same in every Azurite install).
 AZURITE_KEY = (
@@ -208,15 +257,21 @@ AZURITE_KEY = (
 @pytest.fixture
 def azurite(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if not AZURITE.exists():
-        pytest.skip(f"Azurite is not installed at {AZURITE} (make setup installs it)")
+        pytest.fail(
+            f"Azurite (the Azure Blob emulator) is not installed at {AZURITE}: "
+            "run `make test-tools` (`make test` runs it before pytest)",
+            pytrace=False,
+        )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-         "--silent", "--skipApiVersionCheck", "--inMemoryPersistence"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = tmp_path / "azurite.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+             "--silent", "--skipApiVersionCheck", "--inMemoryPersistence"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -226,7 +281,7 @@ def azurite(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
             ):
                 break
             assert process.poll() is None and time.monotonic() < deadline, (
-                "Azurite did not start"
+                f"Azurite did not start: {log.read_text(errors='replace')[-2000:]}"
             )
             time.sleep(0.1)
         connection = (
@@ -246,8 +301,12 @@ async def test_azure_blob_and_prefix(azurite: str, tmp_path: pathlib.Path) -> No
     container.upload_blob("iris/model.onnx", ONNX)
     container.upload_blob("iris/labels.txt", b"setosa")
     fetcher = ArtifactFetcher(tmp_path / "cache")
-    single = await fetcher.fetch("az://models/iris/model.onnx")
-    assert single.digest == hashlib.sha256(ONNX).hexdigest()
+    digest = hashlib.sha256(ONNX).hexdigest()
+    with pytest.raises(InvalidArgument, match="sha256 mismatch"):
+        await fetcher.fetch("az://models/iris/model.onnx", sha256="0" * 64)
+    single = await fetcher.fetch("az://models/iris/model.onnx", sha256=digest)
+    assert single.digest == digest
+    assert (single.path / "model.onnx").read_bytes() == ONNX
     folder = await fetcher.fetch("az://models/iris/")
     assert sorted(p.name for p in folder.path.iterdir()) == ["labels.txt", "model.onnx"]
     with pytest.raises(FailedPrecondition, match="not found"):

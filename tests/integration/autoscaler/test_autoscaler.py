@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ spec:
     stableWindowSeconds: 6
     panicWindowSeconds: 2
     scaleDown: {{stabilizationWindowSeconds: 0, periodSeconds: 1, maxPercent: 100}}
-    scaleToZeroGracePeriodSeconds: 2
+    scaleToZeroGracePeriodSeconds: {grace}
 """
 
 
@@ -76,7 +77,7 @@ async def scaled(platform: Platform) -> AsyncIterator[Scaled]:
 
 
 async def deploy(s: Scaled, min_replicas: int) -> None:
-    await s.platform.apply(iris_manifests() + POLICY.format(min=min_replicas))
+    await s.platform.apply(iris_manifests() + POLICY.format(min=min_replicas, grace=2))
     await s.platform.wait_for(lambda i: i is not None and i.status.ready_replicas == 1)
     await wait_routed(s.gateway)
 
@@ -166,8 +167,15 @@ async def test_idle_goes_to_zero_and_a_request_at_zero_is_served(
         ),
         timeout_s=40,
     )
-    assert infer is not None and "zero" in infer.status.scale_reason
+    assert infer is not None
+    assert re.fullmatch(r"idle for [0-9.]+s → scale to zero", infer.status.scale_reason)
     await wait_until_unrouted(scaled.gateway)
+    # A long grace from here on: once the request below is served, nothing may take
+    # the model back to zero while the test looks (the 2 s grace would, after 2 s
+    # without traffic), so what the test sees is the activation and nothing after it.
+    await scaled.platform.apply(POLICY.format(min=0, grace=600))
+    await until_the_autoscaler_has_grace(scaled.autoscaler, 600)
+
     client = triton_aio.InferenceServerClient(scaled.gateway.address)
     try:
         result = await client.infer("iris", request(), client_timeout=30)
@@ -175,9 +183,32 @@ async def test_idle_goes_to_zero_and_a_request_at_zero_is_served(
         await client.close()
     label = result.as_numpy("label")
     assert label is not None and label.reshape(-1).tolist() == [2]
-    infer = await scaled.platform.infer_status()
-    assert infer is not None and infer.status.desired_replicas >= 1
-    assert "activation" in infer.status.scale_reason or infer.status.ready_replicas
+    # One replica, started by the activation: one request is far under the target
+    # of 20 requests per second per replica (no further scale-up), and within the
+    # 600 s grace nothing scales it down, so the last scale is the activation.
+    infer = await scaled.platform.wait_for(
+        lambda i: (
+            i is not None
+            and i.status.desired_replicas == 1
+            and i.status.ready_replicas == 1
+        ),
+        timeout_s=10,
+    )
+    assert infer is not None
+    assert infer.status.scale_reason == "activation: a request arrived at zero replicas"
+
+
+async def until_the_autoscaler_has_grace(app: AutoscalerApp, grace_s: int) -> None:
+    """Until the autoscaler's informer holds the policy with this grace period
+    (an Activate takes the policy from there)."""
+    for _ in range(200):
+        resource = app.informer.get("AutoscalingPolicy", "default", "iris")
+        if resource is not None:
+            behavior = resource.autoscaling_policy.spec.behavior
+            if behavior.scale_to_zero_grace_period_seconds == grace_s:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the autoscaler never saw a {grace_s} s grace period")
 
 
 async def wait_until_unrouted(gateway: GatewayApp) -> None:

@@ -4,6 +4,7 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pathlib
 import signal
@@ -19,7 +20,8 @@ from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.api.v1 import controller_pb2_grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import resources_pb2 as pb
-from tests.integration.conftest import Platform, iris_manifests
+from tests.conftest import ROOT, http_files
+from tests.integration.conftest import IRIS_ONNX, Platform, iris_manifests
 
 
 def ready(count: int) -> Callable[[pb.ModelInfer | None], bool]:
@@ -132,6 +134,47 @@ async def test_unreachable_artifact_is_degraded_and_others_unaffected(
     # The controller keeps working for other models.
     await platform.apply(iris_manifests())
     await platform.wait_for(ready(1))
+
+
+async def test_http_artifact_is_verified_and_deployed(platform: Platform) -> None:
+    """A Model whose source is an http:// URL with a sha256: a wrong digest is a
+    Degraded condition naming both digests; the right one gives a ready replica
+    that answers. The file comes from a local HTTP server (loopback needs no
+    setting; the SSRF guard refuses link-local and metadata addresses)."""
+    digest = hashlib.sha256(IRIS_ONNX.read_bytes()).hexdigest()
+    wrong = hashlib.sha256(b"some other model").hexdigest()
+    with http_files(ROOT / "examples/iris") as (base, requested):
+        uri = f"{base}/model.onnx"
+
+        def with_digest(sha256: str) -> str:
+            line = f'uri: "{uri}"'
+            return iris_manifests(uri, **{line: f'{line}\n      sha256: "{sha256}"'})
+
+        await platform.apply(with_digest(wrong))
+        infer = await platform.wait_for(
+            lambda i: (
+                i is not None
+                and any(
+                    c.type == "Degraded" and c.status == "True"
+                    for c in i.status.conditions
+                )
+            )
+        )
+        assert infer is not None
+        degraded = next(c for c in infer.status.conditions if c.type == "Degraded")
+        assert (
+            f"sha256 mismatch for {uri}: the Model says {wrong}, the artifact is "
+            f"{digest}" in degraded.message
+        )
+        assert platform.controller.runtime.replicas("default/iris") == []
+
+        await platform.apply(with_digest(digest))
+        infer = await platform.wait_for(ready(1))
+    assert infer is not None
+    assert {c.type: c.status for c in infer.status.conditions}["Degraded"] == "False"
+    (endpoint,) = infer.status.endpoints
+    assert await classify(endpoint, [SETOSA, VIRGINICA]) == [0, 2]
+    assert set(requested) == {"/model.onnx"}  # every fetch went over HTTP
 
 
 def unloadable_onnx(path: pathlib.Path) -> None:

@@ -1,95 +1,98 @@
 """A new Model revision rolls out under continuous inference with zero failed
-requests. The client plays the gateway's part: it follows the ModelInfer's endpoints
-through Watch and sends only to ready replicas that are not draining."""
+requests. The requests go the way a user's do: an unchanged tritonclient calls the
+real gateway (HAProxy carries them to the replicas it is configured with), and each
+answer names the revision that served it (Triton's ``model_version`` is the Model's
+revision), so the test sees traffic move from revision 1 to revision 2."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
+import collections
+import time
 
 import numpy as np
+import pytest
 import tritonclient.grpc.aio as triton_grpc
 
-from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.api.v1 import resources_pb2 as pb
-from tests.integration.conftest import Platform, iris_manifests
+from matrixinfer.gateway.main import GatewayApp
+from tests.integration.conftest import (
+    Platform,
+    iris_manifests,
+    start_gateway,
+    wait_routed,
+)
 
-ROW = np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
-
-
-class EndpointFollower:
-    def __init__(self) -> None:
-        self.endpoints: list[pb.Endpoint] = []
-        self.changed = asyncio.Event()
-
-    async def follow(self, platform: Platform) -> None:
-        stream = platform.stub.Watch(
-            rpb.WatchRequest(kind="ModelInfer", send_initial_events=True)
-        )
-        async for event in stream:
-            if event.type in ("ADDED", "MODIFIED"):
-                self.endpoints = [
-                    e
-                    for e in event.object.model_infer.status.endpoints
-                    if e.ready and not e.draining
-                ]
-                self.changed.set()
+ROW = np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32)  # virginica: label 2
+SENDERS = 2
 
 
-async def send_forever(follower: EndpointFollower, results: dict[str, int]) -> None:
-    clients: dict[str, triton_grpc.InferenceServerClient] = {}
-    try:
-        for n in itertools.count():
-            if not follower.endpoints:
-                await asyncio.sleep(0.01)
-                continue
-            endpoint = follower.endpoints[n % len(follower.endpoints)]
-            address = f"{endpoint.address}:{endpoint.grpc_port}"
-            client = clients.setdefault(
-                address, triton_grpc.InferenceServerClient(address)
+class Traffic:
+    """``SENDERS`` clients calling the gateway one request after another until
+    stopped; answers are counted by (revision, label), failures kept whole."""
+
+    def __init__(self, gateway: GatewayApp) -> None:
+        self.gateway = gateway
+        self.answers: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._send()) for _ in range(SENDERS)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def served_by(self, revision: str) -> int:
+        return sum(n for (r, _), n in self.answers.items() if r == revision)
+
+    async def until_served_by(self, revision: str, more_than: int) -> None:
+        deadline = time.monotonic() + 30
+        while self.served_by(revision) <= more_than:
+            assert time.monotonic() < deadline, (
+                f"revision {revision} answered no more requests: {self.answers}, "
+                f"failures {self.failures[:5]}"
             )
-            tensor = triton_grpc.InferInput("X", [1, 4], "FP32")
-            tensor.set_data_from_numpy(ROW)
-            try:
-                result = await client.infer("iris", [tensor], client_timeout=10)
+            await asyncio.sleep(0.05)
+
+    async def _send(self) -> None:
+        client = triton_grpc.InferenceServerClient(self.gateway.address)
+        try:
+            while not self._stop.is_set():
+                tensor = triton_grpc.InferInput("X", [1, 4], "FP32")
+                tensor.set_data_from_numpy(ROW)
+                try:
+                    result = await client.infer("iris", [tensor], client_timeout=10)
+                except Exception as e:  # noqa: BLE001 - every failure is asserted on
+                    self.failures.append(str(e))
+                    continue
                 labels = result.as_numpy("label")
-                ok = labels is not None and int(labels.reshape(-1)[0]) == 2
-                results["ok" if ok else "wrong"] += 1
-                results[f"revision-{endpoint.revision}"] += 1
-            except Exception as e:  # every failure counts; the test asserts on them
-                results["failed"] += 1
-                results.setdefault(f"error: {e}"[:200], 0)
-    finally:
-        for client in clients.values():
-            with contextlib.suppress(Exception):
-                await client.close()
+                label = -1 if labels is None else int(labels.reshape(-1)[0])
+                revision = result.get_response().model_version
+                self.answers[(revision, label)] += 1
+        finally:
+            await client.close()
 
 
-async def test_rollout_under_load_has_zero_failures(platform: Platform) -> None:
-    await platform.apply(iris_manifests(**{"replicas: 1": "replicas: 2"}))
+@pytest.mark.timeout(300)
+async def test_rollout_through_the_gateway_fails_no_request(
+    platform: Platform,
+) -> None:
+    two = {"replicas: 1": "replicas: 2"}
+    await platform.apply(iris_manifests(**two))
     await platform.wait_for(
         lambda i: i is not None and i.status.ready_replicas == 2, 90
     )
-    follower = EndpointFollower()
-    results: dict[str, int] = {
-        "ok": 0,
-        "wrong": 0,
-        "failed": 0,
-        "revision-1": 0,
-        "revision-2": 0,
-    }
-    watcher = asyncio.create_task(follower.follow(platform))
-    sender = asyncio.create_task(send_forever(follower, results))
+    gateway = await start_gateway(platform)
+    traffic = Traffic(gateway)
     try:
-        await asyncio.sleep(1.0)
-        assert results["ok"] > 0
+        await wait_routed(gateway, replicas=2)
+        traffic.start()
+        await traffic.until_served_by("1", more_than=50)
+
         # A new revision: same artifact, new version string.
-        await platform.apply(
-            iris_manifests(
-                **{"replicas: 1": "replicas: 2", 'version: "1"': 'version: "2"'}
-            )
-        )
+        await platform.apply(iris_manifests(**two, **{'version: "1"': 'version: "2"'}))
         infer = await platform.wait_for(
             lambda i: (
                 i is not None
@@ -98,15 +101,16 @@ async def test_rollout_under_load_has_zero_failures(platform: Platform) -> None:
                 and i.status.ready_replicas == 2
                 and i.status.replicas == 2
             ),
-            timeout_s=120,
+            timeout_s=150,
         )
-        await asyncio.sleep(1.0)  # traffic keeps flowing on the new revision
+        # The old replicas are gone; traffic keeps flowing on the new ones.
+        after_rollout = traffic.served_by("2")
+        await traffic.until_served_by("2", more_than=after_rollout + 50)
     finally:
-        sender.cancel()
-        watcher.cancel()
-        await asyncio.gather(sender, watcher, return_exceptions=True)
+        await traffic.stop()
+        await gateway.stop(0)
     assert infer is not None
     assert {e.revision for e in infer.status.endpoints} == {2}
-    assert results["failed"] == 0, results
-    assert results["wrong"] == 0, results
-    assert results["revision-1"] > 0 and results["revision-2"] > 0, results
+    assert traffic.failures == [], (len(traffic.failures), traffic.failures[:5])
+    # Every answer is the right label, and both revisions answered through HAProxy.
+    assert set(traffic.answers) == {("1", 2), ("2", 2)}, traffic.answers
