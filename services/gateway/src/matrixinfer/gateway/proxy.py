@@ -21,6 +21,7 @@ import grpc
 
 from matrixinfer.core.errors import (
     DeadlineExceeded,
+    InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
@@ -31,6 +32,7 @@ from matrixinfer.gateway.auth import Authenticator, authorize_infer
 from matrixinfer.gateway.balancer import Balancer
 from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
 from matrixinfer.gateway.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
+from matrixinfer.gateway.tensors import check_infer_request
 from matrixinfer.gateway.wire import peek_model, with_model
 
 log = logging.getLogger(__name__)
@@ -426,6 +428,10 @@ class InferenceProxy:
     ) -> bytes:
         path = PATHS[method]
         route, rule, server, affinity, flat = await self._admit(headers, name, version)
+        if method == "ModelInfer":
+            problem = check_infer_request(request)
+            if problem is not None:
+                raise InvalidArgument(problem)
         if method == "ModelReady" and not server.replicas:
             return b""  # ModelReadyResponse{ready: false}
         deadline = time.monotonic() + self._timeout_s(

@@ -58,13 +58,16 @@ _HTTP_OF = {NOT_FOUND: 404, PERMISSION_DENIED: 403, RESOURCE_EXHAUSTED: 429, 16:
 WEIGHT_SCALE = 10_000
 MIN_SLOTS = 4
 RENAME_LUA = "grpc_rename.lua"
+#: Refuses tensors whose data does not match their shapes (gRPC and REST binary).
+CHECK_LUA = "tensor_check.lua"
+#: The Lua scripts HAProxy loads.
+LUA_SCRIPTS = (RENAME_LUA, CHECK_LUA)
 
 
-def rename_filter_source() -> str:
-    """The Lua filter that renames the model in a gRPC body (shipped beside this
-    module; written into the data plane's folder, which HAProxy may see from
-    another container)."""
-    return (importlib.resources.files(__package__) / RENAME_LUA).read_text()
+def lua_source(name: str) -> str:
+    """A Lua script shipped beside this module (written into the data plane's
+    folder, which HAProxy may see from another container)."""
+    return (importlib.resources.files(__package__) / name).read_text()
 
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -318,7 +321,7 @@ def render(
     previous_slots: Mapping[str, list[Replica | None]] | None = None,
     cooling: Mapping[str, frozenset[int]] | None = None,
 ) -> Render:
-    ctx = _Ctx({RENAME_LUA: rename_filter_source()}, directory)
+    ctx = _Ctx({name: lua_source(name) for name in LUA_SCRIPTS}, directory)
     maps: dict[str, dict[str, str]] = {"routes.map": {}, "weights.map": {}}
     maps.update(api_keys_maps(keys))
     if options.jwt is not None:
@@ -486,7 +489,8 @@ def _global(ports: Ports, options: Options, directory: str) -> str:
     ]
     # One Lua state per thread: with one shared state, 2.6 fails filters that run
     # on several threads at once ("attempt to index a thread value").
-    lines.append(f"    lua-load-per-thread {directory}/{RENAME_LUA}")
+    for name in LUA_SCRIPTS:
+        lines.append(f"    lua-load-per-thread {directory}/{name}")
     if options.threads:
         lines.append(f"    nbthread {options.threads}")
     if options.peer_name:
@@ -543,7 +547,14 @@ def _frontend(
         )
         # Only the first bytes are read: model_name is field 1 and serializers write
         # it first, so a partly buffered body is enough (tensors stay unread).
-        out.append("    http-request wait-for-body time 2s at-least 1k if model_call")
+        # ModelInfer: the whole message when it fits the buffer (its tensors are
+        # checked against their shapes); other calls: the head is enough.
+        out.append(f"    acl infer_call path {GRPC_SERVICE}ModelInfer")
+        out.append("    http-request wait-for-body time 2s if infer_call")
+        out.append(
+            "    http-request wait-for-body time 2s at-least 1k "
+            "if model_call !infer_call"
+        )
         out.append("    http-request wait-for-body time 2s at-least 12 if stream_call")
         out.append(
             "    http-request set-var(txn.model) req.body,bytes(5),protobuf(1) if !slow"
@@ -596,6 +607,7 @@ def _frontend(
         )
     if options.auth:
         out.extend(_auth_rules(error, options, directory, ctx))
+    out.extend(_tensor_checks(grpc))
     out.append(
         "    http-request set-var(txn.draw) rand(" + str(WEIGHT_SCALE) + ") if !slow"
     )
@@ -646,6 +658,33 @@ def _frontend(
     out.append(f"    use_backend {slow} if slow")
     out.append(f"    use_backend {letter}:%[var(txn.be)]")
     return "\n".join(out) + "\n"
+
+
+def _tensor_checks(grpc: bool) -> list[str]:
+    """Tensors whose data does not match their shapes are refused (INVALID_ARGUMENT,
+    REST 400) naming the input; a request larger than HAProxy's buffer goes to the
+    slow path, whose Python checks it whole."""
+    if grpc:
+        out = [
+            "    http-request lua.grpc_tensor_check if !slow infer_call",
+            "    http-request return status 200 hdr grpc-status 3 "
+            'hdr grpc-message "%[var(txn.bad)]" if !slow { var(txn.bad) -m found }',
+        ]
+    else:
+        out = [
+            "    acl rest_binary req.hdr(inference-header-content-length) -m found",
+            "    acl rest_infer path_end /infer",
+            "    http-request wait-for-body time 2s if !slow rest_binary rest_infer",
+            "    http-request lua.rest_tensor_check if !slow rest_binary rest_infer",
+            "    http-request return status 400 content-type application/json "
+            'lf-string "{\\"error\\":\\"%[var(txn.bad),json(utf8ps)]\\"}" '
+            "if !slow { var(txn.bad) -m found }",
+        ]
+    out.append(
+        "    http-request set-var(txn.slow) str(large) "
+        "if !slow { var(txn.large) -m found }"
+    )
+    return out
 
 
 def _auth_rules(
