@@ -274,7 +274,7 @@ async def test_every_queried_metric_is_exported(tmp_path: pathlib.Path) -> None:
         assert autoscaler.metrics_server is not None
 
         await platform.apply(
-            iris_manifests() + POLICY.format(min=1) + MIRRORED + BROKEN
+            iris_manifests() + POLICY.format(min=1, grace=2) + MIRRORED + BROKEN
         )
         await platform.wait_for(
             lambda i: i is not None and i.status.ready_replicas == 1, 90

@@ -78,7 +78,7 @@ async def test_controller_and_autoscaler_metrics(platform: Platform) -> None:
         )
     )
     try:
-        await platform.apply(iris_manifests() + POLICY.format(min=1))
+        await platform.apply(iris_manifests() + POLICY.format(min=1, grace=2))
         assert autoscaler.metrics_server is not None
         key = (("model_infer", "iris"), ("namespace", "default"))
         for _ in range(100):

@@ -24,8 +24,6 @@ from datetime import UTC, datetime
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from matrixinfer.api.v1 import controller_pb2 as cpb
-from matrixinfer.api.v1 import controller_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.autoscaler.decision import (
     Decision,
@@ -43,6 +41,7 @@ from matrixinfer.autoscaler.sources import (
     PrometheusQuery,
     TritonScraper,
 )
+from matrixinfer.core.controller import ControllerClient
 from matrixinfer.core.errors import (
     FailedPrecondition,
     MatrixInferError,
@@ -146,13 +145,12 @@ class Autoscaler:
     ) -> None:
         self.informer = informer
         self._registry = registry
-        self._controller = controller_pb2_grpc.ControllerStub(controller)
+        self._controller = ControllerClient(controller, call_timeout_s)
         self.gateways = gateways
         self._triton = triton
         self._prometheus = prometheus
         self._metrics = metrics
         self._tick_s = tick_s
-        self._timeout_s = call_timeout_s
         self._clock = clock
         self._tracked: dict[Key, _Tracked] = {}  # by target ModelInfer
         self._task: asyncio.Task[None] | None = None
@@ -239,11 +237,7 @@ class Autoscaler:
                 log.error("autoscaling %s/%s failed this tick: %r", *t.target, result)
 
     async def _replicas(self, target: Key) -> tuple[int, list[pb.Endpoint]]:
-        response: cpb.GetReplicasResponse = await self._controller.GetReplicas(
-            cpb.GetReplicasRequest(namespace=target[0], model_infer=target[1]),
-            timeout=self._timeout_s,
-        )
-        return response.desired_replicas, list(response.endpoints)
+        return await self._controller.get_replicas(*target)
 
     async def _sample(
         self, tracked: _Tracked, endpoints: list[pb.Endpoint], now: float
@@ -266,9 +260,9 @@ class Autoscaler:
         async with tracked.lock:
             try:
                 current, endpoints = await self._replicas(tracked.target)
-            except grpc.aio.AioRpcError as e:
+            except MatrixInferError as e:
                 # Controller away or ModelInfer not there yet: decide nothing.
-                log.debug("GetReplicas %s/%s: %s", *tracked.target, e.code().name)
+                log.debug("GetReplicas %s/%s: %s", *tracked.target, e)
                 return
             ready = sum(1 for e in endpoints if e.ready and not e.draining)
             now = self._clock()
@@ -287,17 +281,9 @@ class Autoscaler:
         """Ask the controller; False (logged) when it could not be reached."""
         namespace, name = tracked.target
         try:
-            await self._controller.Scale(
-                cpb.ScaleRequest(
-                    namespace=namespace,
-                    model_infer=name,
-                    replicas=desired,
-                    reason=reason[:1024],
-                ),
-                timeout=self._timeout_s,
-            )
-        except grpc.aio.AioRpcError as e:
-            log.warning("Scale %s/%s failed: %s", namespace, name, e.code().name)
+            await self._controller.scale(namespace, name, desired, reason)
+        except MatrixInferError as e:
+            log.warning("Scale %s/%s failed: %s", namespace, name, e)
             return False
         tracked.last_scale_time = datetime.now(UTC).isoformat(timespec="seconds")
         direction = "up" if desired > current else "down"
@@ -379,9 +365,9 @@ class Autoscaler:
             tracked.state = tracked.state.with_sample(Sample(now, {}, 1.0))
             try:
                 current, _ = await self._replicas(tracked.target)
-            except grpc.aio.AioRpcError as e:
+            except MatrixInferError as e:
                 raise Unavailable(
-                    f"the controller did not answer ({e.code().name}); retry"
+                    f"the controller did not answer ({e}); retry"
                 ) from None
             if current > 0:
                 return current

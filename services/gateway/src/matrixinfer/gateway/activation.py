@@ -20,7 +20,8 @@ from typing import Protocol
 import grpc
 
 from matrixinfer.api.v1 import autoscaler_pb2 as apb
-from matrixinfer.api.v1 import autoscaler_pb2_grpc
+from matrixinfer.core.autoscaler import AutoscalerClient
+from matrixinfer.core.errors import MatrixInferError
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +42,14 @@ class NoopActivator:
 
 class AutoscalerActivator:
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 2.0) -> None:
-        self._stub = autoscaler_pb2_grpc.AutoscalerStub(channel)
-        self._timeout_s = timeout_s
+        self._client = AutoscalerClient(channel, timeout_s)
 
     async def activate(self, namespace: str, model_infer: str) -> None:
         try:
-            await self._stub.Activate(
-                apb.ActivateRequest(namespace=namespace, model_infer=model_infer),
-                timeout=self._timeout_s,
-            )
-        except grpc.aio.AioRpcError as e:
+            await self._client.activate(namespace, model_infer)
+        except MatrixInferError as e:
             # Held requests still wait for replicas; the next request asks again.
-            log.warning(
-                "Activate %s/%s failed: %s", namespace, model_infer, e.code().name
-            )
+            log.warning("Activate %s/%s failed: %s", namespace, model_infer, e)
 
 
 @dataclass
@@ -143,7 +138,7 @@ class LoadReporter:
         dataplane: Callable[[], dict[Key, tuple[int, int]]] | None = None,
         interval_s: float = 1.0,
     ) -> None:
-        self._stub = autoscaler_pb2_grpc.AutoscalerStub(channel)
+        self._client = AutoscalerClient(channel)
         self._tracker = tracker
         self._dataplane = dataplane
         self._interval_s = interval_s
@@ -172,7 +167,7 @@ class LoadReporter:
     async def _run(self) -> None:
         while True:
             try:
-                await self._stub.ReportLoad(self._reports())
-            except grpc.aio.AioRpcError as e:
-                log.warning("load reports interrupted (%s); retrying", e.code().name)
+                await self._client.report_load(self._reports())
+            except MatrixInferError as e:
+                log.warning("load reports interrupted (%s); retrying", e)
             await asyncio.sleep(self._interval_s)

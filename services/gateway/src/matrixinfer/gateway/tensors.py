@@ -16,7 +16,8 @@ import math
 from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
-from tritonclient.grpc import service_pb2
+
+from matrixinfer.triton.protocol import service_pb2
 
 #: Bytes per element of each fixed-size KServe v2 datatype.
 SIZES = {

@@ -665,26 +665,25 @@ def _tensor_checks(grpc: bool) -> list[str]:
     REST 400) naming the input; a request larger than HAProxy's buffer goes to the
     slow path, whose Python checks it whole."""
     if grpc:
-        out = [
-            "    http-request lua.grpc_tensor_check if !slow infer_call",
+        return [
+            "    http-request set-var(txn.tc) req.body,hex,lua.grpc_tensor_check "
+            "if !slow infer_call",
+            "    http-request set-var(txn.slow) str(large) "
+            "if !slow { var(txn.tc) -m str L }",
             "    http-request return status 200 hdr grpc-status 3 "
-            'hdr grpc-message "%[var(txn.bad)]" if !slow { var(txn.bad) -m found }',
+            'hdr grpc-message "%[var(txn.tc)]" if !slow { var(txn.tc),length gt 1 }',
         ]
-    else:
-        out = [
-            "    acl rest_binary req.hdr(inference-header-content-length) -m found",
-            "    acl rest_infer path_end /infer",
-            "    http-request wait-for-body time 2s if !slow rest_binary rest_infer",
-            "    http-request lua.rest_tensor_check if !slow rest_binary rest_infer",
-            "    http-request return status 400 content-type application/json "
-            'lf-string "{\\"error\\":\\"%[var(txn.bad),json(utf8ps)]\\"}" '
-            "if !slow { var(txn.bad) -m found }",
-        ]
-    out.append(
+    return [
+        "    acl rest_binary req.hdr(inference-header-content-length) -m found",
+        "    acl rest_infer path_end /infer",
+        "    http-request wait-for-body time 2s if !slow rest_binary rest_infer",
+        "    http-request lua.rest_tensor_check if !slow rest_binary rest_infer",
+        "    http-request return status 400 content-type application/json "
+        'lf-string "{\\"error\\":\\"%[var(txn.bad),json(utf8ps)]\\"}" '
+        "if !slow { var(txn.bad) -m found }",
         "    http-request set-var(txn.slow) str(large) "
-        "if !slow { var(txn.large) -m found }"
-    )
-    return out
+        "if !slow { var(txn.large) -m found }",
+    ]
 
 
 def _auth_rules(
