@@ -81,6 +81,31 @@ def test_onnx_on_a_python_only_server(tmp_path: pathlib.Path) -> None:
     assert (repo / "iris" / "1" / "model.onnx").is_file()
 
 
+def test_priorities_and_the_queue_policy_reach_config_pbtxt(
+    tmp_path: pathlib.Path,
+) -> None:
+    art = artifact(tmp_path, {"model.onnx": ROOT / "examples/iris/model.onnx"})
+    spec = infer(max_batch_size=8, priority_levels=3, default_priority_level=3)
+    spec.spec.batching.queue_policy.max_queue_size = 5
+    spec.spec.batching.queue_policy.timeout_action = "DELAY"
+    spec.spec.batching.queue_policy.default_timeout_microseconds = 2000
+    repo = build_repository(
+        tmp_path / "repo", "iris", model(), spec, art, ["python"], []
+    )
+    batching = read_config(repo).dynamic_batching
+    assert (batching.priority_levels, batching.default_priority_level) == (3, 3)
+    policy = batching.default_queue_policy
+    assert policy.max_queue_size == 5
+    assert policy.timeout_action == mc.ModelQueuePolicy.DELAY
+    assert policy.default_timeout_microseconds == 2000
+    # Without defaultPriorityLevel, the middle level.
+    spec.spec.batching.default_priority_level = 0
+    repo = build_repository(
+        tmp_path / "repo", "iris", model(), spec, art, ["python"], []
+    )
+    assert read_config(repo).dynamic_batching.default_priority_level == 2
+
+
 def test_onnx_on_the_onnxruntime_backend(tmp_path: pathlib.Path) -> None:
     art = artifact(tmp_path, {"model.onnx": ROOT / "examples/iris/model.onnx"})
     repo = build_repository(

@@ -384,6 +384,18 @@ def test_hostile_names_are_refused(name: str) -> None:
             "Deployment",
             "spec.targetRef.kind",
         ),
+        (
+            "ModelInfer",
+            "spec.batching",
+            {"priorityLevels": 2, "defaultPriorityLevel": 3},
+            "spec.batching.defaultPriorityLevel",
+        ),
+        (
+            "ModelInfer",
+            "spec.batching",
+            {"defaultPriorityLevel": 1},
+            "spec.batching.defaultPriorityLevel",
+        ),
     ],
 )
 def test_bad_fields_are_named(kind: str, path: str, value: Any, field: str) -> None:

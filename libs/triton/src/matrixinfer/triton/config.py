@@ -70,6 +70,8 @@ class ServingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_microseconds: int = 0
     priority_levels: int = 0
+    #: 0: the middle level
+    default_priority_level: int = 0
     queue_policy: QueuePolicy | None = None
     instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     warmup: Warmup | None = None
@@ -104,7 +106,9 @@ def build_model_config(spec: ServingConfig) -> mc.ModelConfig:
         batching.max_queue_delay_microseconds = spec.max_queue_delay_microseconds
         if spec.priority_levels:
             batching.priority_levels = spec.priority_levels
-            batching.default_priority_level = (spec.priority_levels + 1) // 2
+            batching.default_priority_level = (
+                spec.default_priority_level or (spec.priority_levels + 1) // 2
+            )
         if spec.queue_policy is not None:
             policy = batching.default_queue_policy
             policy.max_queue_size = spec.queue_policy.max_queue_size

@@ -176,6 +176,7 @@ def build_repository(
         preferred_batch_sizes=tuple(batching.preferred_batch_sizes),
         max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
         priority_levels=batching.priority_levels,
+        default_priority_level=batching.default_priority_level,
         queue_policy=(
             tc.QueuePolicy(
                 qp.max_queue_size,

@@ -418,6 +418,16 @@ def _model_infer(obj: pb.ModelInfer, path: str, errors: ViolationCollector) -> N
         errors,
     )
     _range(b.priority_levels, 0, 100, f"{bp}.priorityLevels", errors)
+    if b.default_priority_level and not b.priority_levels:
+        errors.add(f"{bp}.defaultPriorityLevel", "needs priorityLevels")
+    elif b.priority_levels:
+        _range(
+            b.default_priority_level,
+            0,
+            b.priority_levels,
+            f"{bp}.defaultPriorityLevel",
+            errors,
+        )
     qp = b.queue_policy
     if b.HasField("queue_policy"):
         qp.timeout_action = qp.timeout_action or "REJECT"
