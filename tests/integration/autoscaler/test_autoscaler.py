@@ -45,16 +45,18 @@ spec:
 """
 
 
-async def start_autoscaler(platform: Platform) -> AutoscalerApp:
-    return await AutoscalerApp.start(
-        AutoscalerSettings(
-            registry_address=platform.registry.address,
-            controller_address=platform.controller.address,
-            grpc_port=0,
-            tick_s=0.5,
-            log_json=False,
-        )
-    )
+async def start_autoscaler(platform: Platform, **settings: object) -> AutoscalerApp:
+    """An autoscaler following this platform (a 0.5 s tick); ``settings`` add to or
+    replace its settings."""
+    values: dict[str, object] = {
+        "registry_address": platform.registry.address,
+        "controller_address": platform.controller.address,
+        "grpc_port": 0,
+        "tick_s": 0.5,
+        "log_json": False,
+    }
+    values.update(settings)
+    return await AutoscalerApp.start(AutoscalerSettings(**values))  # type: ignore[arg-type]
 
 
 @dataclass

@@ -12,11 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.api.v1 import controller_pb2_grpc
-from matrixinfer.autoscaler.main import AutoscalerApp
-from matrixinfer.autoscaler.settings import AutoscalerSettings
 from matrixinfer.controller.main import ControllerApp
 from matrixinfer.controller.settings import ControllerSettings
-from tests.integration.autoscaler.test_autoscaler import POLICY
+from tests.integration.autoscaler.test_autoscaler import POLICY, start_autoscaler
 from tests.integration.conftest import Platform, iris_manifests
 
 
@@ -67,16 +65,7 @@ async def test_controller_and_autoscaler_metrics(platform: Platform) -> None:
     ]
     assert calls and sum(calls) >= 1
 
-    autoscaler = await AutoscalerApp.start(
-        AutoscalerSettings(
-            registry_address=platform.registry.address,
-            controller_address=platform.controller.address,
-            grpc_port=0,
-            metrics_port=0,
-            tick_s=0.5,
-            log_json=False,
-        )
-    )
+    autoscaler = await start_autoscaler(platform, metrics_port=0)
     try:
         await platform.apply(iris_manifests() + POLICY.format(min=1, grace=2))
         assert autoscaler.metrics_server is not None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import autoscaler_pb2, autoscaler_pb2_grpc
@@ -29,6 +30,7 @@ from matrixinfer.core.metrics import (
 )
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
+from matrixinfer.core.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = autoscaler_pb2.DESCRIPTOR.services_by_name["Autoscaler"].full_name
@@ -46,6 +48,7 @@ class AutoscalerApp:
     server: RunningServer
     metrics: CollectorRegistry
     metrics_server: MetricsServer | None = None
+    tracer_provider: TracerProvider | None = None
 
     @property
     def address(self) -> str:
@@ -54,8 +57,17 @@ class AutoscalerApp:
     @classmethod
     async def start(cls, settings: AutoscalerSettings) -> AutoscalerApp:
         # Deadlines, keepalive and bounded retries on every call (core's factory).
-        registry_channel = create_channel(settings.registry_address)
-        controller_channel = create_channel(settings.controller_address)
+        tracer = (
+            setup_tracing(settings.service_name, settings.otlp_endpoint)
+            if settings.otlp_endpoint
+            else None
+        )
+        registry_channel = create_channel(
+            settings.registry_address, tracer_provider=tracer
+        )
+        controller_channel = create_channel(
+            settings.controller_address, tracer_provider=tracer
+        )
         session = aiohttp.ClientSession()
         registry = RegistryClient(registry_channel, settings.call_timeout_s)
         informer = Informer(registry, KINDS, lambda *_: None)
@@ -85,6 +97,7 @@ class AutoscalerApp:
                 ),
                 service_names=[SERVICE_NAME],
                 metrics=GrpcServerMetrics(metrics),
+                tracer_provider=tracer,
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(
@@ -109,6 +122,7 @@ class AutoscalerApp:
             server,
             metrics,
             metrics_server,
+            tracer,
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -122,6 +136,9 @@ class AutoscalerApp:
         await self.session.close()
         await self.registry_channel.close()
         await self.controller_channel.close()
+        if self.tracer_provider is not None:
+            # Flushes the last spans; off the event loop, which may still serve.
+            await asyncio.to_thread(self.tracer_provider.shutdown)
 
 
 async def _run(settings: AutoscalerSettings) -> None:

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import controller_pb2, controller_pb2_grpc
@@ -33,6 +34,7 @@ from matrixinfer.core.metrics import (
 )
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
+from matrixinfer.core.tracing import setup_tracing
 from matrixinfer.triton.install import find_tritonserver, python_paths
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class ControllerApp:
     loop: ControllerLoop
     server: RunningServer
     metrics_server: MetricsServer | None = None
+    tracer_provider: TracerProvider | None = None
 
     @property
     def address(self) -> str:
@@ -63,8 +66,15 @@ class ControllerApp:
         install = find_tritonserver()
         # Deadlines on every call, keepalive, bounded retries of UNAVAILABLE: a hung
         # registry cannot hang the controller.
+        tracer = (
+            setup_tracing(settings.service_name, settings.otlp_endpoint)
+            if settings.otlp_endpoint
+            else None
+        )
         channel = create_channel(
-            settings.registry_address, max_message_bytes=settings.max_message_bytes
+            settings.registry_address,
+            max_message_bytes=settings.max_message_bytes,
+            tracer_provider=tracer,
         )
         client = RegistryClient(channel)
         if runtime is None:
@@ -103,6 +113,7 @@ class ControllerApp:
             drain_s=settings.drain_s,
             stop_grace_s=settings.stop_grace_s,
             resync_s=settings.resync_s,
+            triton_args=triton_trace_args(settings),
         )
         metrics = CollectorRegistry()
         loop = ControllerLoop(
@@ -132,6 +143,7 @@ class ControllerApp:
                 ),
                 service_names=[SERVICE_NAME],
                 metrics=GrpcServerMetrics(metrics),
+                tracer_provider=tracer,
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(
@@ -143,7 +155,9 @@ class ControllerApp:
             await runtime.close()
             await channel.close()
             raise
-        return cls(settings, channel, informer, runtime, loop, server, metrics_server)
+        return cls(
+            settings, channel, informer, runtime, loop, server, metrics_server, tracer
+        )
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.server.stop(
@@ -156,6 +170,21 @@ class ControllerApp:
         # Every replica goes with us: no tritonserver outlives its controller.
         await self.runtime.close()
         await self.channel.close()
+        if self.tracer_provider is not None:
+            # Flushes the last spans; off the event loop, which may still serve.
+            await asyncio.to_thread(self.tracer_provider.shutdown)
+
+
+def triton_trace_args(settings: ControllerSettings) -> tuple[str, ...]:
+    """tritonserver's OpenTelemetry trace mode, when a URL is set."""
+    if not settings.triton_trace_url:
+        return ()
+    return (
+        "--trace-config=mode=opentelemetry",
+        f"--trace-config=rate={settings.triton_trace_rate}",
+        "--trace-config=level=TIMESTAMPS",
+        f"--trace-config=opentelemetry,url={settings.triton_trace_url}",
+    )
 
 
 async def _run(settings: ControllerSettings) -> None:

@@ -63,6 +63,9 @@ class Reconciler:
     drain_s: float = 2.0
     stop_grace_s: float = 10.0
     resync_s: float = 30.0
+    #: Added to every replica's tritonserver command (the platform's own settings,
+    #: e.g. tracing), after the ModelInfer's runtime.args.
+    triton_args: tuple[str, ...] = ()
     clock: Callable[[], float] = time.time
     _prepared: dict[str, pathlib.Path] = field(default_factory=dict)
     _scaled: dict[Key, tuple[int, str]] = field(default_factory=dict)
@@ -126,7 +129,7 @@ class Reconciler:
                     models=(model.metadata.name,),
                     gpus=gpus_needed(infer.spec),
                     env=tuple((e.name, e.value) for e in infer.spec.runtime.env),
-                    args=tuple(infer.spec.runtime.args),
+                    args=(*infer.spec.runtime.args, *self.triton_args),
                 )
             )
         for replica_name in steps.drain:

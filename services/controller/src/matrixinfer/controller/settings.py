@@ -64,6 +64,14 @@ class ControllerSettings(ServiceSettings):
     """Default account URL for az://<container>/<path> sources; the account key comes
     from AZURE_STORAGE_CONNECTION_STRING when set."""
 
+    triton_trace_url: str | None = None
+    """OTLP/HTTP URL every replica's Triton exports its own spans to (OpenTelemetry
+    trace mode, JSON encoding), e.g. http://otel-collector:4318/v1/traces. None:
+    Triton does not trace. The services' own spans go to ``otlp_endpoint``."""
+
+    triton_trace_rate: int = Field(default=1000, ge=1)
+    """Triton traces one request in this many."""
+
     resync_s: float = Field(default=30.0, gt=0)
     """Every ModelInfer is reconciled at least this often, even without events."""
 

@@ -447,7 +447,7 @@ class GatewayApp:
         if self.jwks is not None:
             await self.jwks.stop()
         if self.tracer_provider is not None:
-            self.tracer_provider.shutdown()
+            await asyncio.to_thread(self.tracer_provider.shutdown)
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
