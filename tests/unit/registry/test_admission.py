@@ -396,6 +396,12 @@ def test_hostile_names_are_refused(name: str) -> None:
             {"defaultPriorityLevel": 1},
             "spec.batching.defaultPriorityLevel",
         ),
+        (
+            "ModelRoute",
+            "spec.rules",
+            [{"targets": [{"modelServer": "s"}], "priority": 101}],
+            "spec.rules[0].priority",
+        ),
     ],
 )
 def test_bad_fields_are_named(kind: str, path: str, value: Any, field: str) -> None:

@@ -33,7 +33,7 @@ from matrixinfer.gateway.balancer import Balancer
 from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
 from matrixinfer.gateway.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
 from matrixinfer.gateway.tensors import check_infer_request
-from matrixinfer.gateway.wire import peek_model, with_model
+from matrixinfer.gateway.wire import peek_model, with_model, with_priority
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +447,8 @@ class InferenceProxy:
             self._mirror(path, request, name, rule.mirror)
         if server.triton_model and server.triton_model != name:
             request = with_model(request, name=server.triton_model)
+        if rule.priority and method == "ModelInfer":
+            request = with_priority(request, rule.priority)
         metadata = self._forwarded_metadata(headers)
         load.in_flight += 1
         try:
@@ -554,12 +556,19 @@ class InferenceProxy:
         # arrival per request message (so a streamed model is never "idle").
         load = self._tracker.load((server.namespace, server.model_infer))
 
+        def rewrite(message: bytes) -> bytes:
+            if rename:
+                message = with_model(message, name=rename)
+            if rule.priority:
+                message = with_priority(message, rule.priority)
+            return message
+
         async def upstream_requests() -> AsyncIterator[bytes]:
             load.arrivals += 1
-            yield with_model(first, name=rename) if rename else first
+            yield rewrite(first)
             async for message in iterator:
                 load.arrivals += 1
-                yield with_model(message, name=rename) if rename else message
+                yield rewrite(message)
 
         self._balancer.started(address)
         load.in_flight += 1

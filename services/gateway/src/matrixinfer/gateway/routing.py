@@ -64,6 +64,8 @@ class Rule:
     timeout_ms: int = 0
     #: A copy of this share (percent) of the traffic goes here; answers are dropped.
     mirror: tuple[Server, int] | None = None
+    #: Triton priority level set on every request (0: the request's own).
+    priority: int = 0
 
     def matches(self, version: str, headers: Mapping[str, str]) -> bool:
         if self.version and version != self.version:
@@ -209,6 +211,7 @@ def build_table(
                     targets,
                     rule.timeout_ms,
                     mirror,
+                    rule.priority,
                 )
             )
         limit = None

@@ -94,3 +94,13 @@ def with_model(
     if version is not None:
         suffix += _string_field(2, version)
     return data + suffix if suffix else data
+
+
+def with_priority(data: bytes, level: int) -> bytes:
+    """``data`` (a ModelInferRequest) with Triton's ``priority`` parameter set to
+    ``level``: a ``parameters`` map entry appended, which replaces the request's own
+    (the last map entry wins)."""
+    value = _encode_varint(5 << 3) + _encode_varint(level)  # uint64_param
+    entry = _string_field(1, "priority") + _encode_varint(2 << 3 | 2)
+    entry += _encode_varint(len(value)) + value
+    return data + _encode_varint(4 << 3 | 2) + _encode_varint(len(entry)) + entry

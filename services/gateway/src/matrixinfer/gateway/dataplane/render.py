@@ -136,6 +136,8 @@ class Backend:
 
     server: Server
     public_name: str
+    #: Some rule of the route sets a Triton priority (the Lua filter adds it).
+    priority: bool = False
 
 
 @dataclass
@@ -368,6 +370,11 @@ def render(
                     f"    http-request set-var(txn.tmo) int({rule.timeout_ms}) "
                     f"if !slow {{ var(txn.rule) -m str {rule_id} }}"
                 )
+            if rule.priority:
+                routing.append(
+                    f"    http-request set-var(txn.prio) int({rule.priority}) "
+                    f"if !slow {{ var(txn.rule) -m str {rule_id} }}"
+                )
             bounds = thresholds([w for _, w in rule.targets])
             for t_index, ((server, _), bound) in enumerate(
                 zip(rule.targets, bounds, strict=True)
@@ -375,7 +382,11 @@ def render(
                 bid = _backend_id(route, server)
                 maps["weights.map"][f"{rule_id}/{t_index}"] = str(bound)
                 if bid not in backends:
-                    backends[bid] = Backend(server, route.model_name)
+                    backends[bid] = Backend(
+                        server,
+                        route.model_name,
+                        any(r.priority for r in route.rules),
+                    )
                     slots[bid] = assign_slots(
                         (previous_slots or {}).get(bid),
                         _replicas(server, table.http_ports),
@@ -418,6 +429,13 @@ def render(
                 )
             )
 
+    # A priority is written into the gRPC body by the backend's Lua filter; REST
+    # bodies and streams (every message would need it) take the slow path.
+    routing.append(
+        "    http-request set-var(txn.slow) str(priority) if !slow "
+        "{ var(txn.prio) -m found } !is_grpc or !slow { var(txn.prio) -m found } "
+        "stream_call"
+    )
     # Draws and per-backend decisions that do not depend on the rules' order.
     for bid, backend in backends.items():
         routing.append(
@@ -885,7 +903,9 @@ def _backend(
     s = backend.server
     letter = "g" if grpc else "h"
     out = [f"backend {letter}:{bid}"]
-    if grpc and s.triton_model and s.triton_model != backend.public_name:
+    if grpc and (
+        backend.priority or (s.triton_model and s.triton_model != backend.public_name)
+    ):
         out.append("    filter lua.grpc-rename")
     if s.hash_header:
         out.append(f"    balance hdr({s.hash_header.lower()})")

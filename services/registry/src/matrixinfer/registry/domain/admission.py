@@ -647,6 +647,7 @@ def _model_route(obj: pb.ModelRoute, path: str, errors: ViolationCollector) -> N
             check_name(rule.mirror.model_server, f"{rp}.mirror.modelServer", errors)
             _range(rule.mirror.percent, 0, 100, f"{rp}.mirror.percent", errors)
         _range(rule.timeout_ms, 0, 3_600_000, f"{rp}.timeoutMs", errors)
+        _range(rule.priority, 0, 100, f"{rp}.priority", errors)
     if spec.HasField("rate_limit"):
         rl = spec.rate_limit
         lp = f"{path}.rateLimit"
