@@ -180,6 +180,16 @@ def test_the_render_is_what_haproxy_accepts(tmp_path: pathlib.Path) -> None:
     rule = dataclasses.replace(route.rules[1], targets=((server, 100),))
     turns.routes["iris"] = dataclasses.replace(route, rules=(rule,))
     assert "balance roundrobin" in rendered(turns, tmp_path).config
+    # A rule's priority: set for inference calls of that rule only, written into
+    # gRPC bodies by the backend's filter (every backend of the route has it).
+    ranked = table()
+    route = ranked.routes["iris"]
+    first = dataclasses.replace(route.rules[0], priority=1)
+    ranked.routes["iris"] = dataclasses.replace(route, rules=(first, route.rules[1]))
+    r = rendered(ranked, tmp_path)
+    asyncio.run(check_config("haproxy", write(r, tmp_path)))
+    assert "set-var(txn.prio) int(1) if !slow prio_call" in r.config
+    assert r.config.count("filter lua.grpc-rename") == 2
 
 
 def test_a_broken_render_is_refused_with_haproxy_s_reason(

@@ -373,7 +373,7 @@ def render(
             if rule.priority:
                 routing.append(
                     f"    http-request set-var(txn.prio) int({rule.priority}) "
-                    f"if !slow {{ var(txn.rule) -m str {rule_id} }}"
+                    f"if !slow prio_call {{ var(txn.rule) -m str {rule_id} }}"
                 )
             bounds = thresholds([w for _, w in rule.targets])
             for t_index, ((server, _), bound) in enumerate(
@@ -548,6 +548,8 @@ def _frontend(
     out.append(f"    acl is_grpc always_{'true' if grpc else 'false'}")
     if not grpc:
         out.append("    acl stream_call always_false")
+        # Calls a rule's priority applies to: inference (the REST infer path).
+        out.append("    acl prio_call path_end /infer")
     if grpc:
         for prefix in GRPC_REFUSED_PREFIXES:
             out.append(
@@ -560,6 +562,11 @@ def _frontend(
         unary = " ".join(GRPC_SERVICE + m for m in GRPC_MODEL_METHODS)
         out.append(f"    acl model_call path {unary}")
         out.append(f"    acl stream_call path {GRPC_SERVICE}{GRPC_STREAM_METHOD}")
+        # Calls a rule's priority applies to: inference, unary and streamed.
+        out.append(
+            f"    acl prio_call path {GRPC_SERVICE}ModelInfer "
+            f"{GRPC_SERVICE}{GRPC_STREAM_METHOD}"
+        )
         out.append(
             "    http-request set-var(txn.slow) str(server) if !model_call !stream_call"
         )
