@@ -188,7 +188,7 @@ def test_the_render_is_what_haproxy_accepts(tmp_path: pathlib.Path) -> None:
     ranked.routes["iris"] = dataclasses.replace(route, rules=(first, route.rules[1]))
     r = rendered(ranked, tmp_path)
     asyncio.run(check_config("haproxy", write(r, tmp_path)))
-    assert "set-var(txn.prio) int(1) if !slow prio_call" in r.config
+    assert "set-var(txn.prio) int(1) if !slow infer_call" in r.config
     assert r.config.count("filter lua.grpc-rename") == 2
 
 

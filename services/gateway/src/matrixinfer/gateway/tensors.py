@@ -2,7 +2,7 @@
 wheel carries) hands a short raw buffer to the model as if it were whole and answers
 a negative dimension with INTERNAL, so the gateway refuses both as INVALID_ARGUMENT
 naming the input. HAProxy applies the same rules on the fast path
-(``dataplane/tensor_check.lua``, which also checks REST's binary tensor data); this
+(``dataplane/matrixinfer.lua``, which also checks REST's binary tensor data); this
 module guards the gRPC requests the gateway's Python carries (its REST handler
 checks sizes while it converts a body to gRPC). Keep the two in step:
 tests/integration/gateway/test_bad_tensors.py sends every case down both paths.

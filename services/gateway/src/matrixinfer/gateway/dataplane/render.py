@@ -57,17 +57,15 @@ _HTTP_OF = {NOT_FOUND: 404, PERMISSION_DENIED: 403, RESOURCE_EXHAUSTED: 429, 16:
 #: is a map value, so weights change without a reload.
 WEIGHT_SCALE = 10_000
 MIN_SLOTS = 4
-RENAME_LUA = "grpc_rename.lua"
-#: Refuses tensors whose data does not match their shapes (gRPC and REST binary).
-CHECK_LUA = "tensor_check.lua"
-#: The Lua scripts HAProxy loads.
-LUA_SCRIPTS = (RENAME_LUA, CHECK_LUA)
+#: HAProxy's Lua: the tensor checks (gRPC and REST binary) and the filter that
+#: rewrites a gRPC message's head (rename, priority).
+LUA_SCRIPT = "matrixinfer.lua"
 
 
-def lua_source(name: str) -> str:
-    """A Lua script shipped beside this module (written into the data plane's
-    folder, which HAProxy may see from another container)."""
-    return (importlib.resources.files(__package__) / name).read_text()
+def lua_source() -> str:
+    """The Lua shipped beside this module (written into the data plane's folder,
+    which HAProxy may see from another container)."""
+    return (importlib.resources.files(__package__) / LUA_SCRIPT).read_text()
 
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -323,7 +321,7 @@ def render(
     previous_slots: Mapping[str, list[Replica | None]] | None = None,
     cooling: Mapping[str, frozenset[int]] | None = None,
 ) -> Render:
-    ctx = _Ctx({name: lua_source(name) for name in LUA_SCRIPTS}, directory)
+    ctx = _Ctx({LUA_SCRIPT: lua_source()}, directory)
     maps: dict[str, dict[str, str]] = {"routes.map": {}, "weights.map": {}}
     maps.update(api_keys_maps(keys))
     if options.jwt is not None:
@@ -371,9 +369,11 @@ def render(
                     f"if !slow {{ var(txn.rule) -m str {rule_id} }}"
                 )
             if rule.priority:
+                # Inference only: unary, streamed, or REST's /infer.
+                here = f"{{ var(txn.rule) -m str {rule_id} }}"
                 routing.append(
                     f"    http-request set-var(txn.prio) int({rule.priority}) "
-                    f"if !slow prio_call {{ var(txn.rule) -m str {rule_id} }}"
+                    f"if !slow infer_call {here} or !slow stream_call {here}"
                 )
             bounds = thresholds([w for _, w in rule.targets])
             for t_index, ((server, _), bound) in enumerate(
@@ -507,8 +507,7 @@ def _global(ports: Ports, options: Options, directory: str) -> str:
     ]
     # One Lua state per thread: with one shared state, 2.6 fails filters that run
     # on several threads at once ("attempt to index a thread value").
-    for name in LUA_SCRIPTS:
-        lines.append(f"    lua-load-per-thread {directory}/{name}")
+    lines.append(f"    lua-load-per-thread {directory}/{LUA_SCRIPT}")
     if options.threads:
         lines.append(f"    nbthread {options.threads}")
     if options.peer_name:
@@ -548,8 +547,7 @@ def _frontend(
     out.append(f"    acl is_grpc always_{'true' if grpc else 'false'}")
     if not grpc:
         out.append("    acl stream_call always_false")
-        # Calls a rule's priority applies to: inference (the REST infer path).
-        out.append("    acl prio_call path_end /infer")
+        out.append("    acl infer_call path_end /infer")
     if grpc:
         for prefix in GRPC_REFUSED_PREFIXES:
             out.append(
@@ -562,11 +560,6 @@ def _frontend(
         unary = " ".join(GRPC_SERVICE + m for m in GRPC_MODEL_METHODS)
         out.append(f"    acl model_call path {unary}")
         out.append(f"    acl stream_call path {GRPC_SERVICE}{GRPC_STREAM_METHOD}")
-        # Calls a rule's priority applies to: inference, unary and streamed.
-        out.append(
-            f"    acl prio_call path {GRPC_SERVICE}ModelInfer "
-            f"{GRPC_SERVICE}{GRPC_STREAM_METHOD}"
-        )
         out.append(
             "    http-request set-var(txn.slow) str(server) if !model_call !stream_call"
         )
@@ -700,14 +693,18 @@ def _tensor_checks(grpc: bool) -> list[str]:
         ]
     return [
         "    acl rest_binary req.hdr(inference-header-content-length) -m found",
-        "    acl rest_infer path_end /infer",
-        "    http-request wait-for-body time 2s if !slow rest_binary rest_infer",
-        "    http-request lua.rest_tensor_check if !slow rest_binary rest_infer",
-        "    http-request return status 400 content-type application/json "
-        'lf-string "{\\"error\\":\\"%[var(txn.bad),json(utf8ps)]\\"}" '
-        "if !slow { var(txn.bad) -m found }",
+        "    http-request wait-for-body time 2s if !slow rest_binary infer_call",
+        "    http-request set-var(txn.cl) req.hdr(content-length) "
+        "if !slow rest_binary infer_call",
+        "    http-request set-var(txn.rb) req.body if !slow rest_binary infer_call",
+        "    http-request set-var(txn.tc) "
+        "req.hdr(inference-header-content-length),concat(:,txn.cl,:),"
+        "concat(,txn.rb,),lua.rest_tensor_check if !slow rest_binary infer_call",
         "    http-request set-var(txn.slow) str(large) "
-        "if !slow { var(txn.large) -m found }",
+        "if !slow { var(txn.tc) -m str L }",
+        "    http-request return status 400 content-type application/json "
+        'lf-string "{\\"error\\":\\"%[var(txn.tc),json(utf8ps)]\\"}" '
+        "if !slow { var(txn.tc),length gt 1 }",
     ]
 
 

@@ -1,15 +1,29 @@
--- MatrixInfer: refuse inference requests whose tensors do not hold what their
+-- MatrixInfer's Lua for HAProxy (loaded per thread; one file, so the protobuf
+-- helpers exist once).
+--
+-- Tensor checks: refuse inference requests whose tensors do not hold what their
 -- shapes say, before they reach a replica. Triton (the version the pytriton wheel
 -- carries) hands a short raw buffer to the model as if it were whole, and answers
 -- a negative dimension with INTERNAL. The same rules, in Python, guard the
--- gateway's slow path (matrixinfer.gateway.tensors): keep the two in step.
+-- gateway's slow path (matrixinfer.gateway.tensors): keep the two in step. Both
+-- checks are converters, not actions: HAProxy hands a converter its input alone,
+-- without building a transaction object per call.
+--   grpc_tensor_check  the buffered ModelInferRequest (5-byte gRPC prefix first),
+--                      in hex
+--   rest_tensor_check  "<header length>:<content length>:<body>" of a KServe v2
+--                      REST request with binary tensor data
+-- Each returns "" (fine), "L" (the part HAProxy buffered is too short to decide:
+-- the gateway's Python checks the whole request) or the error message
+-- (percent-encoded for grpc-message).
 --
--- grpc_tensor_check  a converter on the buffered ModelInferRequest (5-byte gRPC
---                    prefix first), in hex: "", "L" or the percent-encoded message
--- rest_tensor_check  an action on a KServe v2 REST body with binary tensor data;
---                    sets txn.bad (the message) or txn.large
--- "Large": the part HAProxy buffered is too short to decide; the gateway's Python
--- checks the whole request instead.
+-- The grpc-rename filter rewrites the head of a unary gRPC request's message:
+-- txn.rename: a route whose public model name differs from the name Triton serves
+--   (the canary walk-through's iris -> iris-v2): field 1 (model_name) becomes it.
+-- txn.prio: a route rule's Triton priority: a parameters entry ("priority",
+--   uint64_param) goes after the request's own fields 1-4, so it replaces a
+--   priority the client named (the last map entry wins).
+-- The message's 5-byte length prefix is fixed; tensors are never read. A body it
+-- cannot parse (compressed, truncated head) passes unchanged, and Triton answers.
 
 local SIZES = {
   BOOL = 1, UINT8 = 1, INT8 = 1, UINT16 = 2, INT16 = 2, FP16 = 2, BF16 = 2,
@@ -284,9 +298,6 @@ local function percent_encode(text)
   end))
 end
 
--- A converter, not an action: HAProxy hands it the body alone, without building a
--- transaction object per call (an action cost ~40 µs more per request).
--- Returns "" (fine), "L" (too large to decide here) or the encoded message.
 core.register_converters("grpc_tensor_check", function(hex)
   local verdict = check_infer(hex_bytes(hex or ""))
   if verdict == nil then return "" end
@@ -412,13 +423,92 @@ local function check_rest(body, header_len, total)
   return nil
 end
 
-core.register_action("rest_tensor_check", { "http-req" }, function(txn)
-  local header_len = tonumber(txn.f:req_hdr("inference-header-content-length"))
-  local total = tonumber(txn.f:req_hdr("content-length"))
-  local verdict = check_rest(txn.f:req_body() or "", header_len, total)
-  if verdict == "large" then
-    txn:set_var("txn.large", 1)
-  elseif verdict ~= nil then
-    txn:set_var("txn.bad", verdict)
+core.register_converters("rest_tensor_check", function(text)
+  -- A binary input is cast to a string that ends at its first NUL byte: the JSON
+  -- header, which holds none, arrives whole (the tensor bytes are not needed).
+  local header_len, total, body = (text or ""):match("^(%d*):(%d*):(.*)$")
+  if header_len == nil then return "" end
+  local verdict = check_rest(body, tonumber(header_len), tonumber(total))
+  if verdict == nil then return "" end
+  if verdict == "large" then return "L" end
+  return verdict
+end)
+
+-- The grpc-rename filter (see the top of this file).
+
+local function encode_varint(n)
+  local bytes = {}
+  repeat
+    local low = n & 0x7f
+    n = n >> 7
+    if n > 0 then low = low | 0x80 end
+    bytes[#bytes + 1] = string.char(low)
+  until n == 0
+  return table.concat(bytes)
+end
+
+local function priority_entry(level)
+  local param = "\x28" .. encode_varint(level) -- InferParameter.uint64_param
+  local entry = "\x0a\x08priority\x12" .. encode_varint(#param) .. param
+  return "\x22" .. encode_varint(#entry) .. entry -- ModelInferRequest.parameters
+end
+
+local Rename = {}
+Rename.id = "grpc-rename"
+Rename.flags = filter.FLT_CFG_FL_HTX
+Rename.__index = Rename
+
+function Rename:new()
+  local instance = { done = false }
+  setmetatable(instance, Rename)
+  return instance
+end
+
+function Rename:start_analyze(txn, chn)
+  if chn:is_resp() then return end
+  self.name = txn:get_var("txn.rename")
+  self.prio = txn:get_var("txn.prio")
+  if self.name ~= nil or self.prio ~= nil then
+    self.chn = chn
+    filter.register_data_filter(self, chn)
   end
-end, 0)
+end
+
+function Rename:http_payload(txn, msg)
+  if self.done then return end
+  -- A rename needs field 1 only (prefix, tag, length, a name of up to 256 bytes);
+  -- a priority goes after fields 1-4, so it needs what the frontend buffered.
+  local head = self.prio ~= nil and msg:body() or msg:body(0, 267)
+  if head == nil or #head < 7 then return end
+  self.done = true
+  filter.unregister_data_filter(self, self.chn)
+  if head:byte(1) ~= 0 then return end
+  local size = (head:byte(2) << 24) | (head:byte(3) << 16) | (head:byte(4) << 8) | head:byte(5)
+  local limit = math.min(#head, 5 + size)
+  -- Fields as they are (model_name renamed), up to the first field >= 5, or only
+  -- field 1 when there is no priority to add.
+  local parts, pos = {}, 6
+  while pos <= limit do
+    local key, at = varint(head, pos, limit)
+    if key == nil then return end
+    local field = key >> 3
+    if field >= 5 then break end
+    local stop = skip(head, key & 7, at, limit)
+    if stop == nil then return end
+    if field == 1 and (key & 7) == 2 and self.name ~= nil then
+      parts[#parts + 1] = "\x0a" .. encode_varint(#self.name) .. self.name
+    else
+      parts[#parts + 1] = head:sub(pos, stop - 1)
+    end
+    pos = stop
+    if self.prio == nil and field == 1 then break end
+  end
+  if self.prio ~= nil then parts[#parts + 1] = priority_entry(tonumber(self.prio)) end
+  local fields = table.concat(parts)
+  local new_size = size - (pos - 6) + #fields
+  local prefix = string.char(0, (new_size >> 24) & 0xff, (new_size >> 16) & 0xff,
+                             (new_size >> 8) & 0xff, new_size & 0xff)
+  msg:set(prefix .. fields, 0, pos - 1)
+end
+
+core.register_filter("grpc-rename", Rename, function(instance, args) return instance end)
