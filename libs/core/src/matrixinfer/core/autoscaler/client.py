@@ -9,7 +9,7 @@ import grpc
 
 from matrixinfer.api.v1 import autoscaler_pb2 as apb
 from matrixinfer.api.v1 import autoscaler_pb2_grpc
-from matrixinfer.core.grpc.errors import error_for_status
+from matrixinfer.core.grpc.errors import peer_errors
 
 
 class AutoscalerClient:
@@ -19,19 +19,15 @@ class AutoscalerClient:
 
     async def activate(self, namespace: str, model_infer: str) -> int:
         """Ask for replicas of a ModelInfer at zero; the count it will have."""
-        try:
+        with peer_errors():
             response: apb.ActivateResponse = await self._stub.Activate(
                 apb.ActivateRequest(namespace=namespace, model_infer=model_infer),
                 timeout=self._timeout_s,
             )
-        except grpc.aio.AioRpcError as e:
-            raise error_for_status(e.code(), e.details() or "") from e
         return response.replicas
 
     async def report_load(self, reports: AsyncIterator[apb.LoadReport]) -> None:
         """Stream load reports until the stream ends or fails. A long-lived stream
         has no deadline; the channel's keepalive finds a dead autoscaler."""
-        try:
+        with peer_errors():
             await self._stub.ReportLoad(reports)
-        except grpc.aio.AioRpcError as e:
-            raise error_for_status(e.code(), e.details() or "") from e

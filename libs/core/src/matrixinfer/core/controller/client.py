@@ -9,7 +9,7 @@ import grpc
 from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.api.v1 import controller_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.core.grpc.errors import error_for_status
+from matrixinfer.core.grpc.errors import peer_errors
 
 
 class ControllerClient:
@@ -21,19 +21,17 @@ class ControllerClient:
         self, namespace: str, model_infer: str
     ) -> tuple[int, list[pb.Endpoint]]:
         """The desired replica count and the replicas' endpoints."""
-        try:
+        with peer_errors():
             response: cpb.GetReplicasResponse = await self._stub.GetReplicas(
                 cpb.GetReplicasRequest(namespace=namespace, model_infer=model_infer),
                 timeout=self._timeout_s,
             )
-        except grpc.aio.AioRpcError as e:
-            raise error_for_status(e.code(), e.details() or "") from e
         return response.desired_replicas, list(response.endpoints)
 
     async def scale(
         self, namespace: str, model_infer: str, replicas: int, reason: str
     ) -> None:
-        try:
+        with peer_errors():
             await self._stub.Scale(
                 cpb.ScaleRequest(
                     namespace=namespace,
@@ -43,5 +41,3 @@ class ControllerClient:
                 ),
                 timeout=self._timeout_s,
             )
-        except grpc.aio.AioRpcError as e:
-            raise error_for_status(e.code(), e.details() or "") from e

@@ -10,8 +10,9 @@ or backend internals, so it goes to the log (with traceback), never to the calle
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +140,16 @@ def code_for_http_status(status: int) -> grpc.StatusCode:
 def error_for_status(code: grpc.StatusCode, message: str) -> MatrixInferError:
     """A peer's non-OK status as our error, keeping its code."""
     return ERRORS_BY_CODE.get(code, Internal)(message or code.name)
+
+
+@contextlib.contextmanager
+def peer_errors() -> Iterator[None]:
+    """Calls to another service inside this block fail with our errors (the peer's
+    code kept), not gRPC's: what every client wrapper does around its calls."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        raise error_for_status(e.code(), e.details() or "") from e
 
 
 # Clients reject trailers over their metadata limit (8 KiB by default in gRPC), and

@@ -10,12 +10,8 @@ import grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.core.errors import MatrixInferError, NotFound
-from matrixinfer.core.grpc.errors import error_for_status
-
-
-def _translate(error: grpc.aio.AioRpcError) -> MatrixInferError:
-    return error_for_status(error.code(), error.details() or "")
+from matrixinfer.core.errors import NotFound
+from matrixinfer.core.grpc.errors import peer_errors
 
 
 class RegistryClient:
@@ -25,21 +21,20 @@ class RegistryClient:
 
     async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         try:
-            resource: pb.Resource = await self._stub.Get(
-                rpb.GetRequest(kind=kind, namespace=namespace, name=name),
-                timeout=self._timeout_s,
-            )
-            return resource
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise _translate(e) from e
+            with peer_errors():
+                resource: pb.Resource = await self._stub.Get(
+                    rpb.GetRequest(kind=kind, namespace=namespace, name=name),
+                    timeout=self._timeout_s,
+                )
+        except NotFound:
+            return None
+        return resource
 
     async def list_all(self, kind: str) -> tuple[list[pb.Resource], str]:
         items: list[pb.Resource] = []
         token = ""
         version = ""
-        try:
+        with peer_errors():
             while True:
                 request = rpb.ListRequest(kind=kind, limit=1000)
                 setattr(request, "continue", token)  # noqa: B010 - a keyword
@@ -49,8 +44,6 @@ class RegistryClient:
                 token = getattr(page, "continue")
                 if not token:
                     return items, version
-        except grpc.aio.AioRpcError as e:
-            raise _translate(e) from e
 
     async def watch(
         self, kind: str, resource_version: str
@@ -61,48 +54,46 @@ class RegistryClient:
             )
         )
         try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as e:
-            raise _translate(e) from e
+            with peer_errors():
+                async for event in call:
+                    yield event
         finally:
             call.cancel()
 
     async def update_status(self, resource: pb.Resource) -> pb.Resource:
-        try:
+        with peer_errors():
             updated: pb.Resource = await self._stub.UpdateStatus(
                 rpb.UpdateStatusRequest(resource=resource), timeout=self._timeout_s
             )
-            return updated
-        except grpc.aio.AioRpcError as e:
-            raise _translate(e) from e
+        return updated
 
     async def update_finalizers(
         self, kind: str, namespace: str, name: str, add: list[str], remove: list[str]
     ) -> pb.Resource | None:
         try:
-            updated: pb.Resource = await self._stub.UpdateFinalizers(
-                rpb.UpdateFinalizersRequest(
-                    kind=kind, namespace=namespace, name=name, add=add, remove=remove
-                ),
-                timeout=self._timeout_s,
-            )
-            return updated
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                return None  # removing our last finalizer deleted it: nothing left
-            raise _translate(e) from e
+            with peer_errors():
+                updated: pb.Resource = await self._stub.UpdateFinalizers(
+                    rpb.UpdateFinalizersRequest(
+                        kind=kind,
+                        namespace=namespace,
+                        name=name,
+                        add=add,
+                        remove=remove,
+                    ),
+                    timeout=self._timeout_s,
+                )
+        except NotFound:
+            return None  # removing our last finalizer deleted it: nothing left
+        return updated
 
     async def model_revision(
         self, namespace: str, name: str, revision: int
     ) -> pb.Model:
-        try:
+        with peer_errors():
             response = await self._stub.ListRevisions(
                 rpb.ListRevisionsRequest(namespace=namespace, name=name),
                 timeout=self._timeout_s,
             )
-        except grpc.aio.AioRpcError as e:
-            raise _translate(e) from e
         for item in response.revisions:
             if item.revision == revision:
                 model: pb.Model = item.model
