@@ -12,6 +12,7 @@ exits 0 without checking anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
 import shutil
@@ -22,7 +23,7 @@ import tempfile
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-from bench.platform import start_platform, stop
+from bench.platform import ready, start_platform, stop, wait_for
 from bench.report import ROOT
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
@@ -52,13 +53,11 @@ async def check(inventory: list[int], work: pathlib.Path) -> dict[str, object]:
         )
         stub = registry_pb2_grpc.RegistryStub(channel)
         await stub.Apply(rpb.ApplyRequest(manifest=manifest))
-        for _ in range(1200):
-            infer = (
-                await stub.Get(rpb.GetRequest(kind="ModelInfer", name="iris"))
-            ).model_infer
-            if infer.status.ready_replicas == 1:
-                break
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):  # reported below, with the reasons
+            await wait_for(stub, "iris", ready(1), timeout_s=120)
+        infer = (
+            await stub.Get(rpb.GetRequest(kind="ModelInfer", name="iris"))
+        ).model_infer
         result["ready"] = infer.status.ready_replicas == 1
         result["conditions"] = [
             f"{c.type}={c.status} {c.reason}: {c.message}"

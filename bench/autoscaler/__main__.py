@@ -144,8 +144,7 @@ class Stack:
         return desired
 
     def routed(self) -> int:
-        route = self.gateway.routes.table.routes.get("iris")
-        return len(route.rules[0].targets[0][0].replicas) if route else 0
+        return self.gateway.routes.table.routed_replicas("iris")
 
 
 async def until(predicate: Callable[[], object], timeout_s: float = 120) -> float:

@@ -30,18 +30,16 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-from bench.platform import start_platform, stop
+from bench.platform import ready, routed, start_platform, stop, wait_for
 from bench.report import ROOT, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
-from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.gateway.main import GatewayApp
 from matrixinfer.gateway.settings import GatewaySettings
 
@@ -92,31 +90,6 @@ def route_docs(infer: str) -> list[dict[str, object]]:
             },
         },
     ]
-
-
-async def wait_for(
-    stub: registry_pb2_grpc.RegistryStub,
-    name: str,
-    predicate: Callable[[pb.ModelInfer], bool],
-    timeout_s: float = 300,
-) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            resource = await stub.Get(
-                rpb.GetRequest(kind="ModelInfer", name=name), timeout=5
-            )
-            if predicate(resource.model_infer):
-                return time.monotonic()
-        except grpc.aio.AioRpcError as e:
-            if e.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-        await asyncio.sleep(0.02)
-    raise TimeoutError(f"{name} did not get there in {timeout_s} s")
-
-
-def ready(count: int) -> Callable[[pb.ModelInfer], bool]:
-    return lambda i: i.status.ready_replicas >= count
 
 
 async def cold_start(workdir: pathlib.Path, runs: int) -> list[float]:
@@ -192,21 +165,6 @@ class Senders:
             await client.close()
 
 
-async def routed(gateway: GatewayApp, replicas: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        route = gateway.routes.table.routes.get("iris")
-        if (
-            route is not None
-            and route.rules
-            and route.rules[0].targets
-            and len(route.rules[0].targets[0][0].replicas) >= replicas
-        ):
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the gateway never routed iris")
-
-
 async def rollout(workdir: pathlib.Path) -> Rollout:
     registry, controller, channel = await start_platform(workdir, fake=False)
     stub = registry_pb2_grpc.RegistryStub(channel)
@@ -224,7 +182,7 @@ async def rollout(workdir: pathlib.Path) -> Rollout:
         docs = [model_doc("1"), infer_doc("roll", replicas=2), *route_docs("roll")]
         await stub.Apply(rpb.ApplyRequest(manifest=json.dumps(docs)))
         await wait_for(stub, "roll", ready(2))
-        await routed(gateway, replicas=2)
+        await routed(gateway, "iris", replicas=2)
         senders.start()
         await asyncio.sleep(1.0)  # traffic on revision 1 before the change
         started = time.monotonic()

@@ -37,7 +37,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from bench.gateway.load import PATH, load, load_rest, request_bytes, rest_body
-from bench.platform import start_platform, stop
+from bench.platform import ready, start_platform, stop, wait_for
 from bench.report import ROOT, machine_line, write_section
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
@@ -226,13 +226,10 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                         )
                     )
                 ).secret
-                while True:
-                    infer = (
-                        await stub.Get(rpb.GetRequest(kind="ModelInfer", name="iris"))
-                    ).model_infer
-                    if infer.status.ready_replicas == 1:
-                        break
-                    await asyncio.sleep(0.1)
+                await wait_for(stub, "iris", ready(1))
+                infer = (
+                    await stub.Get(rpb.GetRequest(kind="ModelInfer", name="iris"))
+                ).model_infer
             endpoint = infer.status.endpoints[0]
             triton = f"{endpoint.address}:{endpoint.grpc_port}"
             triton_http = f"{endpoint.address}:{endpoint.http_port}"

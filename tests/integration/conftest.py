@@ -139,18 +139,25 @@ async def start_gateway(
 async def wait_routed(app: GatewayApp, model: str = "iris", replicas: int = 1) -> None:
     """Until the gateway's table (fed by Watch) reaches ``replicas`` of ``model``."""
     for _ in range(200):
-        route = app.routes.table.routes.get(model)
-        # A route can show up before its rules' targets resolve (the ModelServer's
-        # Watch event may come later): not routed yet.
-        if (
-            route is not None
-            and route.rules
-            and route.rules[0].targets
-            and len(route.rules[0].targets[0][0].replicas) >= replicas
-        ):
+        if app.routes.table.routed_replicas(model) >= replicas:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the gateway never routed {model!r} to {replicas} replica(s)")
+
+
+@pytest_asyncio.fixture
+async def iris_gateway(platform: Platform) -> AsyncIterator[GatewayApp]:
+    """A gateway routing iris to one ready replica."""
+    app = await start_gateway(platform)
+    try:
+        await platform.apply(iris_manifests())
+        await platform.wait_for(
+            lambda i: i is not None and i.status.ready_replicas == 1
+        )
+        await wait_routed(app)
+        yield app
+    finally:
+        await app.stop(0)
 
 
 async def haproxy_counts(

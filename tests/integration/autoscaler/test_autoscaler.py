@@ -215,8 +215,9 @@ async def until_the_autoscaler_has_grace(app: AutoscalerApp, grace_s: int) -> No
 
 async def wait_until_unrouted(gateway: GatewayApp) -> None:
     for _ in range(200):
-        route = gateway.routes.table.routes.get("iris")
-        if route is not None and not route.rules[0].targets[0][0].replicas:
+        if "iris" in gateway.routes.table.routes and (
+            gateway.routes.table.routed_replicas("iris") == 0
+        ):
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the gateway still routes iris to a replica")

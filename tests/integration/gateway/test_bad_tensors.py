@@ -8,8 +8,6 @@ the gateway's Python checks it. Both must answer the same."""
 from __future__ import annotations
 
 import json
-import pathlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -18,30 +16,13 @@ import pytest_asyncio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from matrixinfer.gateway.main import GatewayApp
-from tests.integration.conftest import (
-    Platform,
-    iris_manifests,
-    start_gateway,
-    wait_routed,
-)
 
 ROW = b"\x00\x00\x80\x3f" * 4  # one row of four FP32 ones
 
 
 @pytest_asyncio.fixture
-async def gateway(
-    platform: Platform, tmp_path: pathlib.Path
-) -> AsyncIterator[GatewayApp]:
-    app = await start_gateway(platform)
-    try:
-        await platform.apply(iris_manifests())
-        await platform.wait_for(
-            lambda i: i is not None and i.status.ready_replicas == 1
-        )
-        await wait_routed(app)
-        yield app
-    finally:
-        await app.stop(0)
+async def gateway(iris_gateway: GatewayApp) -> GatewayApp:
+    return iris_gateway
 
 
 def _request(

@@ -72,11 +72,9 @@ async def secured(platform: Platform) -> AsyncIterator[Secured]:
             rpb.CreateApiKeyRequest(subject="app2", scopes=["infer:resnet"])
         )
         for _ in range(200):  # the gateway learns keys and routes through Watch
-            route = app.routes.table.routes.get("iris")
             if (
                 iris.api_key.metadata.name in app.routes.api_keys.records
-                and route is not None
-                and route.rules[0].targets[0][0].replicas
+                and app.routes.table.routed_replicas("iris") > 0
             ):
                 break
             await asyncio.sleep(0.05)

@@ -4,7 +4,6 @@ replicas started by the controller from the registry's manifests."""
 from __future__ import annotations
 
 import asyncio
-import pathlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,28 +15,17 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from matrixinfer.gateway.main import GatewayApp
 from tests.integration.conftest import (
     Platform,
-    iris_manifests,
-    start_gateway,
-    wait_routed,
 )
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 
 @pytest_asyncio.fixture
-async def gateway(platform: Platform, tmp_path: pathlib.Path) -> AsyncIterator[str]:
-    app = await start_gateway(platform)
-    try:
-        await platform.apply(iris_manifests())
-        await platform.wait_for(
-            lambda i: i is not None and i.status.ready_replicas == 1
-        )
-        await wait_routed(app)
-        yield app.address
-    finally:
-        await app.stop(0)
+async def gateway(iris_gateway: GatewayApp) -> str:
+    return iris_gateway.address
 
 
 def _infer_input() -> triton_aio.InferInput:

@@ -5,8 +5,6 @@ codes, health and metrics."""
 from __future__ import annotations
 
 import asyncio
-import pathlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import numpy as np
@@ -16,30 +14,13 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from matrixinfer.gateway.main import GatewayApp
-from tests.integration.conftest import (
-    Platform,
-    iris_manifests,
-    start_gateway,
-    wait_routed,
-)
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 
 @pytest_asyncio.fixture
-async def gateway(
-    platform: Platform, tmp_path: pathlib.Path
-) -> AsyncIterator[GatewayApp]:
-    app = await start_gateway(platform)
-    try:
-        await platform.apply(iris_manifests())
-        await platform.wait_for(
-            lambda i: i is not None and i.status.ready_replicas == 1
-        )
-        await wait_routed(app)
-        yield app
-    finally:
-        await app.stop(0)
+async def gateway(iris_gateway: GatewayApp) -> GatewayApp:
+    return iris_gateway
 
 
 def http_calls(

@@ -124,6 +124,14 @@ class RoutingTable:
     #: Triton's HTTP port of each replica, by its "host:grpc_port"
     http_ports: dict[str, int] = field(default_factory=dict)
 
+    def routed_replicas(self, model_name: str) -> int:
+        """Ready replicas behind the first target of the model's first rule; 0 while
+        the model is not routed (a route can show up before its targets resolve)."""
+        route = self.routes.get(model_name)
+        if route is None or not route.rules or not route.rules[0].targets:
+            return 0
+        return len(route.rules[0].targets[0][0].replicas)
+
     def resolve(
         self, model_name: str, version: str, headers: Mapping[str, str]
     ) -> tuple[Route, Rule, Server]:
