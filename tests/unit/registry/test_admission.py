@@ -199,6 +199,12 @@ def test_hostile_names_are_refused(name: str) -> None:
             "spec.modelSpec.inputs[0].dims[0]",
         ),
         ("Model", "spec.modelSpec.maxBatchSize", 2**63, "spec.modelSpec.maxBatchSize"),
+        (
+            "Model",
+            "spec.modelSpec.transactionPolicy",
+            {"decoupled": True},
+            "spec.modelSpec.transactionPolicy.decoupled",
+        ),
         ("Model", "spec.modelSpec.unknown", 1, "spec.modelSpec.unknown"),
         ("Model", "spec.modelSpec.model_id", "x", "spec.modelSpec.model_id"),
         ("Model", "metadata.labels", {"a": "x" * 64}, "metadata.labels[a]"),

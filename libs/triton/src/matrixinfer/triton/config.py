@@ -76,6 +76,10 @@ class ServingConfig:
     instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     warmup: Warmup | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+    #: The model may send any number of responses per request.
+    decoupled: bool = False
+    #: The file the backend loads instead of its default (model.py).
+    model_filename: str = ""
 
 
 def _data_type(name: str) -> int:
@@ -135,6 +139,10 @@ def build_model_config(spec: ServingConfig) -> mc.ModelConfig:
                 data.zero_data = True
     for key, value in spec.parameters.items():
         config.parameters[key].string_value = value
+    if spec.decoupled:
+        config.model_transaction_policy.decoupled = True
+    if spec.model_filename:
+        config.default_model_filename = spec.model_filename
     return config
 
 

@@ -110,6 +110,7 @@ class ControllerApp:
             repos_dir=state / "repositories",
             backends=install.backends,
             python_paths=python_paths(),
+            python_models=settings.python_models,
             drain_s=settings.drain_s,
             stop_grace_s=settings.stop_grace_s,
             resync_s=settings.resync_s,

@@ -60,6 +60,8 @@ class Reconciler:
     repos_dir: pathlib.Path
     backends: list[str]
     python_paths: list[str]
+    #: Run framework: python artifacts' own model.py (operator's trust).
+    python_models: bool = False
     drain_s: float = 2.0
     stop_grace_s: float = 10.0
     resync_s: float = 30.0
@@ -223,6 +225,7 @@ class Reconciler:
             self.backends,
             self.python_paths,
             revision,
+            self.python_models,
         )
         self._prepared[template] = target
         return target

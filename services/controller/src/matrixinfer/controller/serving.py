@@ -17,7 +17,11 @@ from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.artifacts.fetcher import Artifact
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from matrixinfer.triton import config as tc
-from matrixinfer.triton.python_models import onnx_runtime_model
+from matrixinfer.triton.python_models import (
+    ARTIFACT_LOADER,
+    artifact_model_loader,
+    onnx_runtime_model,
+)
 from matrixinfer.triton.repository import write_model
 
 _ONNX_TYPES = {
@@ -89,10 +93,13 @@ def build_repository(
     available_backends: list[str],
     python_paths: list[str],
     version: int = 1,
+    python_models: bool = False,
 ) -> pathlib.Path:
     """Write ``<target>/<model_name>/{config.pbtxt,<version>/...}``; returns
     ``target``. ``version`` is the Model's revision, so a request's
-    ``model_version`` (gRPC field 2, REST ``/versions/{v}``) names a revision."""
+    ``model_version`` (gRPC field 2, REST ``/versions/{v}``) names a revision.
+    ``python_models``: run a ``framework: python`` artifact's own ``model.py``
+    (code from the Model's source: an operator's choice to trust it)."""
     details = model.spec.model_spec
     framework = details.framework
     backend = model.spec.runtime.backend or NATIVE_BACKENDS.get(framework, framework)
@@ -143,12 +150,18 @@ def build_repository(
             backend = "python"
             files["model.py"] = onnx_runtime_model(python_paths).encode()
         files["model.onnx"] = found
-    elif backend == "python":
+    elif backend == "python" and not python_models:
         raise FailedPrecondition(
-            "framework 'python' runs code from the artifact; this controller does not "
-            "run untrusted model code"
+            "framework 'python' runs code from the artifact; this controller runs "
+            "none unless MATRIXINFER_CONTROLLER_PYTHON_MODELS=true (set it only where "
+            "every Model's source is trusted)"
         )
     else:
+        if backend == "python" and not (artifact.path / "model.py").is_file():
+            raise InvalidArgument(
+                f"no model.py at the top of the artifact {details.source.uri} (a "
+                "Python-backend model is a folder or archive holding model.py)"
+            )
         if backend not in available_backends:
             raise FailedPrecondition(
                 f"framework {framework!r} needs Triton's {backend!r} backend; this "
@@ -157,6 +170,8 @@ def build_repository(
         for path in artifact.path.iterdir():
             if path.name != "config.pbtxt":  # ours is written from the manifests
                 files[path.name] = path
+        if backend == "python":
+            files[ARTIFACT_LOADER] = artifact_model_loader(python_paths).encode()
     if not inputs or not outputs:
         raise InvalidArgument(
             "the Model lists no inputs/outputs and the artifact has none"
@@ -195,6 +210,8 @@ def build_repository(
             else None
         ),
         parameters=dict(model.spec.runtime.parameters),
+        decoupled=details.transaction_policy.decoupled,
+        model_filename=ARTIFACT_LOADER if ARTIFACT_LOADER in files else "",
     )
     shutil.rmtree(target, ignore_errors=True)
     write_model(target, serving, max(1, version), files)

@@ -53,6 +53,12 @@ class ControllerSettings(ServiceSettings):
     """Allow artifact sources and S3 endpoints on link-local or cloud metadata
     addresses (169.254.0.0/16, metadata.google.internal). Off: SSRF protection."""
 
+    python_models: bool = False
+    """Serve ``framework: python`` Models: Triton's Python backend runs the
+    artifact's own ``model.py`` with the replica's rights. Off: such Models are
+    refused (FailedPrecondition), since their source is code. Turn it on only where
+    every Model's source is trusted."""
+
     s3_endpoint_url: str | None = None
     """Default endpoint for s3:// sources (MinIO, moto); a Model's endpointUrl wins."""
 

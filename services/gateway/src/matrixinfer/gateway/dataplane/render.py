@@ -596,7 +596,8 @@ def _frontend(
     else:
         out.append(
             "    acl model_path path_reg "
-            "^/v2/models/[^/]+(/versions/[^/]+)?(/ready|/config|/stats|/infer)?$"
+            "^/v2/models/[^/]+(/versions/[^/]+)?"
+            "(/ready|/config|/stats|/infer|/generate|/generate_stream)?$"
         )
         out.append("    http-request set-var(txn.slow) str(server) if !model_path")
         out.append(

@@ -360,6 +360,12 @@ def _model(obj: pb.Model, path: str, errors: ViolationCollector) -> None:
                     )
     if ms.HasField("max_batch_size"):
         _range(ms.max_batch_size, 0, 65536, f"{p}.maxBatchSize", errors)
+    if ms.transaction_policy.decoupled and ms.framework == "onnx":
+        errors.add(
+            f"{p}.transactionPolicy.decoupled",
+            "an onnx model answers once per request; decoupled is for models "
+            "that stream their responses (framework python, for one)",
+        )
     rt = obj.spec.runtime
     _pattern(
         rt.image, _IMAGE, f"{path}.runtime.image", "a container image reference", errors
