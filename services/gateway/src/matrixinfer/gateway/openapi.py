@@ -523,6 +523,38 @@ def _model_paths(
             **errors,
         },
     }
+    # Triton's generate extension: keys naming inputs are tensors, the rest
+    # (and "parameters") request parameters.
+    generate_body = {
+        "type": "object",
+        "properties": {
+            "text_input": {"type": "string"},
+            "parameters": {"type": "object"},
+        },
+        "additionalProperties": True,
+    }
+
+    def generate(name: str, content_type: str, description: str) -> Any:
+        return {
+            "post": {
+                "operationId": name + suffix,
+                "tags": ["kserve"],
+                "parameters": params,
+                "security": security,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": generate_body}},
+                },
+                "responses": {
+                    "200": {
+                        "description": description,
+                        "content": {content_type: {"schema": {"type": "object"}}},
+                    },
+                    **errors,
+                },
+            }
+        }
+
     not_ready = _json({"anyOf": [model_ready, _ref("Error")]}, "Not ready.")
     return {
         prefix: get("ModelMetadata", _json(metadata, "Model metadata.")),
@@ -534,6 +566,18 @@ def _model_paths(
         ),
         prefix + "/stats": get("ModelStatistics", _json(stats, "Statistics.")),
         prefix + "/infer": {"post": infer},
+        prefix + "/generate": generate(
+            "ModelGenerate",
+            "application/json",
+            "The model's one response: model_name, model_version and each output "
+            "by name.",
+        ),
+        prefix + "/generate_stream": generate(
+            "ModelGenerateStream",
+            "text/event-stream",
+            "Each response as a server-sent event (data: <JSON>); an error after "
+            "the first is an event holding error.",
+        ),
     }
 
 

@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -56,7 +56,8 @@ REFUSED = (
     "TraceSetting",
     "LogSettings",
 )
-# Metadata a client sends that must not reach Triton (credentials) or is per hop.
+# Metadata a client sends that must not reach Triton (credentials) or is per hop;
+# REST's framing headers too (a stream's gRPC body is not the REST body's length).
 _DROPPED = {
     "authorization",
     "x-api-key",
@@ -64,6 +65,12 @@ _DROPPED = {
     "content-type",
     "user-agent",
     "grpc-timeout",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "keep-alive",
+    "expect",
 }
 # Seconds calls on a retired replica's channel may still take (the controller's
 # drain and stop grace together are well below it).
@@ -234,8 +241,12 @@ class InferenceProxy:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         try:
-            async for response in self._stream(requests, context):
+            async for response in self.stream(
+                requests, grpc_headers(context), context.time_remaining()
+            ):
                 yield response
+        except UpstreamError as e:
+            await context.abort(e.code, e.message)
         except grpc.aio.AbortError:
             raise
         except Exception as e:
@@ -524,21 +535,25 @@ class InferenceProxy:
             )
         raise Unavailable(f"model {name!r} has no ready replica")
 
-    async def _stream(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        """A stream is pinned to one replica, chosen by its first request."""
+    async def stream(
+        self,
+        requests: AsyncIterator[bytes],
+        headers: dict[str, list[str]],
+        time_remaining_s: float | None,
+    ) -> AsyncGenerator[bytes, None]:
+        """ModelStreamInfer, whatever transport brought it (gRPC, or REST's
+        generate): pinned to one replica, chosen by its first request. Triton's
+        error status is raised as :class:`UpstreamError`."""
         iterator = requests.__aiter__()
         try:
             first = await iterator.__anext__()
         except StopAsyncIteration:
             return
         name, version = peek_model(first)
-        headers = grpc_headers(context)
         _, rule, server, affinity, flat = await self._admit(headers, name, version)
         if not server.replicas:
             deadline = time.monotonic() + self._timeout_s(
-                context.time_remaining(), server, rule.timeout_ms
+                time_remaining_s, server, rule.timeout_ms
             )
             server = await self._hold(name, version, flat, server, deadline)
         address = self._balancer.pick(
@@ -581,7 +596,7 @@ class InferenceProxy:
                 yield response
         except grpc.aio.AioRpcError as e:
             failed = e.code() == grpc.StatusCode.UNAVAILABLE
-            await context.abort(e.code(), _clean(e.details()))
+            raise UpstreamError(e.code(), _clean(e.details())) from None
         finally:
             load.in_flight -= 1
             self._balancer.finished(

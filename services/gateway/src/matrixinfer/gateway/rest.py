@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceExhausted
 from matrixinfer.core.grpc.errors import http_status_for, status_code_for
+from matrixinfer.gateway import generate as gen
 from matrixinfer.gateway import openapi
 from matrixinfer.gateway.admin import AdminApi
 from matrixinfer.gateway.jsonbody import INT64_TYPES, parse_json
@@ -388,6 +389,72 @@ def rest_app(
             service_pb2.ModelInferResponse.FromString(raw), binary_outputs
         )
 
+    async def generate(request: web.Request) -> web.StreamResponse:
+        """Triton's generate extension: one ModelStreamInfer request; /generate
+        answers its one response, /generate_stream each as a server-sent event."""
+        model, version = names(request)
+        body = parse_json(await request.read())
+        metadata = await model_query(request, "ModelMetadata")
+        document, parameters = gen.generate_request(
+            model,
+            body,
+            {i.name: (i.datatype, list(i.shape)) for i in metadata.inputs},
+        )
+        message, _ = build_infer_request(model, version, document, b"")
+        gen.with_parameters(message, parameters)
+
+        async def one() -> AsyncIterator[bytes]:
+            yield message.SerializeToString()
+
+        answers = proxy.stream(one(), _headers(request), None)
+        try:
+            return await respond(request, model, answers)
+        finally:
+            await answers.aclose()  # a client gone mid-stream ends the upstream call
+
+    async def respond(
+        request: web.Request, model: str, answers: AsyncGenerator[bytes, None]
+    ) -> web.StreamResponse:
+        streaming = request.path.endswith("/generate_stream")
+
+        async def next_document() -> dict[str, Any] | None:
+            """The next response as a generate document; None at the end."""
+            raw = await anext(answers, None)
+            if raw is None:
+                return None
+            reply = service_pb2.ModelStreamInferResponse.FromString(raw)
+            if reply.error_message:
+                raise InvalidArgument(reply.error_message)
+            answer = reply.infer_response
+            outputs = {
+                out.name: _decode_output(out.datatype, raw_out)
+                for out, raw_out in zip(
+                    answer.outputs, answer.raw_output_contents, strict=False
+                )
+            }
+            return gen.generate_response(answer, outputs)
+
+        first = await next_document()  # errors before it are plain JSON errors
+        if not streaming:
+            if first is None or await next_document() is not None:
+                raise InvalidArgument(
+                    f"/generate takes exactly one response; model {model!r} sent "
+                    f"{'none' if first is None else 'several'} (use /generate_stream)"
+                )
+            return web.json_response(first)
+        response = web.StreamResponse(headers={"Content-Type": gen.EVENT_STREAM})
+        await response.prepare(request)
+        current = first
+        try:
+            while current is not None:
+                await response.write(gen.event(current))
+                current = await next_document()
+        except (InvalidArgument, UpstreamError) as e:
+            # The status went out with the first event: errors are events too.
+            await response.write(gen.event({"error": e.message}))
+        await response.write_eof()
+        return response
+
     async def metrics_text(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(metrics))
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
@@ -406,6 +473,8 @@ def rest_app(
         app.router.add_get(prefix + "/config", model_config)
         app.router.add_get(prefix + "/stats", model_stats)
         app.router.add_post(prefix + "/infer", infer)
+        app.router.add_post(prefix + "/generate", generate)
+        app.router.add_post(prefix + "/generate_stream", generate)
     if admin is not None:
         admin.add_routes(app)
     openapi.add_route(app, admin, auth=auth_required)

@@ -369,11 +369,12 @@ def render(
                     f"if !slow {{ var(txn.rule) -m str {rule_id} }}"
                 )
             if rule.priority:
-                # Inference only: unary, streamed, or REST's /infer.
+                # Inference only: unary, streamed, REST's /infer and generate.
                 here = f"{{ var(txn.rule) -m str {rule_id} }}"
                 routing.append(
                     f"    http-request set-var(txn.prio) int({rule.priority}) "
-                    f"if !slow infer_call {here} or !slow stream_call {here}"
+                    f"if !slow infer_call {here} or !slow stream_call {here} "
+                    f"or !slow generate_call {here}"
                 )
             bounds = thresholds([w for _, w in rule.targets])
             for t_index, ((server, _), bound) in enumerate(
@@ -548,7 +549,9 @@ def _frontend(
     if not grpc:
         out.append("    acl stream_call always_false")
         out.append("    acl infer_call path_end /infer")
+        out.append("    acl generate_call path_end /generate /generate_stream")
     if grpc:
+        out.append("    acl generate_call always_false")
         for prefix in GRPC_REFUSED_PREFIXES:
             out.append(
                 error(
