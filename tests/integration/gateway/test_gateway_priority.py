@@ -1,7 +1,7 @@
 """A ModelRoute rule's `priority` reaches Triton with every request it takes, through
 HAProxy (gRPC: written into the message by its Lua filter) and through the gateway's
-Python (REST): a paying tenant's requests overtake a batch job's queued ones, even
-when the tenant's client names a low priority itself.
+Python (REST infer and generate): a paying tenant's requests overtake a batch job's
+queued ones, even when the tenant's client names a low priority itself.
 
 The model is deliberately slow (an ONNX graph of 300 products of 256×512 by
 512×512, built here; ≈ 0.1–0.2 s per request), served by one instance one request
@@ -154,6 +154,18 @@ async def test_a_paying_tenant_overtakes_queued_batch_requests(
         assert abs(answer["outputs"][0]["data"][0] - 20.48) < 1e-3
         finished.append(label)
 
+    async def generate_call(label: str, headers: dict[str, str]) -> None:
+        # Triton's generate extension: the same path, one streamed request.
+        async with session.post(
+            f"{gateway.http_url}/v2/models/slow/generate",
+            json={"X": [1, 1, 1, 1]},
+            headers=headers,
+        ) as response:
+            assert response.status == 200
+            answer = await response.json()
+        assert abs(answer["Y"] - 20.48) < 1e-3
+        finished.append(label)
+
     try:
         tasks = [asyncio.create_task(grpc_call("batch", {}))]  # runs at once
         await asyncio.sleep(STEP_S)
@@ -164,8 +176,9 @@ async def test_a_paying_tenant_overtakes_queued_batch_requests(
         # level replaces it.
         tasks.append(asyncio.create_task(grpc_call("gold", gold, priority=2)))
         tasks.append(asyncio.create_task(rest_call("gold", gold)))
+        tasks.append(asyncio.create_task(generate_call("gold", gold)))
         await asyncio.gather(*tasks)
     finally:
         await client.close()
         await session.close()
-    assert finished == ["batch", "gold", "gold", "batch", "batch", "batch", "batch"]
+    assert finished == ["batch"] + ["gold"] * 3 + ["batch"] * 4

@@ -140,7 +140,12 @@ def test_io_from_the_artifacts_own_config(tmp_path: pathlib.Path) -> None:
     ("framework", "backends", "error", "words"),
     [
         ("pytorch", ["python"], FailedPrecondition, "needs Triton's 'pytorch' backend"),
-        ("python", ["python"], FailedPrecondition, "does not run untrusted model code"),
+        (
+            "python",
+            ["python"],
+            FailedPrecondition,
+            "unless MATRIXINFER_CONTROLLER_PYTHON_MODELS=true",
+        ),
     ],
 )
 def test_frameworks_the_server_cannot_serve(
@@ -210,3 +215,44 @@ def test_gpus_a_replica_takes(
         added = spec.instance_groups.add(kind=str(group["kind"]))
         added.gpus.extend(group.get("gpus", []))  # type: ignore[arg-type]
     assert gpus_needed(spec) == needed
+
+
+def test_a_trusted_python_model_is_served_by_its_own_code_through_a_loader(
+    tmp_path: pathlib.Path,
+) -> None:
+    """framework: python with the controller's opt-in: the artifact's files as they
+    are, the generated loader named as the model's file (it puts this environment's
+    packages on the stub's path), the decoupled policy and the Model's tensors."""
+    code = b"class TritonPythonModel:\n    pass\n"
+    art = artifact(tmp_path, {"model.py": code, "vocab.txt": b"a b"})
+    m = model("python")
+    m.spec.model_spec.transaction_policy.decoupled = True
+    m.spec.model_spec.max_batch_size = 0
+    m.spec.model_spec.inputs.add(name="text_input", data_type="BYTES", dims=[1])
+    m.spec.model_spec.outputs.add(name="text_output", data_type="BYTES", dims=[1])
+    repo = build_repository(
+        tmp_path / "repo", "iris", m, infer(), art, ["python"], ["/opt/site"], 1, True
+    )
+    config = read_config(repo)
+    assert config.backend == "python"
+    assert config.model_transaction_policy.decoupled
+    assert config.default_model_filename == "matrixinfer_model.py"
+    assert [i.name for i in config.input] == ["text_input"]
+    version = repo / "iris" / "1"
+    assert sorted(p.name for p in version.iterdir()) == [
+        "matrixinfer_model.py",
+        "model.py",
+        "vocab.txt",
+    ]
+    assert (version / "model.py").read_bytes() == code
+    loader = (version / "matrixinfer_model.py").read_text()
+    assert "_EXTRA_PATHS: list[str] = ['/opt/site']" in loader
+
+
+def test_a_python_artifact_without_model_py_is_refused(tmp_path: pathlib.Path) -> None:
+    art = artifact(tmp_path, {"main.py": b""})
+    with pytest.raises(InvalidArgument, match="no model.py at the top"):
+        build_repository(
+            tmp_path / "repo", "iris", model("python"), infer(), art, ["python"], [],
+            1, True,
+        )  # fmt: skip

@@ -2,11 +2,11 @@
 gateway's slow path carries it: the JSON body becomes one ModelStreamInfer request,
 each response a JSON object (one, or server-sent events).
 
-The mapping is Triton's own (its generate extension): a top-level key naming one of
-the model's inputs is that tensor (a value or a flat list; the shape is the
-input's, its variable dimensions filled in), ``parameters`` and every other key are
-request parameters; a response is ``model_name``, ``model_version`` and each output
-by name, a one-element output as a plain value.
+The mapping is Triton's own (its generate extension): a key naming one of the
+model's inputs, at the top or inside ``parameters``, is that tensor (a value or a
+flat list; the shape is the input's, its variable dimensions filled in), every
+other key a request parameter; a response is ``model_name``, ``model_version`` and
+each output by name, a one-element output as a plain value.
 """
 
 from __future__ import annotations
@@ -62,28 +62,27 @@ def generate_request(
         raise InvalidArgument("the request body must be a JSON object")
     tensors: list[dict[str, Any]] = []
     parameters: dict[str, Any] = {}
-    for key, value in body.items():
-        if key == "parameters":
-            if not isinstance(value, dict):
-                raise InvalidArgument.field("parameters", "must be an object")
-            parameters.update(
-                (name, (item, f"parameters.{name}")) for name, item in value.items()
+    nested = body.get("parameters", {})
+    if not isinstance(nested, dict):
+        raise InvalidArgument.field("parameters", "must be an object")
+    entries = [(k, v, k) for k, v in body.items() if k != "parameters"]
+    entries += [(k, v, f"parameters.{k}") for k, v in nested.items()]
+    for key, value, path in entries:
+        if key not in inputs:
+            parameters[key] = (value, path)
+            continue
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, list | dict) for v in values):
+            raise InvalidArgument.field(path, "must be a value or a flat list")
+        datatype, shape = inputs[key]
+        fitted = fitted_shape(shape, len(values))
+        if fitted is None:
+            raise InvalidArgument.field(
+                path, f"{len(values)} value(s) do not fit the input's shape {shape}"
             )
-        elif key in inputs:
-            values = value if isinstance(value, list) else [value]
-            if any(isinstance(v, list | dict) for v in values):
-                raise InvalidArgument.field(key, "must be a value or a flat list")
-            datatype, shape = inputs[key]
-            fitted = fitted_shape(shape, len(values))
-            if fitted is None:
-                raise InvalidArgument.field(
-                    key, f"{len(values)} value(s) do not fit the input's shape {shape}"
-                )
-            tensors.append(
-                {"name": key, "datatype": datatype, "shape": fitted, "data": values}
-            )
-        else:
-            parameters[key] = (value, key)
+        tensors.append(
+            {"name": key, "datatype": datatype, "shape": fitted, "data": values}
+        )
     if not tensors:
         raise InvalidArgument(
             f"the body names none of model {model!r}'s inputs "
