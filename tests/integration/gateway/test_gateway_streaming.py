@@ -178,10 +178,11 @@ async def test_generate_answers_one_response_as_json(
     gateway: GatewayApp, headers: dict[str, str], carrier: str
 ) -> None:
     # An input's value may sit inside "parameters" too (Triton's mapping).
-    for body in (
+    bodies: list[dict[str, object]] = [
         {"text_input": "the quick", "max_tokens": 1},
         {"text_input": "the quick", "parameters": {"max_tokens": 1}},
-    ):
+    ]
+    for body in bodies:
         status, content_type, content = await curl(gateway, "generate", body, headers)
         assert (status, content_type.split(";")[0]) == (200, "application/json")
         assert json.loads(content) == {
