@@ -71,6 +71,10 @@ $(SETUP_STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt \
 		-r requirements-dev.txt $(foreach p,$(PKGS),-e $(p))
+	# The tritonserver binary (Triton 2.51) comes from this wheel and nothing else
+	# does: without its dependencies, whose pins (tritonclient ~=2.50, and through
+	# it protobuf < 5) would hold the gRPC and protobuf libraries back years.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt nvidia-pytriton
 	touch $@
 
 proto $(GEN_STAMP): $(PROTOS) tools/genproto.py $(SETUP_STAMP)
@@ -112,6 +116,7 @@ bench: setup bench-tools
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.autoscaler
+	$(BIN)/python -m bench.cli
 
 clean:
 	rm -rf $(VENV) .tools .matrixinfer libs/api/src/matrixinfer/api/v1

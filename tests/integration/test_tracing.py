@@ -2,11 +2,11 @@
 own when the controller is given a trace URL: real collectors in this process (OTLP
 over gRPC for the services, OTLP/HTTP for Triton) receive them.
 
-What one inference shows: the gateway's span (slow path) continues the caller's
-trace id; the autoscaler's call to the controller is one trace across both
-services; Triton's spans (request, model, compute) arrive. The Triton in the
-pytriton wheel (2.41) does not continue an incoming traceparent, so its spans carry
-a trace id of their own."""
+What one inference shows: one trace id from the caller through the gateway's span
+(slow path) to Triton's spans (request, model, compute), which continue the
+traceparent the gateway hands on; through HAProxy (no span of its own) Triton
+continues the caller's traceparent itself; the autoscaler's call to the controller
+is one trace across both services."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from tests.integration.conftest import (
 )
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+#: A second caller's, whose small request HAProxy carries.
+HAPROXY_TRACE = "0af7651916cd43dd8448eb211c80319c"
 ROW = b"\x00\x00\x80\x3f" * 4
 
 
@@ -137,18 +139,20 @@ async def test_services_and_triton_export_spans(
             request = service_pb2.ModelInferRequest(model_name="iris", id="x" * 30_000)
             request.inputs.add(name="X", datatype="FP32", shape=[1, 4])
             request.raw_input_contents.append(ROW)
+            small = service_pb2.ModelInferRequest()
+            small.CopyFrom(request)
+            small.id = "y"
             async with grpc.aio.insecure_channel(gateway.address) as channel:
                 stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-                await stub.ModelInfer(
-                    request,
-                    metadata=(
-                        ("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"),
-                    ),
-                    timeout=10,
-                )
-            # Triton exports in batches: until its spans are in.
+                for message, trace in ((request, CALLER_TRACE), (small, HAPROXY_TRACE)):
+                    await stub.ModelInfer(
+                        message,
+                        metadata=(("traceparent", f"00-{trace}-00f067aa0ba902b7-01"),),
+                        timeout=10,
+                    )
+            # Triton exports in batches: until its spans of both are in.
             for _ in range(100):
-                if collectors.collected.spans["triton"]:
+                if len({t for t, _ in collectors.collected.spans["triton"]}) >= 2:
                     break
                 await asyncio.sleep(0.1)
         finally:
@@ -158,6 +162,9 @@ async def test_services_and_triton_export_spans(
     gateway_traces = {t for t, name in spans["gateway"] if "ModelInfer" in name}
     assert gateway_traces == {CALLER_TRACE}
     assert {name for _, name in spans["triton"]} >= {"InferRequest", "iris", "compute"}
+    # One inference, one trace: Triton's spans continue the gateway's, or (through
+    # HAProxy) the caller's own.
+    assert {t for t, _ in spans["triton"]} == {CALLER_TRACE, HAPROXY_TRACE}
     # The autoscaler asked the controller for replicas: one trace, both services.
     asked = {
         t for t, name in spans["autoscaler"] if name.endswith("Controller/GetReplicas")

@@ -105,7 +105,9 @@ class SchemaBuilder:
     """JSON schemas of protobuf messages, collected as components.
 
     ``proto_names`` describes ``MessageToDict(preserving_proto_field_name=True)``
-    output (rest.py's KServe answers); otherwise lowerCamelCase JSON names.
+    output (rest.py's KServe answers); otherwise lowerCamelCase JSON names. Those
+    answers are Triton's own (HAProxy passes them through), and a newer server adds
+    fields the client library's descriptors do not know: their objects stay open.
     """
 
     def __init__(self, schemas: dict[str, Any], *, proto_names: bool = False) -> None:
@@ -131,7 +133,7 @@ class SchemaBuilder:
         schema: dict[str, Any] = {
             "type": "object",
             "properties": {self.name(f): self.field(f) for f in fields},
-            "additionalProperties": False,
+            "additionalProperties": self.proto_names,
         }
         oneofs = [
             o

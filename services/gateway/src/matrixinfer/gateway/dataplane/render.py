@@ -50,6 +50,11 @@ GRPC_REFUSED_PREFIXES = (
     "TraceSetting",
     "LogSettings",
 )
+#: How Triton's REST errors for a request body it cannot parse begin.
+UNPARSABLE_BODY = (
+    '{"error":"Unable to parse ',
+    '{"error":"failed to parse the request JSON buffer',
+)
 #: gRPC status codes HAProxy answers itself.
 NOT_FOUND, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAUTHENTICATED = 5, 7, 8, 16
 _HTTP_OF = {NOT_FOUND: 404, PERMISSION_DENIED: 403, RESOURCE_EXHAUSTED: 429, 16: 401}
@@ -547,6 +552,15 @@ def _frontend(
     out.extend(_generated_errors(grpc))
     out.append(f"    acl is_grpc always_{'true' if grpc else 'false'}")
     if not grpc:
+        # Triton answers a body it cannot parse ("Unable to parse 'data': ...",
+        # "failed to parse the request JSON buffer: ...") with 500: the client's
+        # error, a 400 as Triton's other request errors are. Only 500s are read.
+        out.append("    http-response wait-for-body time 1s if { status 500 }")
+        patterns = " ".join(_q(p) for p in UNPARSABLE_BODY)
+        out.append(
+            "    http-response set-status 400 if { status 500 } "
+            f"{{ res.body -m beg {patterns} }}"
+        )
         out.append("    acl stream_call always_false")
         out.append("    acl infer_call path_end /infer")
         out.append("    acl generate_call path_end /generate /generate_stream")
