@@ -116,6 +116,7 @@ bench: setup bench-tools
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.autoscaler
+	$(BIN)/python -m bench.cli
 
 clean:
 	rm -rf $(VENV) .tools .matrixinfer libs/api/src/matrixinfer/api/v1

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.cli import render
 from matrixinfer.cli.client import App, as_dict
 from matrixinfer.cli.resources import namespace_option
+
+if TYPE_CHECKING:
+    from matrixinfer.api.v1 import resources_pb2 as pb
 
 pass_app = click.make_pass_decorator(App)
 
@@ -55,6 +57,8 @@ def create(
     namespace: str | None, output: str,
 ) -> None:  # fmt: skip
     """Make a key. Its secret is printed once: only its hash is stored."""
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+
     request = rpb.CreateApiKeyRequest(
         namespace=app.namespace(namespace),
         subject=subject,
@@ -107,6 +111,8 @@ def list_keys(
 @pass_app
 def revoke(app: App, name: str, namespace: str | None) -> None:
     """Revoke a key: every gateway refuses it within its watch latency."""
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+
     request = rpb.RevokeApiKeyRequest(namespace=app.namespace(namespace), name=name)
     resource: pb.Resource = app.registry.call("RevokeApiKey", request)
     click.echo(f"apikey/{resource.api_key.metadata.name or name} revoked")

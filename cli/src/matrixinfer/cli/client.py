@@ -3,34 +3,34 @@ and the one place their failures become messages and exit codes.
 
 Exit codes: 0 done; 1 the server refused or failed (or a wait timed out); 2 bad
 usage; 3 a server could not be reached.
+
+gRPC, protobuf and the generated stubs are imported where a call is made, not here:
+every command (and ``--help``) imports this module.
 """
 
 from __future__ import annotations
 
 import datetime
-import http.client
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import click
-import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from matrixinfer.api.v1 import controller_pb2_grpc, registry_pb2_grpc
-from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.cli.config import Config
-from matrixinfer.core.grpc.errors import error_details
+
+if TYPE_CHECKING:
+    import grpc
+
+    from matrixinfer.api.v1 import controller_pb2_grpc, registry_pb2_grpc
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+    from matrixinfer.api.v1 import resources_pb2 as pb
 
 T = TypeVar("T")
 EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Names of the gRPC status codes that mean the server did not answer.
+UNREACHABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 #: How to start each server, for "cannot reach" messages.
 START_HINTS = {
@@ -73,8 +73,12 @@ def unreachable(service: str, address: str, why: str) -> CliError:
 def rpc_error(
     e: grpc.RpcError, service: str, address: str, where: str = ""
 ) -> CliError:
+    import grpc
+
+    from matrixinfer.core.grpc.errors import error_details
+
     details = error_details(e)
-    if details.code in UNREACHABLE_CODES:
+    if details.code.name in UNREACHABLE_CODES:
         return unreachable(service, address, details.message)
     head = f"error ({details.code.name}): " + (f"{where}: " if where else "")
     if details.field_violations:
@@ -93,11 +97,12 @@ def rpc_error(
 
 
 def as_dict(resource: pb.Resource) -> dict[str, Any]:
+    from google.protobuf import json_format
+
     which = resource.WhichOneof("object")
     if which is None:
         return {}
-    obj: Message = getattr(resource, which)
-    return json_format.MessageToDict(obj)
+    return json_format.MessageToDict(getattr(resource, which))
 
 
 def auth_metadata(token: str) -> list[tuple[str, str]]:
@@ -127,6 +132,10 @@ class Registry:
     stub: registry_pb2_grpc.RegistryStub = field(init=False)
 
     def __post_init__(self) -> None:
+        import grpc
+
+        from matrixinfer.api.v1 import registry_pb2_grpc
+
         self.channel = grpc.insecure_channel(self.address)
         self.stub = registry_pb2_grpc.RegistryStub(self.channel)
 
@@ -134,6 +143,8 @@ class Registry:
         self.channel.close()
 
     def call(self, method: str, request: Any, where: str = "") -> Any:
+        import grpc
+
         try:
             return getattr(self.stub, method)(
                 request, timeout=self.timeout_s, metadata=auth_metadata(self.token)
@@ -142,12 +153,16 @@ class Registry:
             raise rpc_error(e, "registry", self.address, where) from None
 
     def apply(self, manifest: str, dry_run: bool, where: str) -> rpb.ApplyResponse:
+        from matrixinfer.api.v1 import registry_pb2 as rpb
+
         response: rpb.ApplyResponse = self.call(
             "Apply", rpb.ApplyRequest(manifest=manifest, dry_run=dry_run), where
         )
         return response
 
     def get(self, kind: str, namespace: str, name: str) -> pb.Resource:
+        from matrixinfer.api.v1 import registry_pb2 as rpb
+
         resource: pb.Resource = self.call(
             "Get", rpb.GetRequest(kind=kind, namespace=namespace, name=name)
         )
@@ -156,6 +171,8 @@ class Registry:
     def list_objects(
         self, kind: str, namespace: str, selector: str = ""
     ) -> tuple[list[pb.Resource], str]:
+        from matrixinfer.api.v1 import registry_pb2 as rpb
+
         items: list[pb.Resource] = []
         token, version = "", ""
         while True:
@@ -171,6 +188,8 @@ class Registry:
                 return items, version
 
     def list_revisions(self, namespace: str, name: str) -> list[rpb.ModelRevision]:
+        from matrixinfer.api.v1 import registry_pb2 as rpb
+
         response: rpb.ListRevisionsResponse = self.call(
             "ListRevisions", rpb.ListRevisionsRequest(namespace=namespace, name=name)
         )
@@ -187,6 +206,8 @@ class Registry:
     ) -> Iterator[rpb.WatchEvent]:
         """Events as they come; raw grpc.RpcError escapes (callers decide what a
         deadline or an expired version means)."""
+        from matrixinfer.api.v1 import registry_pb2 as rpb
+
         request = rpb.WatchRequest(
             kind=kind,
             namespace=namespace,
@@ -230,6 +251,10 @@ class Gateway:
         headers: dict[str, str] | None = None,
     ) -> HttpResponse:
         """Any HTTP status comes back; an unreachable gateway raises CliError."""
+        import http.client
+        import urllib.error
+        import urllib.request
+
         all_headers = {"Content-Type": "application/json", **(headers or {})}
         if self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
@@ -268,6 +293,9 @@ class Gateway:
 def health(address: str, timeout_s: float) -> str:
     """A gRPC server's health status name (SERVING, NOT_SERVING, ...), or
     ``unreachable (CODE)``."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(address) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
@@ -326,6 +354,10 @@ class App:
         return Gateway(self.config.gateway, self.config.token, self.timeout_s)
 
     def controller(self) -> controller_pb2_grpc.ControllerStub:
+        import grpc
+
+        from matrixinfer.api.v1 import controller_pb2_grpc
+
         channel = grpc.insecure_channel(self.config.controller)
         self._closers.append(channel.close)
         return controller_pb2_grpc.ControllerStub(channel)

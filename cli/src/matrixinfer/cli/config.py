@@ -12,8 +12,6 @@ import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import yaml
-
 CONFIG_ENV = "MATRIXINFER_CONFIG"
 
 #: Keys of the config file, their environment variables and built-in defaults.
@@ -53,6 +51,8 @@ def load_file(path: pathlib.Path, required: bool = False) -> dict[str, str]:
         return {}
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it: {e.strerror}") from e
+    import yaml  # here, not at the top: only a file to parse needs PyYAML
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -1,6 +1,9 @@
 """``matrixinfer infer``: one inference call through the gateway, over KServe v2 REST
 (default) or gRPC (``--grpc``; the KServe v2 messages tritonclient ships, through
-matrixinfer.triton)."""
+matrixinfer.triton).
+
+numpy and gRPC are imported inside the functions that use them: every command (and
+``--help``) imports this module."""
 
 from __future__ import annotations
 
@@ -11,11 +14,9 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import grpc
-import numpy as np
 
 from matrixinfer.cli import render
 from matrixinfer.cli.client import (
@@ -26,13 +27,16 @@ from matrixinfer.cli.client import (
     rpc_error,
 )
 
-DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-    "BYTES": np.object_,
+if TYPE_CHECKING:
+    import numpy as np
+
+#: KServe v2 datatype → the numpy dtype (by name) of its values.
+DTYPES: dict[str, str] = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
+    "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32",
+    "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64",
+    "BYTES": "object",
 }  # fmt: skip
-NUMPY_TO_KSERVE = {np.dtype(v): k for k, v in DTYPES.items() if k != "BYTES"}
 MAX_SHOWN = 200
 pass_app = click.make_pass_decorator(App)
 
@@ -72,11 +76,10 @@ def split_assignment(value: str, option: str) -> tuple[str, str]:
 
 
 def _to_array(value: Any, datatype: str, where: str) -> np.ndarray[Any, Any]:
+    import numpy as np
+
     try:
-        if datatype == "BYTES":
-            array = np.asarray(value, dtype=np.object_)
-        else:
-            array = np.asarray(value, dtype=DTYPES[datatype])
+        array = np.asarray(value, dtype=DTYPES[datatype])
     except (TypeError, ValueError, OverflowError) as e:
         raise click.UsageError(f"{where}: not {datatype} values: {e}") from e
     if array.ndim == 0:
@@ -130,6 +133,8 @@ def build_tensors(
                 raise click.UsageError(f"{where}: not JSON: {e}") from e
             array = _to_array(parsed, datatype, where)
         else:
+            import numpy as np
+
             try:
                 loaded = np.load(pathlib.Path(value), allow_pickle=False)
             except (OSError, ValueError) as e:
@@ -189,6 +194,8 @@ def _decode(datatype: str, raw: bytes) -> list[Any]:
         return values
     if datatype not in DTYPES:
         return [raw.hex()]
+    import numpy as np
+
     result: list[Any] = np.frombuffer(raw, dtype=DTYPES[datatype]).tolist()
     return result
 
@@ -223,6 +230,8 @@ class GrpcGateway:
     """The gateway's KServe v2 gRPC service (inference.GRPCInferenceService)."""
 
     def __init__(self, app: App) -> None:
+        import grpc
+
         from matrixinfer.triton.protocol import service_pb2, service_pb2_grpc
 
         self.pb = service_pb2
@@ -236,6 +245,8 @@ class GrpcGateway:
         self.channel.close()
 
     def _call(self, method: str, request: Any) -> Any:
+        import grpc
+
         try:
             return getattr(self.stub, method)(
                 request, timeout=self.timeout_s, metadata=self.metadata
@@ -289,6 +300,8 @@ class GrpcGateway:
 
 
 def outputs_table(response: dict[str, Any]) -> str:
+    import numpy as np
+
     rows = []
     for out in response.get("outputs", []):
         data = out.get("data")

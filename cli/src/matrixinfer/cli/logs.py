@@ -5,9 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
-import grpc
 
-from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.cli.client import EXIT_OK, App, auth_metadata, rpc_error
 from matrixinfer.cli.resources import namespace_option
 
@@ -39,6 +37,10 @@ def logs(
 ) -> None:  # fmt: skip
     """Print the server logs of a ModelInfer's current replicas (from the controller,
     --controller)."""
+    import grpc
+
+    from matrixinfer.api.v1 import controller_pb2 as cpb
+
     request = cpb.GetLogsRequest(
         namespace=app.namespace(namespace),
         model_infer=model_infer,

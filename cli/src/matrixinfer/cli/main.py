@@ -4,11 +4,16 @@ Resources (apply, get, describe, delete, history, rollback) go to the registry,
 ``logs`` to the controller, ``infer`` and ``top`` to the gateway (``top`` to the
 registry too). Exit codes: 0 success, 1 the server refused or failed (or a wait
 timed out), 2 bad usage, 3 a server could not be reached.
+
+Start-up time: importing this module (what ``--help`` costs) loads click and the
+command modules, nothing more. gRPC, protobuf and the generated stubs, numpy, rich,
+PyYAML, prometheus_client and matrixinfer.core.grpc are imported inside the functions
+that use them (tests/unit/cli/test_import_graph.py checks it; ``python -m
+bench.cli`` measures it).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -102,6 +107,8 @@ def _health(address: str, timeout_s: float) -> str:
 @click.pass_obj
 def version(app: App) -> None:
     """The CLI's version and, where reachable, the servers'."""
+    import importlib.metadata
+
     click.echo(f"matrixinfer-cli  {importlib.metadata.version('matrixinfer-cli')}")
     timeout_s = min(app.timeout_s, 3.0)
     click.echo(

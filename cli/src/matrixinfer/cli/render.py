@@ -11,8 +11,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import yaml
-
 Obj = dict[str, Any]
 Column = tuple[str, Callable[[Obj, datetime.datetime], str]]
 MISSING = "-"
@@ -353,6 +351,8 @@ def as_json(objects: Sequence[Obj], single: bool) -> str:
 
 
 def as_yaml(objects: Sequence[Obj]) -> str:
+    import yaml
+
     return yaml.safe_dump_all(objects, sort_keys=False).rstrip()
 
 
@@ -377,6 +377,8 @@ def _mapping(values: dict[str, str] | None) -> str:
 def _block(title: str, value: Any) -> list[str]:
     if not value:
         return [f"{title}:", "  <none>"]
+    import yaml
+
     return [f"{title}:", *_indent(yaml.safe_dump(value, sort_keys=False))]
 
 

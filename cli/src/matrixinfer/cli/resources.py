@@ -7,27 +7,17 @@ import json
 import pathlib
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import grpc
-import yaml
-from google.protobuf import json_format
-from rich.console import Console
 
-from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.cli import render
-from matrixinfer.cli.client import (
-    EXIT_OK,
-    App,
-    Registry,
-    as_dict,
-    rpc_error,
-)
+from matrixinfer.cli.client import EXIT_OK, App, Registry, as_dict, rpc_error
 from matrixinfer.cli.kinds import help_text, resolve_kind
 from matrixinfer.cli.wait import Target, wait_available
-from matrixinfer.core.grpc.errors import error_details
+
+if TYPE_CHECKING:
+    from matrixinfer.api.v1 import resources_pb2 as pb
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 pass_app = click.make_pass_decorator(App)
@@ -60,6 +50,8 @@ def _read_manifests(paths: tuple[str, ...]) -> Iterator[tuple[str, str]]:
 def _combined(sources: list[tuple[str, str]]) -> tuple[str, str]:
     """One manifest of several files, and a name for it that says which documents
     (``manifest[i]`` in the registry's error messages) came from which file."""
+    import yaml
+
     parts, legend, index = [], [], 0
     for name, text in sources:
         try:
@@ -153,6 +145,8 @@ def apply(
             err=True,
         )
         return
+    from rich.console import Console
+
     wait_available(registry, targets, wait_timeout_s, Console(stderr=True))
     for t in targets:
         ready, desired = t.counts()
@@ -244,6 +238,11 @@ def _watch(
     app: App, kind: str, name: str | None, namespace: str, selector: str, output: str,
     all_namespaces: bool,
 ) -> None:  # fmt: skip
+    import grpc
+    import yaml
+
+    from matrixinfer.core.grpc.errors import error_details
+
     registry = app.registry
     cols = render.columns(kind, output == "wide", all_namespaces)
     header = [h for h, _ in cols]
@@ -311,6 +310,8 @@ def describe(
 
     MatrixInfer has no events API: conditions and revisions are what show recent
     changes."""
+    from google.protobuf import json_format
+
     kind = resolve_kind(kind)
     ns = app.namespace(namespace)
     resource = app.reader.get(kind, ns, name)
@@ -331,6 +332,8 @@ def describe(
 @pass_app
 def delete(app: App, kind: str, name: str, namespace: str | None) -> None:
     """Delete a resource (it stays until its finalizers are removed)."""
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+
     kind = resolve_kind(kind)
     request = rpb.DeleteRequest(
         kind=kind, namespace=app.namespace(namespace), name=name
@@ -386,6 +389,8 @@ def rollback(
     wait_timeout_s: float,
 ) -> None:
     """Make a new revision of MODEL equal to REVISION."""
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+
     ns = app.namespace(namespace)
     request = rpb.RollbackRequest(namespace=ns, name=model, revision=revision)
     resource: pb.Resource = app.registry.call("Rollback", request)
@@ -401,6 +406,8 @@ def rollback(
             f"nothing to wait for: no ModelInfer follows model/{model}", err=True
         )
         return
+    from rich.console import Console
+
     wait_available(app.registry, targets, wait_timeout_s, Console(stderr=True))
     for t in targets:
         ready, desired = t.counts()

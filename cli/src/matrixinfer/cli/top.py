@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from prometheus_client.parser import text_string_to_metric_families
 
 from matrixinfer.cli import render
 from matrixinfer.cli.client import App, CliError, as_dict
@@ -45,6 +44,8 @@ class Scrape:
 
 
 def parse_metrics(text: str) -> Scrape:
+    from prometheus_client.parser import text_string_to_metric_families
+
     scrape = Scrape()
     for family in text_string_to_metric_families(text):
         if family.name in (REQUESTS, DATAPLANE_REQUESTS):

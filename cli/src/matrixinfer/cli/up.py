@@ -29,22 +29,20 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
-import grpc
-import yaml
-from rich.console import Console
 
-from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.cli.client import health
 from matrixinfer.core.process import die_with_parent
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from matrixinfer.api.v1 import registry_pb2_grpc
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 HOST = "127.0.0.1"
@@ -134,6 +132,9 @@ def _port_free(port: int) -> bool:
 
 
 def _http_ok(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
             return bool(response.status == 200)
@@ -270,6 +271,10 @@ def _wait_serving(
     model: str,
     timeout_s: float,
 ) -> None:
+    import grpc
+
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+
     deadline = time.monotonic() + timeout_s
     with console.status(f"waiting for model {model!r} ...") as status:
         while True:
@@ -332,6 +337,11 @@ def _missing_only(
     stub: registry_pb2_grpc.RegistryStub, text: str, console: Console
 ) -> str:
     """The documents of ``text`` whose object does not exist yet."""
+    import grpc
+    import yaml
+
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+
     missing = []
     for doc in yaml.safe_load_all(text):
         if not isinstance(doc, dict):
@@ -356,6 +366,8 @@ def _missing_only(
 
 
 def _apply(stub: registry_pb2_grpc.RegistryStub, text: str, console: Console) -> None:
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+
     applied = stub.Apply(rpb.ApplyRequest(manifest=text), timeout=30)
     for result in applied.results:
         which = result.resource.WhichOneof("object")
@@ -496,6 +508,11 @@ def up(
 ) -> None:
     """Run the whole platform here (registry, controller, autoscaler, gateway) and
     deploy the quickstart model; Ctrl-C stops it all."""
+    import grpc
+    from rich.console import Console
+
+    from matrixinfer.api.v1 import registry_pb2_grpc
+
     console = Console(highlight=False)
     ports = {
         "--grpc-port": grpc_port,

@@ -11,25 +11,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import click
-import grpc
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from matrixinfer.api.v1 import meta_pb2
-from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.cli.client import CliError, rpc_error
-from matrixinfer.core.grpc.errors import error_details
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
+    from matrixinfer.api.v1 import meta_pb2
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+    from matrixinfer.api.v1 import resources_pb2 as pb
 
 
 class Watcher(Protocol):
@@ -133,6 +127,10 @@ def wait_available(
 ) -> None:
     """Block until every target is done; CliError (exit 1) on timeout or deletion,
     with the Degraded condition's message."""
+    import grpc
+
+    from matrixinfer.core.grpc.errors import error_details
+
     deadline = time.monotonic() + timeout_s
     namespaces = {t.namespace for t in targets}
     namespace = namespaces.pop() if len(namespaces) == 1 else ""
@@ -185,6 +183,14 @@ class _View:
     on stderr when a target's state changes otherwise (CI logs, pipes)."""
 
     def __init__(self, console: Console, targets: Sequence[Target]) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.console = console
         self.targets = targets
         self.live = console.is_terminal

@@ -1,0 +1,1 @@
+"""CLI benchmark: wall time of `matrixinfer` commands, each in a fresh process."""
