@@ -19,6 +19,7 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from time_machine import TimeMachineFixture
 
 from matrixinfer.core.errors import PermissionDenied, Unauthenticated
 from matrixinfer.gateway import auth
@@ -39,8 +40,10 @@ ISSUER = "https://idp.example.com/"
 AUDIENCE = "matrixinfer-gateway"
 
 
-def clock() -> float:
-    return NOW_S
+@pytest.fixture(autouse=True)
+def frozen_time(time_machine: TimeMachineFixture) -> None:
+    """Every test runs at NOW_S, the time the tokens and keys are made for."""
+    time_machine.move_to(NOW_S, tick=False)
 
 
 def b64url(data: bytes) -> str:
@@ -140,7 +143,7 @@ def world(keys: Keys) -> World:
     store.add(record_for(expired, "svc-temp", expires_at_s=NOW_S - 1))
     settings = JwtSettings(issuer=ISSUER, audience=AUDIENCE, jwks=keys.jwks)
     return World(
-        Authenticator(store, settings, clock=clock),
+        Authenticator(store, settings),
         store,
         key,
         revoked,
@@ -224,16 +227,18 @@ def test_bad_api_keys_get_one_message_that_does_not_echo_the_key(
     assert key.split("_", 2)[-1] not in message  # the secret part, whole
 
 
-def test_expiry_uses_the_injected_clock(world: World) -> None:
+def test_expiry_follows_the_clock(
+    world: World, time_machine: TimeMachineFixture
+) -> None:
     key, _ = generate_api_key()
     world.store.add(record_for(key, "svc-soon", expires_at_s=NOW_S + 1))
     assert world.authenticator.authenticate({"x-api-key": [key]}).subject == "svc-soon"
-    later = Authenticator(world.store, None, clock=lambda: NOW_S + 1)
-    assert rejected(later, {"x-api-key": [key]}) == "invalid API key"
+    time_machine.move_to(NOW_S + 1, tick=False)
+    assert rejected(world.authenticator, {"x-api-key": [key]}) == "invalid API key"
 
 
 def test_api_key_rejected_when_no_store(world: World) -> None:
-    only_jwt = Authenticator(None, None, clock=clock)
+    only_jwt = Authenticator(None, None)
     assert rejected(only_jwt, {"x-api-key": [world.key]}) == "invalid API key"
 
 
@@ -271,7 +276,7 @@ def test_missing_credentials_are_refused(world: World) -> None:
 
 
 def test_anonymous_allowed_gives_anonymous_principal(world: World) -> None:
-    open_door = Authenticator(world.store, None, allow_anonymous=True, clock=clock)
+    open_door = Authenticator(world.store, None, allow_anonymous=True)
     assert open_door.authenticate({"content-type": ["application/json"]}) == Principal(
         "anonymous", frozenset({"infer:*"}), None, "anonymous"
     )
@@ -291,7 +296,7 @@ def test_bad_credentials_never_fall_back_to_anonymous(
     world: World, keys: Keys, headers: dict[str, list[str]]
 ) -> None:
     settings = JwtSettings(issuer=ISSUER, audience=AUDIENCE, jwks=keys.jwks)
-    open_door = Authenticator(world.store, settings, allow_anonymous=True, clock=clock)
+    open_door = Authenticator(world.store, settings, allow_anonymous=True)
     with pytest.raises(Unauthenticated):
         open_door.authenticate(headers)
 
@@ -408,7 +413,7 @@ def test_claim_names_are_configurable(keys: Keys) -> None:
         algorithm="RS256",
         headers={"kid": "rsa-1"},
     )
-    principal = Authenticator(None, settings, clock=clock).authenticate(bearer(token))
+    principal = Authenticator(None, settings).authenticate(bearer(token))
     assert principal.scopes == frozenset({"infer:*"})
     assert principal.tenant == "globex"
 
@@ -514,6 +519,24 @@ def weak_key_token(keys: Keys) -> str:
             "token claim exp is not a number",
             id="exp-string",
         ),
+        pytest.param(
+            lambda s, k: s(exp=str(int(NOW_S) + 300)),
+            "token claim exp is not a number",
+            id="exp-digit-string",
+        ),
+        pytest.param(
+            lambda s, k: s(nbf=True), "token claim nbf is not a number", id="nbf-bool"
+        ),
+        pytest.param(
+            lambda s, k: s(nbf="soon"),
+            "token claim nbf is not a number",
+            id="nbf-string",
+        ),
+        pytest.param(
+            lambda s, k: s(iat="soon"),
+            "token claim iat is not a number",
+            id="iat-string",
+        ),
         pytest.param(lambda s, k: s(exp=None), "token missing claim exp", id="no-exp"),
         pytest.param(lambda s, k: s(sub=None), "token missing claim sub", id="no-sub"),
         pytest.param(
@@ -604,18 +627,20 @@ def test_bad_jwts_are_refused_without_echoing_the_token(
 def test_jwt_rejected_when_no_jwt_settings(
     world: World, rs256: Callable[..., str]
 ) -> None:
-    keys_only = Authenticator(world.store, None, clock=clock)
+    keys_only = Authenticator(world.store, None)
     assert rejected(keys_only, bearer(rs256())) == "bearer tokens are not accepted"
 
 
-def test_jwt_time_claims_use_the_injected_clock(
-    keys: Keys, rs256: Callable[..., str]
+def test_jwt_time_claims_follow_the_clock(
+    keys: Keys, rs256: Callable[..., str], time_machine: TimeMachineFixture
 ) -> None:
-    settings = JwtSettings(issuer=ISSUER, audience=AUDIENCE, jwks=keys.jwks)
+    authenticator = Authenticator(
+        None, JwtSettings(issuer=ISSUER, audience=AUDIENCE, jwks=keys.jwks)
+    )
     token = rs256()
-    assert Authenticator(None, settings, clock=clock).authenticate(bearer(token))
-    a_day_later = Authenticator(None, settings, clock=lambda: NOW_S + 86_400)
-    assert rejected(a_day_later, bearer(token)) == "token expired"
+    assert authenticator.authenticate(bearer(token))
+    time_machine.move_to(NOW_S + 86_400, tick=False)
+    assert rejected(authenticator, bearer(token)) == "token expired"
 
 
 @pytest.mark.parametrize(

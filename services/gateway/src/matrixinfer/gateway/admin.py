@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -68,6 +68,7 @@ from matrixinfer.core.grpc.interceptors import (
 )
 from matrixinfer.gateway.auth import Authenticator, authorize_admin
 from matrixinfer.gateway.jsonbody import parse_json
+from matrixinfer.gateway.webutil import Handler, request_headers
 
 log = logging.getLogger(__name__)
 
@@ -805,16 +806,7 @@ def our_error(error: MatrixInferError) -> tuple[int, dict[str, Any]]:
     return http_status(code), error_body(code, error.message, error.reason, violations)
 
 
-def _headers(request: web.Request) -> dict[str, list[str]]:
-    headers: dict[str, list[str]] = {}
-    for key, value in request.headers.items():
-        headers.setdefault(key.lower(), []).append(value)
-    return headers
-
-
 # ------------------------------------------------------------------ the routes
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminApi:
@@ -874,7 +866,7 @@ class AdminApi:
     def _authorize(self, request: web.Request) -> None:
         if not self.auth_required or self._authenticator is None:
             return
-        authorize_admin(self._authenticator.authenticate(_headers(request)))
+        authorize_admin(self._authenticator.authenticate(request_headers(request)))
 
     async def _body(self, request: web.Request) -> Any:
         limit = self._max_body_bytes

@@ -18,7 +18,6 @@ repeats the credential, since messages end up in responses and logs.
 from __future__ import annotations
 
 import hmac
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +61,9 @@ _CREDENTIAL_HEADERS = frozenset({_AUTHORIZATION, _X_API_KEY})
 _UNKNOWN_KEY_HASH = "sha256:" + "0" * 64
 
 _INVALID_API_KEY = "invalid API key"
+
+# The NumericDate claims PyJWT checks against the clock (RFC 7519 4.1.4-4.1.6).
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 # Algorithms that verify with a public key. HS* is deliberately absent: with an HMAC
 # algorithm the "public" key would become the shared secret, so anyone who can read
@@ -179,7 +181,6 @@ class Authenticator:
         api_keys: ApiKeyStore | None,
         jwt: JwtSettings | None,
         allow_anonymous: bool = False,
-        clock: Callable[[], float] = time.time,
         *,
         api_key_prefix: str = API_KEY_PREFIX,
         on_unknown_kid: Callable[[], None] | None = None,
@@ -190,7 +191,6 @@ class Authenticator:
         self._api_keys = api_keys
         self._jwt = jwt
         self._allow_anonymous = allow_anonymous
-        self._clock = clock
         self._api_key_prefix = api_key_prefix
         self._jwks_by_kid = _index_jwks(jwt.jwks) if jwt is not None else {}
         # Parsed keys per (kid, alg); bounded by the JWKS size times the allowed
@@ -252,7 +252,7 @@ class Authenticator:
         )
         if record is None or not matches or record.revoked:
             raise Unauthenticated(_INVALID_API_KEY)
-        if record.expires_at_s is not None and self._clock() >= record.expires_at_s:
+        if record.expires_at_s is not None and time.time() >= record.expires_at_s:
             raise Unauthenticated(_INVALID_API_KEY)
         return Principal(record.subject, record.scopes, record.tenant, "api_key")
 
@@ -280,20 +280,27 @@ class Authenticator:
                 algorithms=[alg],
                 audience=settings.audience,
                 issuer=settings.issuer,
+                # PyJWT checks exp, nbf and iat against the wall clock, this much
+                # skew allowed.
+                leeway=settings.leeway_s,
                 options={
                     "require": ["exp", "iss", "aud", "sub"],
-                    # PyJWT reads the wall clock itself; time claims are checked
-                    # below against the injected clock so one clock rules both
-                    # credential kinds and tests can pin time.
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
                     # Refuse, rather than warn about, a weak key in the JWKS.
                     "enforce_minimum_key_length": True,
                 },
             )
         except pyjwt.InvalidSignatureError as e:
             raise Unauthenticated("token signature invalid") from e
+        except pyjwt.ExpiredSignatureError as e:
+            raise Unauthenticated("token expired") from e
+        except pyjwt.ImmatureSignatureError as e:
+            # One exception for a future nbf and a future iat; PyJWT's message
+            # names the claim.
+            if _time_claim_named(e) == "iat":
+                raise Unauthenticated("token issued in the future") from e
+            raise Unauthenticated("token not yet valid") from e
+        except pyjwt.InvalidIssuedAtError as e:
+            raise Unauthenticated("token claim iat is not a number") from e
         except pyjwt.InvalidAudienceError as e:
             raise Unauthenticated("token audience not accepted") from e
         except pyjwt.InvalidIssuerError as e:
@@ -306,9 +313,17 @@ class Authenticator:
         except pyjwt.InvalidKeyError as e:
             # enforce_minimum_key_length: e.g. a 1024-bit RSA key in the JWKS.
             raise Unauthenticated("signing key rejected") from e
+        except pyjwt.DecodeError as e:
+            # Also raised when exp or nbf is not a number (e.g. NaN or a string).
+            claim = _time_claim_named(e)
+            if claim is not None:
+                raise Unauthenticated(f"token claim {claim} is not a number") from e
+            raise Unauthenticated("invalid token") from e
         except pyjwt.PyJWTError as e:
             raise Unauthenticated("invalid token") from e
-        _check_time_claims(claims, self._clock(), settings.leeway_s)
+        # PyJWT takes anything int() takes ("123", true); RFC 7519 wants a number.
+        for name in _TIME_CLAIMS:
+            _require_number(claims, name)
         return Principal(
             subject=claims["sub"],
             scopes=_scopes(claims.get(settings.scope_claim)),
@@ -410,34 +425,23 @@ def _index_jwks(jwks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return index
 
 
-def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float | None:
+def _time_claim_named(error: pyjwt.PyJWTError) -> str | None:
+    """The time claim a PyJWT claim-validation error is about, or None.
+
+    PyJWT has no attribute for it, but its messages name the claim as "(exp)".
+    """
+    message = str(error)
+    return next((name for name in _TIME_CLAIMS if f"({name})" in message), None)
+
+
+def _require_number(claims: Mapping[str, Any], name: str) -> None:
     value = claims.get(name)
-    if value is None:
-        return None
-    # bool is an int subclass; NaN and infinity parse from JSON and would make
-    # every comparison below false, i.e. a token that never expires.
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # bool is an int subclass, and int() also takes digit strings. NaN and infinity
+    # never get here: PyJWT refuses them.
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float)
+    ):
         raise Unauthenticated(f"token claim {name} is not a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise Unauthenticated(f"token claim {name} is not a number")
-    return value
-
-
-def _check_time_claims(
-    claims: Mapping[str, Any], now_s: float, leeway_s: float
-) -> None:
-    """The same rules as PyJWT's exp/nbf/iat checks, against our clock."""
-    exp = _numeric_date(claims, "exp")
-    if exp is None:
-        raise Unauthenticated("token missing claim exp")
-    if exp <= now_s - leeway_s:
-        raise Unauthenticated("token expired")
-    nbf = _numeric_date(claims, "nbf")
-    if nbf is not None and nbf > now_s + leeway_s:
-        raise Unauthenticated("token not yet valid")
-    iat = _numeric_date(claims, "iat")
-    if iat is not None and iat > now_s + leeway_s:
-        raise Unauthenticated("token issued in the future")
 
 
 def _scopes(value: object) -> frozenset[str]:

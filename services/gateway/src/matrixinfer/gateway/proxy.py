@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from matrixinfer.core.errors import (
     DeadlineExceeded,
@@ -34,6 +35,7 @@ from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
 from matrixinfer.gateway.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
 from matrixinfer.gateway.tensors import check_infer_request
 from matrixinfer.gateway.wire import peek_model, with_model, with_priority
+from matrixinfer.triton.protocol import service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +122,6 @@ def grpc_headers(context: grpc.aio.ServicerContext) -> dict[str, list[str]]:
         if isinstance(value, str):
             headers.setdefault(key.lower(), []).append(value)
     return headers
-
-
-def _live_response() -> bytes:
-    return (
-        b"\x08\x01"  # ServerLiveResponse{live: true} / ServerReadyResponse{ready: true}
-    )
 
 
 class Upstreams:
@@ -257,25 +253,22 @@ class InferenceProxy:
     async def _server_live(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
-        return _live_response()
+        reply: Message = service_pb2.ServerLiveResponse(live=True)
+        return reply.SerializeToString()
 
     async def _server_ready(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
-        return _live_response() if self._ready() else b""
+        reply: Message = service_pb2.ServerReadyResponse(ready=self._ready())
+        return reply.SerializeToString()
 
     async def _server_metadata(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
-        name, version = b"matrixinfer-gateway", b"0.1.0"
-        return (
-            b"\x0a"
-            + bytes([len(name)])
-            + name
-            + b"\x12"
-            + bytes([len(version)])
-            + version
+        reply: Message = service_pb2.ServerMetadataResponse(
+            name="matrixinfer-gateway", version="0.1.0"
         )
+        return reply.SerializeToString()
 
     def _refused(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

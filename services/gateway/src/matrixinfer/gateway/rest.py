@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -30,6 +30,7 @@ from matrixinfer.gateway import openapi
 from matrixinfer.gateway.admin import AdminApi
 from matrixinfer.gateway.jsonbody import INT64_TYPES, parse_json
 from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
+from matrixinfer.gateway.webutil import Handler, request_headers
 from matrixinfer.triton.protocol import service_pb2
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -256,16 +257,6 @@ def _numbers(message: Any, document: Any) -> Any:
     return document
 
 
-def _headers(request: web.Request) -> dict[str, list[str]]:
-    headers: dict[str, list[str]] = {}
-    for key, value in request.headers.items():
-        headers.setdefault(key.lower(), []).append(value)
-    return headers
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -295,7 +286,7 @@ def rest_app(
 
     async def model_call(method: str, request: web.Request, message: Any) -> bytes:
         return await proxy.handle(
-            method, message.SerializeToString(), _headers(request), None
+            method, message.SerializeToString(), request_headers(request), None
         )
 
     def names(request: web.Request) -> tuple[str, str]:
@@ -383,7 +374,7 @@ def rest_app(
             model, version, parse_json(header), binary
         )
         raw = await proxy.handle(
-            "ModelInfer", message.SerializeToString(), _headers(request), None
+            "ModelInfer", message.SerializeToString(), request_headers(request), None
         )
         return infer_response(
             service_pb2.ModelInferResponse.FromString(raw), binary_outputs
@@ -406,7 +397,7 @@ def rest_app(
         async def one() -> AsyncIterator[bytes]:
             yield message.SerializeToString()
 
-        answers = proxy.stream(one(), _headers(request), None)
+        answers = proxy.stream(one(), request_headers(request), None)
         try:
             return await respond(request, model, answers)
         finally:
