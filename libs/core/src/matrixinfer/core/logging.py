@@ -39,10 +39,6 @@ def reset_request_id(token: Token[str | None]) -> None:
     request_id_var.reset(token)
 
 
-def current_request_id() -> str | None:
-    return request_id_var.get()
-
-
 class CorrelationFilter(logging.Filter):
     """Adds request_id, trace_id and span_id to records; absent when unknown.
 

@@ -174,9 +174,3 @@ def io_from_pbtxt(text: str) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], in
 
 def to_pbtxt(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config)
-
-
-def data_types() -> list[str]:
-    """Triton's data type names as the protocol spells them (BYTES, not STRING)."""
-    names = [n.removeprefix("TYPE_") for n in mc.DataType.keys() if n != "TYPE_INVALID"]
-    return ["BYTES" if n == "STRING" else n for n in names]

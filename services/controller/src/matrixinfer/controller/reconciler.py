@@ -15,8 +15,8 @@ import pathlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+from matrixinfer.api.timestamps import now_rfc3339
 from matrixinfer.api.v1 import meta_pb2
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 FINALIZER = "matrixinfer.ai/replicas"
 Key = tuple[str, str]
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def template_of(model: pb.Model, revision: int, infer: pb.ModelInfer) -> str:
@@ -336,7 +332,7 @@ def _set_conditions(
                 status=value,
                 reason=reason,
                 message=message[:1024],
-                last_transition_time=since or _now_rfc3339(),
+                last_transition_time=since or now_rfc3339("seconds"),
                 observed_generation=generation,
             )
         )

@@ -228,12 +228,6 @@ def to_rpc_status(error: BaseException) -> RpcStatus:
     )
 
 
-def _is_abort(error: BaseException) -> bool:
-    # context.abort() raises AbortError after it has already sent the status; it
-    # must reach grpc untouched or the handler's own status would be overwritten.
-    return isinstance(error, grpc.aio.AbortError)
-
-
 async def abort_for(context: Any, error: Exception, method: str) -> None:
     """Answer the RPC with the status :data:`STATUS_CODES` gives ``error``.
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from matrixinfer.api.envelope import metadata_of
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import Expired, MatrixInferError
 from matrixinfer.core.registry.client import RegistryClient
@@ -19,9 +20,7 @@ Handler = Callable[[str, str, pb.Resource], None]  # (kind, event type, object)
 
 
 def key_of(resource: pb.Resource) -> Key:
-    which = resource.WhichOneof("object")
-    assert which is not None
-    meta = getattr(resource, which).metadata
+    meta = metadata_of(resource)
     return meta.namespace, meta.name
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 
 import grpc
 
+from matrixinfer.api.names import SUBDOMAIN_MAX_LENGTH, is_dns1123_label
 from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.api.v1 import controller_pb2_grpc
 from matrixinfer.controller.grpc.logs import stream_log
@@ -16,7 +16,10 @@ from matrixinfer.controller.loop import ControllerLoop
 from matrixinfer.controller.runtimes.base import Replica
 from matrixinfer.core.errors import InvalidArgument, NotFound
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,251}[a-z0-9])?$")
+
+def _is_name(value: str) -> bool:
+    """A DNS-1123 label's characters, up to a subdomain's length (no dots)."""
+    return is_dns1123_label(value, max_length=SUBDOMAIN_MAX_LENGTH)
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServicer):
@@ -55,7 +58,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServicer):
             ("model_infer", request.model_infer, True),
             ("replica", request.replica, False),
         ):
-            if (value or required) and not _NAME.match(value):
+            if (value or required) and not _is_name(value):
                 raise InvalidArgument.field(
                     field,
                     "required" if not value else "must be a DNS-1123 name",

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from matrixinfer.api.envelope import metadata_of
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import InvalidArgument, Unavailable
 from matrixinfer.registry.db.migrate import upgrade_to_head
@@ -47,7 +48,7 @@ def _decode(body: bytes, resource_version: int | None = None) -> pb.Resource:
     resource = pb.Resource()
     resource.ParseFromString(body)
     if resource_version is not None:
-        _meta(resource).resource_version = str(resource_version)
+        metadata_of(resource).resource_version = str(resource_version)
     return resource
 
 
@@ -134,7 +135,7 @@ _EVENTS_AFTER = (
 
 def _body(resource: pb.Resource) -> bytes:
     """Serialize without the resourceVersion: the column is the one source of it."""
-    meta = _meta(resource)
+    meta = metadata_of(resource)
     rv = meta.resource_version
     meta.resource_version = ""
     try:
@@ -159,7 +160,7 @@ class SqlTransaction:
         return _decode(row[0], row[1]) if row else None
 
     async def write(self, change: Change) -> Event:
-        meta = _meta(change.resource)
+        meta = metadata_of(change.resource)
         body = _body(change.resource)
         try:
             if self.postgres:
@@ -176,7 +177,7 @@ class SqlTransaction:
             )
         resource = pb.Resource()
         resource.CopyFrom(change.resource)
-        _meta(resource).resource_version = str(rv)
+        metadata_of(resource).resource_version = str(rv)
         event = Event(
             rv, change.event_type, change.kind, meta.namespace, meta.name, resource
         )
@@ -276,12 +277,6 @@ class SqlTransaction:
                 )
             )
         return rv, written
-
-
-def _meta(resource: pb.Resource) -> Any:
-    which = resource.WhichOneof("object")
-    assert which is not None
-    return getattr(resource, which).metadata
 
 
 class SqlStore:

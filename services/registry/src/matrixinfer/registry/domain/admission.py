@@ -16,15 +16,20 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from matrixinfer.api.kinds import BY_NAME, Kind, Object, kind_of
+from matrixinfer.api.names import (
+    LABEL_MAX_LENGTH,
+    SUBDOMAIN_MAX_LENGTH,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+)
 from matrixinfer.api.v1 import meta_pb2
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import InvalidArgument, ViolationCollector
 from matrixinfer.registry.domain import structure
-from matrixinfer.registry.domain.kinds import BY_NAME, KINDS, Kind, Object, kind_of
+from matrixinfer.registry.domain.kinds import unknown_kind
 
 # re.fullmatch everywhere: re.match with "$" accepts a trailing newline ("resnet\n").
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # Names Triton sees (model names, tensor names): no path separators, no dot-dot.
@@ -129,9 +134,7 @@ def _check_envelope(
         return None
     kind = BY_NAME.get(kind_name)
     if kind is None:
-        allowed = ", ".join(k.name for k in KINDS)
-        shown = kind_name[:64] if kind_name.isprintable() else repr(kind_name[:64])
-        errors.add(f"{where}kind", f"unknown kind {shown!r}; expected one of {allowed}")
+        errors.add(f"{where}kind", unknown_kind(kind_name))
         return None
     if doc.get("apiVersion") != kind.api_version:
         errors.add(
@@ -151,9 +154,9 @@ def check_name(
         if required:
             errors.add(path, "required")
         return
-    if len(value) > 63:
-        errors.add(path, "at most 63 characters")
-    elif not _DNS_LABEL.fullmatch(value):
+    if len(value) > LABEL_MAX_LENGTH:
+        errors.add(path, f"at most {LABEL_MAX_LENGTH} characters")
+    elif not is_dns1123_label(value, max_length=LABEL_MAX_LENGTH):
         errors.add(
             path,
             "must be a DNS-1123 label: lowercase letters, digits and '-', "
@@ -195,7 +198,7 @@ def _check_metadata(
 
 def _check_qualified_key(key: str, path: str, errors: ViolationCollector) -> None:
     prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+    if prefix and not is_dns1123_subdomain(prefix, max_length=SUBDOMAIN_MAX_LENGTH):
         errors.add(f"{path}[{key[:80]}]", "prefix must be a DNS subdomain")
     elif not _LABEL_NAME.fullmatch(name):
         errors.add(
@@ -208,7 +211,7 @@ def _check_finalizer(value: str, path: str, errors: ViolationCollector) -> None:
     prefix, _, name = value.rpartition("/")
     if not value or len(value) > 316 or not _LABEL_NAME.fullmatch(name):
         errors.add(path, "must be a qualified name such as 'matrixinfer.ai/replicas'")
-    elif prefix and not _DNS_SUBDOMAIN.fullmatch(prefix):
+    elif prefix and not is_dns1123_subdomain(prefix, max_length=SUBDOMAIN_MAX_LENGTH):
         errors.add(path, "prefix must be a DNS subdomain")
 
 

@@ -18,9 +18,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from matrixinfer.api.envelope import wrap as wrap_object
+from matrixinfer.api.kinds import BY_NAME, Kind, Object, kind_of
+from matrixinfer.api.timestamps import now_rfc3339
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.apikeys import api_key_id, generate_api_key
 from matrixinfer.core.errors import (
@@ -32,15 +34,8 @@ from matrixinfer.core.errors import (
     ViolationCollector,
 )
 from matrixinfer.registry.domain import admission
-from matrixinfer.registry.domain.kinds import (
-    BY_NAME,
-    Kind,
-    Object,
-    kind_of,
-    resolve_kind,
-)
+from matrixinfer.registry.domain.kinds import resolve_kind
 from matrixinfer.registry.domain.kinds import unwrap as unwrap_resource
-from matrixinfer.registry.domain.kinds import wrap as wrap_object
 from matrixinfer.registry.domain.manifest import parse_manifest
 from matrixinfer.registry.domain.selectors import Selector, parse_selector
 from matrixinfer.registry.domain.store import (
@@ -62,10 +57,6 @@ MAX_STATUS_BYTES = 1 << 20
 _RV = re.compile(r"[0-9]{1,19}")
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_rv(value: str, field: str = "resourceVersion") -> int:
     if not value:
         return 0
@@ -74,15 +65,6 @@ def parse_rv(value: str, field: str = "resourceVersion") -> int:
             field, "must be a resourceVersion the registry returned"
         )
     return int(value)
-
-
-def _meta(obj: Object) -> Any:
-    return obj.metadata
-
-
-def _key(resource: pb.Resource) -> tuple[str, str, str]:
-    obj = unwrap_resource(resource)
-    return kind_of(obj).name, obj.metadata.namespace, obj.metadata.name
 
 
 @dataclass(frozen=True)
@@ -286,7 +268,7 @@ class RegistryService:
         meta = obj.metadata
         meta.uid = str(uuid.uuid4())
         meta.generation = 1
-        meta.creation_timestamp = now_rfc3339()
+        meta.creation_timestamp = now_rfc3339("milliseconds")
         if isinstance(obj, pb.Model):
             obj.status.current_revision = 1
         if dry_run:
@@ -306,7 +288,7 @@ class RegistryService:
             if obj.metadata.finalizers:
                 if obj.metadata.deletion_timestamp:
                     return stored  # already being deleted
-                obj.metadata.deletion_timestamp = now_rfc3339()
+                obj.metadata.deletion_timestamp = now_rfc3339("milliseconds")
                 return await _commit(tx, "update", kind, obj, current_rv)
             return await self._remove(tx, kind, obj, current_rv)
 
@@ -316,7 +298,7 @@ class RegistryService:
         self, tx: Transaction, kind: Kind, obj: Object, current_rv: int
     ) -> pb.Resource:
         if not obj.metadata.deletion_timestamp:
-            obj.metadata.deletion_timestamp = now_rfc3339()
+            obj.metadata.deletion_timestamp = now_rfc3339("milliseconds")
         return await _commit(tx, "delete", kind, obj, current_rv)
 
     async def update_finalizers(
@@ -398,7 +380,8 @@ class RegistryService:
         secret, digest = generate_api_key()
         key_id = api_key_id(secret)
         assert key_id is not None
-        key = pb.ApiKey(api_version="security.matrixinfer.ai/v1alpha1", kind="ApiKey")
+        key_kind = BY_NAME["ApiKey"]
+        key = pb.ApiKey(api_version=key_kind.api_version, kind=key_kind.name)
         key.metadata.name = key_id
         key.metadata.namespace = namespace
         key.spec.subject = subject

@@ -28,7 +28,6 @@ class Subscription:
     matches: EventFilter
     queue: asyncio.Queue[Event | BaseException]
     last_rv: int
-    closed: bool = False
 
 
 @dataclass
@@ -123,7 +122,6 @@ class WatchHub:
         self._subs.discard(sub)
 
     def _close(self, sub: Subscription, error: BaseException | None) -> None:
-        sub.closed = True
         self._subs.discard(sub)
         with contextlib.suppress(asyncio.QueueFull):
             sub.queue.put_nowait(error or asyncio.CancelledError())
@@ -171,7 +169,6 @@ class WatchHub:
                     sub.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     self._subs.discard(sub)
-                    sub.closed = True
                     # Make room for the error so the watcher learns why.
                     with contextlib.suppress(asyncio.QueueEmpty):
                         sub.queue.get_nowait()
