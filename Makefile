@@ -2,8 +2,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-PKGS := libs/api libs/core libs/triton services/registry services/controller \
-        services/gateway services/autoscaler cli
+PKGS := libs/api libs/core libs/httpapi libs/triton services/registry \
+        services/controller services/gateway services/autoscaler cli
 SETUP_STAMP := $(VENV)/.setup-stamp
 GEN_STAMP := libs/api/src/matrixinfer/api/v1/__init__.py
 PROTOS := $(shell find protos -name '*.proto')

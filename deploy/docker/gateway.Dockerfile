@@ -1,4 +1,4 @@
-# The gateway image: matrixinfer-api, -core, -triton and -gateway only.
+# The gateway image: matrixinfer-api, -core, -httpapi, -triton and -gateway only.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY constraints.txt ./
@@ -6,6 +6,7 @@ COPY protos ./protos
 COPY tools ./tools
 COPY libs/api ./libs/api
 COPY libs/core ./libs/core
+COPY libs/httpapi ./libs/httpapi
 COPY libs/triton ./libs/triton
 COPY services/gateway ./services/gateway
 # tools/genproto.py needs grpcio-tools, mypy-protobuf and googleapis-common-protos
@@ -15,7 +16,7 @@ RUN python -m venv /opt/venv \
       grpcio-tools mypy-protobuf googleapis-common-protos \
  && /opt/venv/bin/python tools/genproto.py \
  && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt \
-      ./libs/api ./libs/core ./libs/triton ./services/gateway \
+      ./libs/api ./libs/core ./libs/httpapi ./libs/triton ./services/gateway \
  && /opt/venv/bin/pip uninstall -y grpcio-tools mypy-protobuf
 
 FROM python:3.11-slim

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.gateway.main import GatewayApp
-from matrixinfer.gateway.openapi import routes_documented, routes_of
+from matrixinfer.httpapi.openapi import routes_documented, routes_of
 from tests.integration.conftest import Platform, start_gateway
 from tests.manifests import MODEL
 

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.gateway.openapi import routes_documented
+from matrixinfer.httpapi.openapi import routes_documented
 from tests.integration.conftest import (
     Platform,
     iris_manifests,

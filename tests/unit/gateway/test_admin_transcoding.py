@@ -25,27 +25,26 @@ from matrixinfer.core.errors import (
     NotFound,
 )
 from matrixinfer.core.grpc.errors import to_rpc_status
-from matrixinfer.gateway import admin as admin_module
 from matrixinfer.gateway.admin import (
+    REGISTRY,
     AdminApi,
     http_status,
-    parse_template,
-    render,
     rpc_error,
-    transcode,
 )
 from matrixinfer.gateway.auth import ApiKeyRecord, Authenticator, InMemoryApiKeyStore
-from matrixinfer.gateway.jsonbody import parse_json
-from matrixinfer.gateway.openapi import (
-    DATATYPES,
-    document,
-    routes_documented,
-    routes_of,
-)
+from matrixinfer.gateway.openapi import DATATYPES, document
 from matrixinfer.gateway.proxy import InferenceProxy
 from matrixinfer.gateway.rest import DTYPES, rest_app
+from matrixinfer.httpapi.jsonbody import parse_json
+from matrixinfer.httpapi.openapi import routes_documented, routes_of
+from matrixinfer.httpapi.transcoding import (
+    bindings,
+    parse_template,
+    render,
+    transcode,
+)
 
-BINDINGS = {b.rpc: b for b in admin_module.bindings()}
+BINDINGS = {b.rpc: b for b in bindings(REGISTRY)}
 
 
 def violations(info: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:

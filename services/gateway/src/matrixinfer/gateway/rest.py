@@ -28,9 +28,9 @@ from matrixinfer.core.grpc.errors import http_status_for, status_code_for
 from matrixinfer.gateway import generate as gen
 from matrixinfer.gateway import openapi
 from matrixinfer.gateway.admin import AdminApi
-from matrixinfer.gateway.jsonbody import INT64_TYPES, parse_json
 from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
 from matrixinfer.gateway.webutil import Handler, request_headers
+from matrixinfer.httpapi.jsonbody import INT64_TYPES, parse_json
 from matrixinfer.triton.protocol import service_pb2
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

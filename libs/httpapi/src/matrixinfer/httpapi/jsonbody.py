@@ -1,6 +1,7 @@
-"""Strict JSON for request bodies (KServe v2 REST and the admin API): duplicate keys,
-NaN/Infinity and deep nesting are refused with INVALID_ARGUMENT (HTTP 400), never
-parsed into something ambiguous or left to blow the parser's recursion."""
+"""Strict JSON for request bodies (the gateway's KServe v2 REST and transcoded
+routes): duplicate keys, NaN/Infinity and deep nesting are refused with
+INVALID_ARGUMENT (HTTP 400), never parsed into something ambiguous or left to blow
+the parser's recursion."""
 
 from __future__ import annotations
 
