@@ -24,12 +24,24 @@ from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.gateway.main import GatewayApp
 from tests.integration.conftest import (
     Platform,
+    carried_by,
     haproxy_counts,
     iris_manifests,
     start_gateway,
     wait_routed,
 )
 
+#: A rule for one tenant, sending it to its own ModelServer (same replicas), so
+#: HAProxy's per-server counts show which rule took a call.
+TENANT_ROUTE = """  rules:
+    - match: {tenants: [team-a]}
+      targets: [{modelServer: iris-team-a}]
+    - targets: [{modelServer: iris}]
+---
+apiVersion: networking.matrixinfer.ai/v1alpha1
+kind: ModelServer
+metadata: {name: iris-team-a}
+spec: {modelInferRef: iris, model: iris}"""
 LIMITED_ROUTE = """  rules:
     - targets: [{modelServer: iris}]
   rateLimit: {requestsPerSecond: 0.5, burst: 2, per: tenant}"""
@@ -392,3 +404,54 @@ async def test_jwt_keys_that_arrive_after_start_reach_haproxy(
         await channel.close()
         await app.stop(0)
         await runner.cleanup()
+
+
+async def test_a_rule_matches_the_callers_authenticated_tenant(
+    platform: Platform,
+) -> None:
+    """The tenant comes from the credential (an API key's tenant), never from what
+    the client says: a team-b key with a forged tenant header takes the default."""
+    app = await start_gateway(platform, auth_mode="required")
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        await platform.apply(
+            iris_manifests().replace(
+                "  rules:\n    - targets: [{modelServer: iris}]", TENANT_ROUTE
+            )
+        )
+        await platform.wait_for(
+            lambda i: i is not None and i.status.ready_replicas == 1
+        )
+        keys = {
+            tenant: await platform.stub.CreateApiKey(
+                rpb.CreateApiKeyRequest(
+                    subject=tenant, scopes=["infer:iris"], tenant=tenant
+                )
+            )
+            for tenant in ("team-a", "team-b")
+        }
+        for _ in range(200):  # the gateway learns keys and routes through Watch
+            known = app.routes.api_keys.records
+            if (
+                all(k.api_key.metadata.name in known for k in keys.values())
+                and app.routes.table.routed_replicas("iris") > 0
+            ):
+                break
+            await asyncio.sleep(0.05)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def backends(tenant: str, *extra: tuple[str, str]) -> set[str]:
+            metadata = (("x-api-key", keys[tenant].secret), *extra)
+
+            async def send() -> None:
+                await stub.ModelInfer(infer_request(), metadata=metadata, timeout=10)
+
+            return {proxy for proxy, _ in await carried_by(app, "g:", send)}
+
+        assert await backends("team-a") == {"g:default:iris:iris-team-a"}
+        assert await backends("team-b") == {"g:default:iris:iris"}
+        forged = ("x-tenant", "team-a"), ("tenant", "team-a")
+        assert await backends("team-b", *forged) == {"g:default:iris:iris"}
+    finally:
+        await channel.close()
+        await app.stop(0)

@@ -44,6 +44,7 @@ def route(rules: list[dict[str, object]]) -> pb.ModelRoute:
             rule.match.version = str(spec["version"])
         for header, prefix in dict(spec.get("headers", {})).items():  # type: ignore[call-overload]
             rule.match.headers[header].prefix = prefix
+        rule.match.tenants.extend(spec.get("tenants", []))  # type: ignore[arg-type]
     return r
 
 
@@ -80,6 +81,18 @@ def test_rules_in_order_headers_and_versions() -> None:
     assert t.resolve("iris", "", {"x-user": "prod"})[1].name == "default"
     with pytest.raises(NotFound):
         t.resolve("resnet", "", {})
+
+
+def test_a_tenant_rule_takes_only_callers_of_its_tenants() -> None:
+    t = table(
+        [
+            {"name": "gold", "targets": [("canary", 100)], "tenants": ["a", "b"]},
+            {"name": "default", "targets": [("stable", 100)]},
+        ]
+    )
+    assert t.resolve("iris", "", {}, "b")[1].name == "gold"
+    assert t.resolve("iris", "", {"tenant": "a"}, "c")[1].name == "default"
+    assert t.resolve("iris", "", {}, None)[1].name == "default"
 
 
 def test_draining_and_not_ready_endpoints_are_not_routed() -> None:

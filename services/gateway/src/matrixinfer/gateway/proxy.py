@@ -306,7 +306,9 @@ class InferenceProxy:
         principal = self._authenticator.authenticate(all_headers)
         authorize_infer(principal, name)
         headers = {k: v[-1] for k, v in all_headers.items()}
-        route, rule, server = self._table().resolve(name, version, headers)
+        route, rule, server = self._table().resolve(
+            name, version, headers, principal.tenant
+        )
         affinity = headers.get(server.hash_header) if server.hash_header else None
         return route, rule, server, affinity, headers
 

@@ -66,9 +66,15 @@ class Rule:
     mirror: tuple[Server, int] | None = None
     #: Triton priority level set on every request (0: the request's own).
     priority: int = 0
+    #: The caller's authenticated tenant must be one of these (empty: any caller).
+    tenants: frozenset[str] = frozenset()
 
-    def matches(self, version: str, headers: Mapping[str, str]) -> bool:
+    def matches(
+        self, version: str, headers: Mapping[str, str], tenant: str | None = None
+    ) -> bool:
         if self.version and version != self.version:
+            return False
+        if self.tenants and tenant not in self.tenants:
             return False
         return all(h.matches(headers) for h in self.headers)
 
@@ -133,13 +139,17 @@ class RoutingTable:
         return len(route.rules[0].targets[0][0].replicas)
 
     def resolve(
-        self, model_name: str, version: str, headers: Mapping[str, str]
+        self,
+        model_name: str,
+        version: str,
+        headers: Mapping[str, str],
+        tenant: str | None = None,
     ) -> tuple[Route, Rule, Server]:
         route = self.routes.get(model_name)
         if route is None:
             raise NotFound(f"model {model_name!r} is not served here")
         for rule in route.rules:
-            if rule.matches(version, headers):
+            if rule.matches(version, headers, tenant):
                 return route, rule, rule.pick(self.rng)
         raise NotFound(f"no route of model {model_name!r} matches this request")
 
@@ -220,6 +230,7 @@ def build_table(
                     rule.timeout_ms,
                     mirror,
                     rule.priority,
+                    frozenset(rule.match.tenants),
                 )
             )
         limit = None

@@ -356,6 +356,13 @@ def render(
                         "{ var(txn.version) -m str -f "
                         f"{ctx.pattern_file([rule.version])} }}"
                     )
+            if rule.tenants:
+                # Set by HAProxy's own API key or JWT check (before the rules); a
+                # credential the slow path verifies is matched there.
+                conds.append(
+                    "{ var(txn.tenant) -m str -f "
+                    f"{ctx.pattern_file(sorted(rule.tenants))} }}"
+                )
             unusable = False
             for header in rule.headers:
                 acl = _header_acl(ctx, header)

@@ -636,6 +636,12 @@ def _model_route(obj: pb.ModelRoute, path: str, errors: ViolationCollector) -> N
                     re.compile(match.regex)
                 except re.error as e:
                     errors.add(f"{hp}.regex", f"not a valid regular expression: {e}")
+        for j, tenant in enumerate(rule.match.tenants):
+            if not _TENANT.fullmatch(tenant):
+                errors.add(
+                    f"{rp}.match.tenants[{j}]",
+                    "at most 64 letters, digits, '.', '_' or '-'",
+                )
         if not rule.targets:
             errors.add(f"{rp}.targets", "at least one target is required")
         weighted = [t.HasField("weight") for t in rule.targets]
