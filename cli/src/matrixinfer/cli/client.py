@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -99,10 +99,10 @@ def rpc_error(
 def as_dict(resource: pb.Resource) -> dict[str, Any]:
     from google.protobuf import json_format
 
-    which = resource.WhichOneof("object")
-    if which is None:
-        return {}
-    return json_format.MessageToDict(getattr(resource, which))
+    from matrixinfer.api.envelope import unwrap
+
+    obj = unwrap(resource)
+    return {} if obj is None else json_format.MessageToDict(obj)
 
 
 def auth_metadata(token: str) -> list[tuple[str, str]]:
@@ -368,7 +368,3 @@ class App:
     def close(self) -> None:
         for close in reversed(self._closers):
             close()
-
-
-def names_of(items: Sequence[pb.Resource]) -> list[str]:
-    return [as_dict(i).get("metadata", {}).get("name", "") for i in items]

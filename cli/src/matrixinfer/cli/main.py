@@ -28,7 +28,6 @@ from matrixinfer.cli.resources import apply, delete, describe, get, history, rol
 from matrixinfer.cli.top import top
 from matrixinfer.cli.up import up
 
-DEFAULT_SERVER = DEFAULTS["server"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -366,12 +366,13 @@ def _missing_only(
 
 
 def _apply(stub: registry_pb2_grpc.RegistryStub, text: str, console: Console) -> None:
+    from matrixinfer.api.envelope import unwrap
     from matrixinfer.api.v1 import registry_pb2 as rpb
 
     applied = stub.Apply(rpb.ApplyRequest(manifest=text), timeout=30)
     for result in applied.results:
-        which = result.resource.WhichOneof("object")
-        obj = getattr(result.resource, which or "model")
+        obj = unwrap(result.resource)
+        assert obj is not None  # Apply answers with what it applied
         console.print(f"[green]✓[/] {obj.kind}/{obj.metadata.name} {result.action}")
 
 

@@ -274,9 +274,6 @@ class Binding:
         return frozenset(p[0] for p in self.bound_paths)
 
 
-_VERBS = ("get", "put", "post", "delete", "patch")
-
-
 def _binding(method: MethodDescriptor, rule: Any, index: int) -> Binding:
     pattern = rule.WhichOneof("pattern")
     if pattern is None:
