@@ -7,7 +7,7 @@ import aiohttp
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-from matrixinfer.autoscaler.sources import TritonScraper
+from matrixinfer.autoscaler.adapters.triton import TritonScraper
 from tests.integration.conftest import Platform, iris_manifests
 
 KEY = ("default", "iris")

@@ -11,15 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.autoscaler.decision import (
-    Decision,
-    MetricTarget,
-    Policy,
-    Sample,
-    ScalingRule,
-    WindowState,
-    decide,
-)
+from matrixinfer.autoscaler.domain.decision import Decision, decide
+from matrixinfer.autoscaler.domain.policy import MetricTarget, Policy, ScalingRule
+from matrixinfer.autoscaler.domain.window import Sample, WindowState
 from matrixinfer.registry.domain.admission import admit
 
 TICK = 2.0

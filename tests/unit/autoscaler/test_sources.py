@@ -7,11 +7,9 @@ import aiohttp
 from aiohttp import web
 
 from matrixinfer.api.v1 import autoscaler_pb2 as apb
-from matrixinfer.autoscaler.sources import (
-    GatewayLoad,
-    PrometheusQuery,
-    parse_triton_metrics,
-)
+from matrixinfer.autoscaler.adapters.gateway import GatewayLoad
+from matrixinfer.autoscaler.adapters.prometheus import PrometheusQuery
+from matrixinfer.autoscaler.adapters.triton import parse_triton_metrics
 
 TRITON_TEXT = """\
 # HELP nv_inference_request_success Number of successful inference requests

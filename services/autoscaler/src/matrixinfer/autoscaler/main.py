@@ -1,5 +1,6 @@
 """Composition root of the autoscaler: settings → registry informer (policies),
-controller channel, metric sources → the loop → gRPC server (Autoscaler service).
+adapters (controller, gateway reports, Triton, Prometheus, metrics) → the domain's
+loop → gRPC servicer and server (Autoscaler service).
 
 ``AutoscalerApp.start`` is what ``main()`` runs and what tests use in-process.
 """
@@ -16,10 +17,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import autoscaler_pb2, autoscaler_pb2_grpc
-from matrixinfer.autoscaler.loop import Autoscaler, AutoscalerMetrics
-from matrixinfer.autoscaler.service import AutoscalerServicer
+from matrixinfer.autoscaler.adapters.controller import controller_client
+from matrixinfer.autoscaler.adapters.gateway import GatewayLoad
+from matrixinfer.autoscaler.adapters.metrics import AutoscalerMetrics
+from matrixinfer.autoscaler.adapters.prometheus import PrometheusQuery
+from matrixinfer.autoscaler.adapters.triton import TritonScraper
+from matrixinfer.autoscaler.domain.loop import Autoscaler
+from matrixinfer.autoscaler.grpc.servicer import AutoscalerServicer
 from matrixinfer.autoscaler.settings import AutoscalerSettings
-from matrixinfer.autoscaler.sources import GatewayLoad, PrometheusQuery, TritonScraper
 from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
 from matrixinfer.core.logging import configure_logging
@@ -72,20 +77,20 @@ class AutoscalerApp:
         registry = RegistryClient(registry_channel, settings.call_timeout_s)
         informer = Informer(registry, KINDS, lambda *_: None)
         metrics = CollectorRegistry()
+        gateways = GatewayLoad(stale_s=settings.report_stale_s)
         autoscaler = Autoscaler(
             informer,
             registry,
-            controller_channel,
-            GatewayLoad(stale_s=settings.report_stale_s),
+            controller_client(controller_channel, settings.call_timeout_s),
+            gateways,
             TritonScraper(session, settings.scrape_timeout_s),
             PrometheusQuery(session, settings.prometheus_url, settings.call_timeout_s)
             if settings.prometheus_url
             else None,
             AutoscalerMetrics(metrics),
             tick_s=settings.tick_s,
-            call_timeout_s=settings.call_timeout_s,
         )
-        servicer = AutoscalerServicer(autoscaler)
+        servicer = AutoscalerServicer(autoscaler, gateways)
         metrics_server: MetricsServer | None = None
         server: RunningServer | None = None
         try:

@@ -1,9 +1,9 @@
 """The autoscaler's loop: every tick, for every AutoscalingPolicy, gather a sample,
 fold it into that policy's window state, `decide`, and act.
 
-Acting is ``Controller.Scale`` with the decision's reason (only when the count
-changes), the policy's status (current/desired replicas, mode, last scale time;
-written only when it changes), metrics, and a log line for every scale.
+Acting is a scale through the controller with the decision's reason (only when the
+count changes), the policy's status (current/desired replicas, mode, last scale
+time; written only when it changes), metrics, and a log line for every scale.
 
 Nothing here is persisted: after a restart the window states start empty, and
 `decide` refuses to scale down until a full stable window has been observed, so a
@@ -15,104 +15,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.autoscaler.decision import (
-    Decision,
-    Policy,
-    Sample,
-    WindowState,
-    decide,
-)
-from matrixinfer.autoscaler.sources import (
+from matrixinfer.autoscaler.domain.decision import Decision, decide
+from matrixinfer.autoscaler.domain.metric_types import (
     GATEWAY_METRICS,
     GPU,
     TRITON_METRICS,
-    GatewayLoad,
     Key,
-    PrometheusQuery,
-    TritonScraper,
 )
-from matrixinfer.core.controller import ControllerClient
+from matrixinfer.autoscaler.domain.policy import Policy
+from matrixinfer.autoscaler.domain.ports import (
+    Controller,
+    GatewayReports,
+    GpuQuery,
+    Recorder,
+    ReplicaMetrics,
+    Resources,
+    StatusWriter,
+)
+from matrixinfer.autoscaler.domain.window import Sample, WindowState
 from matrixinfer.core.errors import (
     FailedPrecondition,
     MatrixInferError,
     NotFound,
     Unavailable,
 )
-from matrixinfer.core.registry.client import RegistryClient
-from matrixinfer.core.registry.informer import Informer
 
 log = logging.getLogger(__name__)
-
-
-class AutoscalerMetrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        labels = ["namespace", "model_infer"]
-        self.desired = Gauge(
-            "matrixinfer_autoscaler_desired_replicas",
-            "Replicas the last decision asked for.",
-            labels,
-            registry=registry,
-        )
-        self.actual = Gauge(
-            "matrixinfer_autoscaler_ready_replicas",
-            "Ready replicas when the last decision was made.",
-            labels,
-            registry=registry,
-        )
-        self.max_replicas = Gauge(
-            "matrixinfer_autoscaler_max_replicas",
-            "The policy's maxReplicas: desired_replicas never goes above it.",
-            labels,
-            registry=registry,
-        )
-        self.panic = Gauge(
-            "matrixinfer_autoscaler_panic_mode",
-            "1 while the policy is in panic mode, else 0.",
-            labels,
-            registry=registry,
-        )
-        self.value = Gauge(
-            "matrixinfer_autoscaler_metric_value",
-            "Last observed value of each policy metric.",
-            [*labels, "metric"],
-            registry=registry,
-        )
-        self.recommendation = Gauge(
-            "matrixinfer_autoscaler_metric_recommendation",
-            "Replicas each metric recommends (NaN while its data is missing).",
-            [*labels, "metric"],
-            registry=registry,
-        )
-        self._metric_names: dict[Key, set[str]] = {}
-        self.scales = Counter(
-            "matrixinfer_autoscaler_scale_events",
-            "Scale calls made, by direction.",
-            [*labels, "direction"],
-            registry=registry,
-        )
-
-    def note(self, target: Key, metric: str) -> None:
-        self._metric_names.setdefault(target, set()).add(metric)
-
-    def forget(self, target: Key) -> None:
-        """Drop the series of a policy that is gone (no stale gauges)."""
-        for gauge in (self.desired, self.actual, self.max_replicas, self.panic):
-            with contextlib.suppress(KeyError):
-                gauge.remove(*target)
-        for metric in self._metric_names.pop(target, set()):
-            for gauge in (self.value, self.recommendation):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(*target, metric)
 
 
 @dataclass
@@ -132,20 +66,19 @@ class _Tracked:
 class Autoscaler:
     def __init__(
         self,
-        informer: Informer,
-        registry: RegistryClient,
-        controller: grpc.aio.Channel,
-        gateways: GatewayLoad,
-        triton: TritonScraper,
-        prometheus: PrometheusQuery | None,
-        metrics: AutoscalerMetrics,
+        informer: Resources,
+        registry: StatusWriter,
+        controller: Controller,
+        gateways: GatewayReports,
+        triton: ReplicaMetrics,
+        prometheus: GpuQuery | None,
+        metrics: Recorder,
         tick_s: float = 1.0,
-        call_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.informer = informer
         self._registry = registry
-        self._controller = ControllerClient(controller, call_timeout_s)
+        self._controller = controller
         self.gateways = gateways
         self._triton = triton
         self._prometheus = prometheus
@@ -270,7 +203,9 @@ class Autoscaler:
             state = tracked.state.with_sample(sample)
             decision, state = decide(tracked.policy, state, now, current, ready)
             tracked.state, tracked.decision = state, decision
-            self._export(tracked, sample, decision, ready)
+            self._metrics.decided(
+                tracked.target, tracked.policy, sample, decision, ready
+            )
             if decision.desired != current:
                 await self._scale(tracked, current, decision.desired, decision.reason)
             await self._write_status(tracked, ready, decision)
@@ -287,7 +222,7 @@ class Autoscaler:
             return False
         tracked.last_scale_time = datetime.now(UTC).isoformat(timespec="seconds")
         direction = "up" if desired > current else "down"
-        self._metrics.scales.labels(namespace, name, direction).inc()
+        self._metrics.scaled(tracked.target, direction)
         log.info(
             "scaled %s/%s %d -> %d: %s",
             namespace,
@@ -298,25 +233,6 @@ class Autoscaler:
             extra={"model_infer": name, "replicas": desired},
         )
         return True
-
-    def _export(
-        self, tracked: _Tracked, sample: Sample, decision: Decision, ready: int
-    ) -> None:
-        labels = tracked.target
-        self._metrics.desired.labels(*labels).set(decision.desired)
-        self._metrics.actual.labels(*labels).set(ready)
-        self._metrics.max_replicas.labels(*labels).set(tracked.policy.max_replicas)
-        self._metrics.panic.labels(*labels).set(1 if decision.mode == "panic" else 0)
-        for metric in tracked.policy.metrics:
-            self._metrics.note(labels, metric.type)
-            value = sample.values.get(metric.type)
-            self._metrics.value.labels(*labels, metric.type).set(
-                math.nan if value is None else value
-            )
-            recommended = decision.per_metric.get(metric.type)
-            self._metrics.recommendation.labels(*labels, metric.type).set(
-                math.nan if recommended is None else recommended
-            )
 
     async def _write_status(
         self, tracked: _Tracked, ready: int, decision: Decision

@@ -1,4 +1,6 @@
-"""The Autoscaler gRPC service: gateways stream load reports and ask for activation."""
+"""The Autoscaler gRPC servicer: gateways stream load reports (checked, then handed
+to the gateway-report adapter) and ask for activation (delegated to the domain's
+loop); errors are mapped to status codes by matrixinfer.core's interceptor."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import grpc
 
 from matrixinfer.api.v1 import autoscaler_pb2 as apb
 from matrixinfer.api.v1 import autoscaler_pb2_grpc
-from matrixinfer.autoscaler.loop import Autoscaler
+from matrixinfer.autoscaler.adapters.gateway import GatewayLoad
+from matrixinfer.autoscaler.domain.loop import Autoscaler
 from matrixinfer.core.errors import InvalidArgument
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -45,8 +48,9 @@ def _check_report(report: apb.LoadReport) -> None:
 
 
 class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServicer):
-    def __init__(self, autoscaler: Autoscaler) -> None:
+    def __init__(self, autoscaler: Autoscaler, gateways: GatewayLoad) -> None:
         self.autoscaler = autoscaler
+        self.gateways = gateways
 
     async def ReportLoad(
         self,
@@ -58,10 +62,10 @@ class AutoscalerServicer(autoscaler_pb2_grpc.AutoscalerServicer):
             async for report in request_iterator:
                 _check_report(report)
                 gateway_ids.add(report.gateway_id)
-                self.autoscaler.gateways.ingest(report)
+                self.gateways.ingest(report)
         finally:
             for gateway_id in gateway_ids:
-                self.autoscaler.gateways.forget(gateway_id)
+                self.gateways.forget(gateway_id)
         return apb.ReportLoadResponse()
 
     async def Activate(
