@@ -27,7 +27,7 @@ from bench.platform import ready, start_platform, stop, wait_for
 from bench.report import ROOT
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
-from matrixinfer.controller.runtimes.local import LocalRuntime
+from matrixinfer.controller.adapters.local_runtime import LocalRuntime
 
 
 def gpus() -> list[int]:

@@ -14,11 +14,11 @@ from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.main import ControllerApp
-from matrixinfer.controller.runtimes.fake import FakeRuntime
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.gateway.main import GatewayApp
 from matrixinfer.registry.main import RegistryApp
 from matrixinfer.registry.settings import RegistrySettings
+from tests.fakes.controller_runtime import FakeRuntime
 
 
 async def start_platform(

@@ -24,7 +24,10 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from moto.server import ThreadedMotoServer
 
-from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher, ArtifactLimits
+from matrixinfer.controller.adapters.artifacts.fetcher import (
+    ArtifactFetcher,
+    ArtifactLimits,
+)
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from tests.conftest import ROOT, http_files
 

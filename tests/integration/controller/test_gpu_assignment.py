@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-from matrixinfer.controller.runtimes.local import LocalRuntime
+from matrixinfer.controller.adapters.local_runtime import LocalRuntime
 from tests.integration.conftest import iris_manifests, running_platform
 
 GROUP = "    - {kind: CPU, count: 1}"

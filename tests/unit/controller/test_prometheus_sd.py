@@ -16,17 +16,17 @@ import pytest
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc
-from matrixinfer.controller.main import ControllerApp
-from matrixinfer.controller.prometheus_sd import (
+from matrixinfer.controller.adapters.prometheus_sd import (
     PrometheusSD,
     target_groups,
     write_atomically,
 )
-from matrixinfer.controller.runtimes.base import Phase, Replica, ReplicaSpec
-from matrixinfer.controller.runtimes.fake import FakeRuntime
+from matrixinfer.controller.domain.runtime import Phase, Replica, ReplicaSpec
+from matrixinfer.controller.main import ControllerApp
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.registry.main import RegistryApp
 from tests.conftest import ROOT, registry_settings
+from tests.fakes.controller_runtime import FakeRuntime
 
 
 def spec(owner: str, revision: int = 1) -> ReplicaSpec:

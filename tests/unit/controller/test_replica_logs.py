@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from matrixinfer.controller.grpc import logs
-from matrixinfer.controller.grpc.logs import read_lines, stream_log, tail_offset
+from matrixinfer.controller.domain import logs
+from matrixinfer.controller.domain.logs import read_lines, stream_log, tail_offset
 
 
 def _text(path: pathlib.Path, offset: int) -> str:

@@ -10,8 +10,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.artifacts.fetcher import Artifact
-from matrixinfer.controller.serving import build_repository, gpus_needed
+from matrixinfer.controller.domain.artifacts import Artifact
+from matrixinfer.controller.domain.serving import build_repository, gpus_needed
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from tests.conftest import ROOT
 

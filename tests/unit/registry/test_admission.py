@@ -310,7 +310,12 @@ def test_hostile_names_are_refused(name: str) -> None:
         (
             "ModelRoute",
             "spec.rules",
-            [{"match": {"tenants": ["gold", "a b"]}, "targets": [{"modelServer": "a"}]}],
+            [
+                {
+                    "match": {"tenants": ["gold", "a b"]},
+                    "targets": [{"modelServer": "a"}],
+                }
+            ],
             "spec.rules[0].match.tenants[1]",
         ),
         (

@@ -32,3 +32,13 @@ def metadata_of(resource: pb.Resource) -> meta_pb2.ObjectMeta:
     obj = unwrap(resource)
     assert obj is not None
     return obj.metadata
+
+
+#: (namespace, name): how an object is named within its kind.
+Key = tuple[str, str]
+
+
+def key_of(resource: pb.Resource) -> Key:
+    """(namespace, name) of the object in an envelope known to hold one."""
+    meta = metadata_of(resource)
+    return meta.namespace, meta.name

@@ -1,5 +1,6 @@
 """Composition root of the controller: settings → registry client, informer, runtime,
-artifact fetcher → reconciler and loop → gRPC server (Controller service).
+artifact fetcher (adapters) → reconciler, loop and service (domain) → gRPC server
+(Controller service).
 
 ``ControllerApp.start`` is what ``main()`` runs and what tests use in-process.
 """
@@ -15,15 +16,19 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import controller_pb2, controller_pb2_grpc
-from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher, ArtifactLimits
+from matrixinfer.controller.adapters.artifacts.fetcher import (
+    ArtifactFetcher,
+    ArtifactLimits,
+)
+from matrixinfer.controller.adapters.local_runtime import LocalRuntime
+from matrixinfer.controller.adapters.prometheus_sd import PrometheusSD
+from matrixinfer.controller.domain.loop import ControllerLoop
+from matrixinfer.controller.domain.reconciler import Reconciler
+from matrixinfer.controller.domain.runtime import Runtime
+from matrixinfer.controller.domain.service import ControllerService
+from matrixinfer.controller.domain.workqueue import WorkQueue
 from matrixinfer.controller.grpc.servicer import ControllerServicer
-from matrixinfer.controller.loop import ControllerLoop
-from matrixinfer.controller.prometheus_sd import PrometheusSD
-from matrixinfer.controller.reconciler import Reconciler
-from matrixinfer.controller.runtimes.base import Runtime
-from matrixinfer.controller.runtimes.local import LocalRuntime
 from matrixinfer.controller.settings import ControllerSettings
-from matrixinfer.controller.workqueue import WorkQueue
 from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
 from matrixinfer.core.logging import configure_logging
@@ -127,7 +132,9 @@ class ControllerApp:
             metrics,
         )
         holder.append(loop)
-        servicer = ControllerServicer(loop)
+        servicer = ControllerServicer(
+            ControllerService(informer, reconciler, runtime, queue)
+        )
         metrics_server: MetricsServer | None = None
         try:
             await informer.start()

@@ -8,20 +8,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from matrixinfer.api.envelope import metadata_of
+from matrixinfer.api.envelope import Key, key_of
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import Expired, MatrixInferError
 from matrixinfer.core.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
 Handler = Callable[[str, str, pb.Resource], None]  # (kind, event type, object)
-
-
-def key_of(resource: pb.Resource) -> Key:
-    meta = metadata_of(resource)
-    return meta.namespace, meta.name
 
 
 class Informer:

@@ -16,7 +16,7 @@ import pathlib
 import time
 from dataclasses import dataclass, field
 
-from matrixinfer.controller.runtimes.base import OnChange, Phase, Replica, ReplicaSpec
+from matrixinfer.controller.domain.runtime import OnChange, Phase, Replica, ReplicaSpec
 from matrixinfer.core.errors import MatrixInferError, NotFound
 from matrixinfer.triton.install import TritonInstall
 from matrixinfer.triton.server import TritonProcess, allocate_ports

@@ -24,8 +24,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from matrixinfer.controller.artifacts.extract import extract, is_archive
-from matrixinfer.controller.artifacts.stores import ObjectStore, make_store
+from matrixinfer.controller.adapters.artifacts.extract import extract, is_archive
+from matrixinfer.controller.adapters.artifacts.stores import ObjectStore, make_store
+from matrixinfer.controller.domain.artifacts import Artifact
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -40,21 +41,6 @@ class ArtifactLimits:
     #: Allow sources (or S3 endpoints) on link-local / cloud metadata addresses.
     allow_link_local: bool = False
     timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class Artifact:
-    digest: str
-    path: pathlib.Path
-
-    def find(self, suffix: str) -> pathlib.Path | None:
-        """The model file with this suffix (``.onnx``): ``model<suffix>`` if present,
-        else the only such file."""
-        preferred = self.path / f"model{suffix}"
-        if preferred.is_file():
-            return preferred
-        found = sorted(p for p in self.path.rglob(f"*{suffix}") if p.is_file())
-        return found[0] if len(found) == 1 else None
 
 
 def _forbidden_address(address: str) -> bool:

@@ -14,7 +14,7 @@ import shutil
 import onnx
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.artifacts.fetcher import Artifact
+from matrixinfer.controller.domain.artifacts import Artifact
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from matrixinfer.triton import config as tc
 from matrixinfer.triton.python_models import (

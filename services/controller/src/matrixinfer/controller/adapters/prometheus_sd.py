@@ -22,7 +22,7 @@ import pathlib
 import tempfile
 from dataclasses import dataclass
 
-from matrixinfer.controller.runtimes.base import OnChange, Phase, Runtime
+from matrixinfer.controller.domain.runtime import OnChange, Phase, Runtime
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,14 @@
 """An in-memory runtime whose replicas are ready at once: for measuring the control
 loop alone (bench/controller's reconcile throughput) and for tests of the reconciler
-that need no Triton. It runs nothing."""
+that need no Triton. It runs nothing, so it lives with the tests, not in the product
+package."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
 
-from matrixinfer.controller.runtimes.base import OnChange, Phase, Replica, ReplicaSpec
+from matrixinfer.controller.domain.runtime import OnChange, Phase, Replica, ReplicaSpec
 from matrixinfer.core.errors import NotFound
 
 

@@ -16,19 +16,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from matrixinfer.api.envelope import key_of
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.reconciler import Reconciler
-from matrixinfer.controller.runtimes.base import Runtime
-from matrixinfer.controller.workqueue import WorkQueue
-from matrixinfer.core.errors import MatrixInferError, NotFound
-from matrixinfer.core.registry.informer import Informer, key_of
+from matrixinfer.controller.domain.ports import ResourceCache
+from matrixinfer.controller.domain.reconciler import Reconciler
+from matrixinfer.controller.domain.runtime import Runtime
+from matrixinfer.controller.domain.workqueue import WorkQueue
+from matrixinfer.core.errors import MatrixInferError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ControllerLoop:
-    informer: Informer
+    informer: ResourceCache
     reconciler: Reconciler
     runtime: Runtime
     queue: WorkQueue
@@ -111,18 +112,3 @@ class ControllerLoop:
                 self.queue.add(key_of(item))
             for owner in self.runtime.owners():  # replicas whose ModelInfer is gone
                 self.on_runtime_change(owner)
-
-    def scale(self, namespace: str, name: str, replicas: int, reason: str) -> int:
-        applied = self.reconciler.scale(namespace, name, replicas, reason)
-        self.queue.add((namespace, name))
-        return applied
-
-    def replicas(self, namespace: str, name: str) -> tuple[list[pb.Endpoint], int]:
-        resource = self.informer.get("ModelInfer", namespace, name)
-        if resource is None:
-            raise NotFound(f"ModelInfer {namespace}/{name} not found")
-        replicas = sorted(
-            self.runtime.replicas(f"{namespace}/{name}"), key=lambda r: r.name
-        )
-        endpoints = [r.endpoint() for r in replicas]
-        return endpoints, self.reconciler.desired(resource.model_infer)

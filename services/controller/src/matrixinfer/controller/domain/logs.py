@@ -1,4 +1,4 @@
-"""Reading replica log files for ``Controller.GetLogs``.
+"""Replica logs for ``Controller.GetLogs``: which replicas, and reading their files.
 
 The local runtime appends each replica's server output to one file (its
 ``Replica.log_path``). Paths come only from the runtime's own replicas, never from
@@ -10,9 +10,15 @@ message limit, each line cut at ``MAX_LINE_BYTES``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from matrixinfer.controller.domain.ports import ResourceCache
+from matrixinfer.controller.domain.runtime import Replica, Runtime
+from matrixinfer.core.errors import NotFound
 
 BLOCK_BYTES = 64 * 1024
 MAX_LINE_BYTES = 16 * 1024
@@ -113,3 +119,86 @@ async def stream_log(
             final = True  # one last read: what it wrote before it went
             continue
         await asyncio.sleep(POLL_S)
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Some lines of one replica's log."""
+
+    replica: str
+    lines: list[str]
+
+
+async def replica_logs(
+    cache: ResourceCache,
+    runtime: Runtime,
+    namespace: str,
+    model_infer: str,
+    replica: str,
+    tail: int | None,
+    follow: bool,
+) -> AsyncIterator[LogChunk]:
+    """The logs of a ModelInfer's replicas (or of the one named ``replica``): the
+    last ``tail`` lines (None: all), then, with ``follow``, new lines as they come
+    until every replica is gone."""
+    if cache.get("ModelInfer", namespace, model_infer) is None:
+        raise NotFound(f"ModelInfer {namespace}/{model_infer} not found")
+    owner = f"{namespace}/{model_infer}"
+    replicas = sorted(runtime.replicas(owner), key=lambda r: r.name)
+    if replica:
+        replicas = [r for r in replicas if r.name == replica]
+        if not replicas:
+            names = ", ".join(sorted(r.name for r in runtime.replicas(owner)))
+            raise NotFound(
+                f"replica {replica} is not a replica of ModelInfer "
+                f"{owner}; its replicas: {names or 'none'}"
+            )
+    if not follow:
+        for one in replicas:
+            if one.log_path is None:
+                continue
+            async for lines in stream_log(one.log_path, tail, False, lambda: False):
+                yield LogChunk(replica=one.name, lines=lines)
+        return
+    async for chunk in _follow(runtime, owner, replicas, tail):
+        yield chunk
+
+
+async def _follow(
+    runtime: Runtime, owner: str, replicas: list[Replica], tail: int | None
+) -> AsyncIterator[LogChunk]:
+    """Every replica's log at once, merged as lines arrive, until each replica
+    is gone (or the caller cancels)."""
+    queue: asyncio.Queue[LogChunk | None] = asyncio.Queue(maxsize=64)
+
+    def alive(name: str) -> bool:
+        return any(r.name == name for r in runtime.replicas(owner))
+
+    async def pump(replica: Replica) -> None:
+        try:
+            if replica.log_path is not None:
+                async for lines in stream_log(
+                    replica.log_path, tail, True, lambda: alive(replica.name)
+                ):
+                    await queue.put(LogChunk(replica=replica.name, lines=lines))
+        finally:  # not when cancelled: then nobody reads the queue any more
+            if not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(r)) for r in replicas]
+    try:
+        running = len(tasks)
+        while running:
+            chunk = await queue.get()
+            if chunk is None:
+                running -= 1
+            else:
+                yield chunk
+        for task in tasks:
+            await task  # a failed reader fails the call
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

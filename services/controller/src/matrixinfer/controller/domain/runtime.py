@@ -1,4 +1,7 @@
-"""The runtime interface the reconciler drives.
+"""The runtime interface the reconciler drives; adapters implement it: the local
+runtime (:mod:`matrixinfer.controller.adapters.local_runtime`, ``tritonserver``
+processes on this machine) now, a Kubernetes one (Deployments, Services,
+EndpointSlices) next.
 
 A replica is one Triton server serving one revision of one ModelInfer's model. The
 reconciler asks for replicas to exist or go away and reads back their state; the

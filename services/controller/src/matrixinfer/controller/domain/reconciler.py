@@ -16,21 +16,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from matrixinfer.api.envelope import Key
 from matrixinfer.api.timestamps import now_rfc3339
 from matrixinfer.api.v1 import meta_pb2
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.artifacts.fetcher import ArtifactFetcher
+from matrixinfer.controller.domain.artifacts import ArtifactSource
+from matrixinfer.controller.domain.ports import Registry, ResourceCache
 from matrixinfer.controller.domain.rollout import ReplicaView, plan
-from matrixinfer.controller.runtimes.base import Phase, ReplicaSpec, Runtime
-from matrixinfer.controller.serving import build_repository, gpus_needed
+from matrixinfer.controller.domain.runtime import Phase, ReplicaSpec, Runtime
+from matrixinfer.controller.domain.serving import build_repository, gpus_needed
 from matrixinfer.core.errors import MatrixInferError, NotFound
-from matrixinfer.core.registry.client import RegistryClient
-from matrixinfer.core.registry.informer import Informer
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "matrixinfer.ai/replicas"
-Key = tuple[str, str]
 
 
 def template_of(model: pb.Model, revision: int, infer: pb.ModelInfer) -> str:
@@ -49,10 +48,10 @@ def template_of(model: pb.Model, revision: int, infer: pb.ModelInfer) -> str:
 
 @dataclass
 class Reconciler:
-    client: RegistryClient
-    informer: Informer
+    client: Registry
+    informer: ResourceCache
     runtime: Runtime
-    fetcher: ArtifactFetcher
+    fetcher: ArtifactSource
     repos_dir: pathlib.Path
     backends: list[str]
     python_paths: list[str]
