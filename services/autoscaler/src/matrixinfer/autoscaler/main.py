@@ -75,7 +75,7 @@ class AutoscalerApp:
         )
         session = aiohttp.ClientSession()
         registry = RegistryClient(registry_channel, settings.call_timeout_s)
-        informer = Informer(registry, KINDS, lambda *_: None)
+        informer = Informer(registry, KINDS)  # read on each tick: no subscriber
         metrics = CollectorRegistry()
         gateways = GatewayLoad(stale_s=settings.report_stale_s)
         autoscaler = Autoscaler(

@@ -90,8 +90,7 @@ class ControllerApp:
                 ready_timeout_s=settings.ready_timeout_s,
             )
         queue = WorkQueue()
-        holder: list[ControllerLoop] = []
-        informer = Informer(client, KINDS, lambda *event: holder[0].on_event(*event))
+        informer = Informer(client, KINDS)
         reconciler = Reconciler(
             client=client,
             informer=informer,
@@ -131,7 +130,7 @@ class ControllerApp:
             settings.resync_s,
             metrics,
         )
-        holder.append(loop)
+        informer.subscribe(loop.on_event)
         servicer = ControllerServicer(
             ControllerService(informer, reconciler, runtime, queue)
         )

@@ -69,7 +69,7 @@ KINDS = ["ModelRoute", "ModelServer", "ModelInfer", "ApiKey"]
 class Routes:
     """Holds the current table; rebuilt on every registry change."""
 
-    informer: Informer | None = None
+    informer: Informer
     table: RoutingTable = field(default_factory=RoutingTable)
     api_keys: InMemoryApiKeyStore = field(default_factory=InMemoryApiKeyStore)
     synced: bool = False
@@ -90,8 +90,6 @@ class Routes:
 
     def rebuild(self, *_: object) -> None:
         informer = self.informer
-        if informer is None:
-            return
         self.pending = build_table(
             [r.model_route for r in informer.items("ModelRoute")],
             [r.model_server for r in informer.items("ModelServer")],
@@ -225,9 +223,9 @@ class GatewayApp:
         peers = _peers(settings.peers)
         # Deadlines, keepalive and bounded retries on every call (core's factory).
         channel = create_channel(settings.registry_address)
-        routes = Routes()
-        informer = Informer(RegistryClient(channel), KINDS, routes.rebuild)
-        routes.informer = informer
+        informer = Informer(RegistryClient(channel), KINDS)
+        routes = Routes(informer)
+        informer.subscribe(routes.rebuild)
         upstreams = Upstreams(settings.max_message_bytes)
         tracker = LoadTracker()
         autoscaler = (

@@ -19,15 +19,26 @@ Handler = Callable[[str, str, pb.Resource], None]  # (kind, event type, object)
 
 
 class Informer:
-    def __init__(
-        self, client: RegistryClient, kinds: list[str], handler: Handler
-    ) -> None:
+    """Subscribers (:meth:`subscribe`, before :meth:`start`) see every change, the
+    initial list included, in the order the registry made them."""
+
+    def __init__(self, client: RegistryClient, kinds: list[str]) -> None:
         self._client = client
         self._kinds = kinds
-        self._handler = handler
+        self._handlers: list[Handler] = []
         self._store: dict[str, dict[Key, pb.Resource]] = {k: {} for k in kinds}
         self._synced: dict[str, asyncio.Event] = {k: asyncio.Event() for k in kinds}
         self._tasks: list[asyncio.Task[None]] = []
+
+    def subscribe(self, handler: Handler) -> None:
+        """Call ``handler(kind, event type, object)`` on every change."""
+        if self._tasks:
+            raise RuntimeError("subscribe before start: the initial list is missed")
+        self._handlers.append(handler)
+
+    def _publish(self, kind: str, event_type: str, resource: pb.Resource) -> None:
+        for handler in self._handlers:
+            handler(kind, event_type, resource)
 
     def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
         return self._store[kind].get((namespace, name))
@@ -61,10 +72,10 @@ class Informer:
                 fresh = {key_of(r): r for r in items}
                 gone = set(self._store[kind]) - set(fresh)
                 for key in gone:
-                    self._handler(kind, "DELETED", self._store[kind].pop(key))
+                    self._publish(kind, "DELETED", self._store[kind].pop(key))
                 for key, resource in fresh.items():
                     self._store[kind][key] = resource
-                    self._handler(kind, "ADDED", resource)
+                    self._publish(kind, "ADDED", resource)
                 self._synced[kind].set()
                 delay = 0.2
                 async for event in self._client.watch(kind, version):
@@ -75,7 +86,7 @@ class Informer:
                         self._store[kind].pop(key, None)
                     else:
                         self._store[kind][key] = event.object
-                    self._handler(kind, event.type, event.object)
+                    self._publish(kind, event.type, event.object)
             except Expired:
                 log.info("%s watch expired; relisting", kind)
             except MatrixInferError as e:
