@@ -6,7 +6,7 @@ import psycopg
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from matrixinfer.core.errors import InvalidArgument, Unavailable
-from matrixinfer.registry.db.store import _translate
+from matrixinfer.registry.adapters.db.store import _translate
 
 
 def test_lost_database_is_unavailable() -> None:

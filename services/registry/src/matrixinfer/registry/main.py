@@ -22,7 +22,7 @@ from matrixinfer.core.metrics import (
     start_metrics_server,
 )
 from matrixinfer.core.tracing import setup_tracing
-from matrixinfer.registry.db.store import SqlStore, redacted_url
+from matrixinfer.registry.adapters.db.store import SqlStore, redacted_url
 from matrixinfer.registry.domain.service import RegistryService
 from matrixinfer.registry.domain.watch import WatchHub
 from matrixinfer.registry.grpc.servicer import RegistryServicer

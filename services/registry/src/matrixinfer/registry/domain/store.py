@@ -1,4 +1,5 @@
-"""The storage interface the domain needs; ``matrixinfer.registry.db`` implements it.
+"""The storage interface the domain needs; ``matrixinfer.registry.adapters.db``
+implements it.
 
 Writes happen inside a transaction. ``next_resource_version`` hands out the global,
 gap-free resourceVersion and serializes committing writers, so resourceVersions are

@@ -37,8 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from matrixinfer.api.envelope import metadata_of
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import InvalidArgument, Unavailable
-from matrixinfer.registry.db.migrate import upgrade_to_head
-from matrixinfer.registry.db.tables import counters, events, resources, revisions
+from matrixinfer.registry.adapters.db.migrate import upgrade_to_head
+from matrixinfer.registry.adapters.db.tables import (
+    counters,
+    events,
+    resources,
+    revisions,
+)
 from matrixinfer.registry.domain.store import Change, Event, Revision, StoreConflict
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,2 @@
+"""The registry's adapters: the SQL store (SQLAlchemy, Alembic) behind the domain's
+Store protocol."""
