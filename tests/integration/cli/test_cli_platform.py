@@ -221,8 +221,11 @@ async def test_apikeys_infer_and_top_through_the_gateway(
 
         # Traffic while `top` scrapes twice.
         async def traffic() -> None:
-            for _ in range(6):
+            # Spread over more than the interval: some calls land between each
+            # pair of reads (HAProxy's counters, then Triton's statistics).
+            for _ in range(8):
                 await run(*token, "infer", "iris", "--input", f"X={SETOSA}")
+                await asyncio.sleep(0.25)
 
         top, _ = await asyncio.gather(
             run(*token, "top", "--interval", "1.5"), traffic()
@@ -234,7 +237,7 @@ async def test_apikeys_infer_and_top_through_the_gateway(
         ]  # fmt: skip
         iris = next(r.split() for r in rows if r.startswith("iris"))
         assert iris[:3] == ["iris", "iris", "1/1"]
-        # HAProxy carried the six calls: its counters give the rate; Triton's
+        # HAProxy carried the calls: its counters give the rate; Triton's
         # statistics (read through the gateway) give the batch it formed.
         assert iris[3] != "-" and float(iris[3]) > 0
         assert iris[5] != "-" and float(iris[5]) >= 1.0
