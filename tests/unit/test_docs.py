@@ -3,6 +3,8 @@ admission, so the docs cannot silently fall behind the code."""
 
 from __future__ import annotations
 
+import re
+
 from matrixinfer.autoscaler.settings import AutoscalerSettings
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core.settings import ServiceSettings
@@ -74,3 +76,21 @@ def test_the_five_kinds_example_passes_admission() -> None:
         "ModelRoute",
         "AutoscalingPolicy",
     }
+
+
+def test_every_module_the_architecture_page_names_exists() -> None:
+    """docs/architecture.md names modules as `<service>/<layer>/<file>`: each must
+    be there, so the page cannot drift from the tree."""
+    text = (ROOT / "docs/architecture.md").read_text()
+    roots = {
+        name: ROOT / "services" / name / "src/matrixinfer" / name
+        for name in ("registry", "controller", "gateway", "autoscaler")
+    }
+    named = re.findall(r"`((?:registry|controller|gateway|autoscaler)/[\w/.]+)`", text)
+    assert len(named) >= 10
+    missing = []
+    for path in named:
+        service, _, rest = path.partition("/")
+        if not (roots[service] / rest).exists():
+            missing.append(path)
+    assert missing == []

@@ -711,7 +711,7 @@ def test_matrixinfer_probes_are_grpc_health_or_gateway_http(
 ) -> None:
     gateway_source = "\n".join(
         p.read_text()
-        for p in (ROOT / "services/gateway/src/matrixinfer/gateway").glob("*.py")
+        for p in (ROOT / "services/gateway/src/matrixinfer/gateway").rglob("*.py")
     )
     for _, container, service, settings in services_ports(build(target), monkeypatch):
         for name, probe in probes(container):

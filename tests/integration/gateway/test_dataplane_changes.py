@@ -17,7 +17,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
-from matrixinfer.gateway.dataplane.render import Render
+from matrixinfer.gateway.adapters.dataplane.render import Render
 from tests.integration.conftest import (
     Platform,
     iris_manifests,

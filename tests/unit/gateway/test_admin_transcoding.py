@@ -25,16 +25,20 @@ from matrixinfer.core.errors import (
     NotFound,
 )
 from matrixinfer.core.grpc.errors import to_rpc_status
-from matrixinfer.gateway.admin import (
+from matrixinfer.gateway.domain.auth import (
+    ApiKeyRecord,
+    Authenticator,
+    InMemoryApiKeyStore,
+)
+from matrixinfer.gateway.grpc.proxy import InferenceProxy
+from matrixinfer.gateway.http.admin import (
     REGISTRY,
     AdminApi,
     http_status,
     rpc_error,
 )
-from matrixinfer.gateway.auth import ApiKeyRecord, Authenticator, InMemoryApiKeyStore
-from matrixinfer.gateway.openapi import DATATYPES, document
-from matrixinfer.gateway.proxy import InferenceProxy
-from matrixinfer.gateway.rest import DTYPES, rest_app
+from matrixinfer.gateway.http.openapi import DATATYPES, document
+from matrixinfer.gateway.http.rest import DTYPES, rest_app
 from matrixinfer.httpapi.jsonbody import parse_json
 from matrixinfer.httpapi.openapi import routes_documented, routes_of
 from matrixinfer.httpapi.transcoding import (

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from time_machine import TimeMachineFixture
 
 from matrixinfer.core.errors import PermissionDenied, Unauthenticated
-from matrixinfer.gateway import auth
-from matrixinfer.gateway.auth import (
+from matrixinfer.gateway.domain import auth
+from matrixinfer.gateway.domain.auth import (
     ApiKeyRecord,
     Authenticator,
     InMemoryApiKeyStore,
@@ -253,7 +253,9 @@ def test_hashes_are_compared_in_constant_time(
         return real(a, b)
 
     # Patched where auth.py looks it up (hmac.compare_digest), undone after the test.
-    monkeypatch.setattr("matrixinfer.gateway.auth.hmac.compare_digest", recording)
+    monkeypatch.setattr(
+        "matrixinfer.gateway.domain.auth.hmac.compare_digest", recording
+    )
     world.authenticator.authenticate({"x-api-key": [world.key]})
     with pytest.raises(Unauthenticated):
         world.authenticator.authenticate({"x-api-key": [wrong_secret(world)]})

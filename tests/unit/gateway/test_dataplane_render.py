@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from matrixinfer.gateway.dataplane.haproxy import ConfigRefused, check_config
-from matrixinfer.gateway.dataplane.render import (
+from matrixinfer.gateway.adapters.dataplane.haproxy import ConfigRefused, check_config
+from matrixinfer.gateway.adapters.dataplane.render import (
     ApiKey,
     Options,
     Ports,
@@ -23,7 +23,7 @@ from matrixinfer.gateway.dataplane.render import (
     render,
     thresholds,
 )
-from matrixinfer.gateway.routing import (
+from matrixinfer.gateway.domain.routing import (
     HeaderMatch,
     Limit,
     Route,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from matrixinfer.core.errors import InvalidArgument
-from matrixinfer.gateway.generate import (
+from matrixinfer.gateway.domain.generate import (
     event,
     fitted_shape,
     generate_request,
     generate_response,
     with_parameters,
 )
-from matrixinfer.gateway.rest import build_infer_request
+from matrixinfer.gateway.http.rest import build_infer_request
 from matrixinfer.triton.protocol import service_pb2
 
 INPUTS = {"text_input": ("BYTES", [1]), "ids": ("INT32", [-1, -1, 2])}

@@ -15,8 +15,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from matrixinfer.core.errors import Unauthenticated
-from matrixinfer.gateway.auth import Authenticator, JwtSettings
-from matrixinfer.gateway.jwks import JwksFetcher, check_jwks_url
+from matrixinfer.gateway.adapters.jwks import JwksFetcher, check_jwks_url
+from matrixinfer.gateway.domain.auth import Authenticator, JwtSettings
 
 ISSUER, AUDIENCE = "https://idp.example", "matrixinfer"
 

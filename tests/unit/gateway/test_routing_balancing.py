@@ -10,8 +10,8 @@ import pytest
 
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import NotFound
-from matrixinfer.gateway.balancer import Balancer
-from matrixinfer.gateway.routing import build_table
+from matrixinfer.gateway.domain.balancer import Balancer
+from matrixinfer.gateway.domain.routing import build_table
 
 
 def server(name: str, infer: str) -> pb.ModelServer:

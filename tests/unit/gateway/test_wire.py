@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
 from matrixinfer.core.errors import InvalidArgument
-from matrixinfer.gateway.wire import peek_model, with_model
+from matrixinfer.gateway.domain.wire import peek_model, with_model
 
 
 def infer_request(name: str, version: str = "", payload: bytes = b"\x00" * 64) -> bytes:

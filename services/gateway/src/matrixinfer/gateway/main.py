@@ -1,5 +1,7 @@
-"""Composition root of the gateway: registry informer → routing table → the KServe v2
-gRPC proxy on one port.
+"""Composition root of the gateway: settings → registry informer, autoscaler client,
+upstream channels, JWKS fetcher, HAProxy data plane (adapters) → routing table,
+balancer, authenticator, load counters (domain) → the KServe v2 gRPC proxy and the
+REST/admin HTTP app on the slow-path ports (grpc/, http/), behind HAProxy.
 
 ``GatewayApp.start`` is what ``main()`` runs and what tests use in-process.
 """
@@ -13,9 +15,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import grpc
 from aiohttp import web
@@ -36,100 +36,34 @@ from matrixinfer.core.ports import free_ports
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
 from matrixinfer.core.tracing import setup_tracing
-from matrixinfer.gateway.activation import (
+from matrixinfer.gateway.adapters.autoscaler import (
     AutoscalerActivator,
     LoadReporter,
-    LoadTracker,
     NoopActivator,
 )
-from matrixinfer.gateway.admin import AdminApi
-from matrixinfer.gateway.auth import (
-    ApiKeyRecord,
+from matrixinfer.gateway.adapters.dataplane.haproxy import find_binary
+from matrixinfer.gateway.adapters.dataplane.jwt import jwt_plan
+from matrixinfer.gateway.adapters.dataplane.manager import DataPlane
+from matrixinfer.gateway.adapters.dataplane.render import Options, Ports
+from matrixinfer.gateway.adapters.jwks import JwksFetcher
+from matrixinfer.gateway.adapters.registry import KINDS, Routes
+from matrixinfer.gateway.adapters.telemetry import ProxyMetrics, ProxyTracer
+from matrixinfer.gateway.adapters.upstreams import Upstreams
+from matrixinfer.gateway.domain.auth import (
     Authenticator,
     InMemoryApiKeyStore,
     JwtSettings,
+    next_key_expiry,
 )
-from matrixinfer.gateway.balancer import Balancer
-from matrixinfer.gateway.dataplane.haproxy import find_binary
-from matrixinfer.gateway.dataplane.jwt import jwt_plan
-from matrixinfer.gateway.dataplane.manager import DataPlane
-from matrixinfer.gateway.dataplane.render import Options, Ports
-from matrixinfer.gateway.jwks import JwksFetcher
-from matrixinfer.gateway.proxy import SERVICE, InferenceProxy, Upstreams
-from matrixinfer.gateway.rest import rest_app
-from matrixinfer.gateway.routing import RoutingTable, build_table
+from matrixinfer.gateway.domain.balancer import Balancer
+from matrixinfer.gateway.domain.load import LoadTracker
+from matrixinfer.gateway.domain.routing import RoutingTable
+from matrixinfer.gateway.grpc.proxy import SERVICE, InferenceProxy
+from matrixinfer.gateway.http.admin import AdminApi
+from matrixinfer.gateway.http.rest import rest_app
 from matrixinfer.gateway.settings import GatewaySettings
-from matrixinfer.gateway.telemetry import ProxyMetrics, ProxyTracer
 
 log = logging.getLogger(__name__)
-KINDS = ["ModelRoute", "ModelServer", "ModelInfer", "ApiKey"]
-
-
-@dataclass
-class Routes:
-    """Holds the current table; rebuilt on every registry change."""
-
-    informer: Informer
-    table: RoutingTable = field(default_factory=RoutingTable)
-    api_keys: InMemoryApiKeyStore = field(default_factory=InMemoryApiKeyStore)
-    synced: bool = False
-    #: The newest table, not yet published while the data plane applies it; the
-    #: data plane publishes it as ``table`` once HAProxy runs it, so whatever sees
-    #: a route in ``table`` can reach it through HAProxy.
-    pending: RoutingTable = field(default_factory=RoutingTable)
-    pending_keys: dict[str, ApiKeyRecord] = field(default_factory=dict)
-    deferred: bool = False
-    #: Told about each new table (the gateway drops state of replicas that went;
-    #: the data plane renders it).
-    on_rebuild: list[Callable[[RoutingTable], None]] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def changed(self) -> None:
-        """Returns after the next rebuild (held requests wait on this)."""
-        await self._changed.wait()
-
-    def rebuild(self, *_: object) -> None:
-        informer = self.informer
-        self.pending = build_table(
-            [r.model_route for r in informer.items("ModelRoute")],
-            [r.model_server for r in informer.items("ModelServer")],
-            [r.model_infer for r in informer.items("ModelInfer")],
-        )
-        self.pending_keys = {
-            key.metadata.name: ApiKeyRecord(
-                key_id=key.metadata.name,
-                hash=key.spec.hash,
-                subject=key.spec.subject,
-                scopes=frozenset(key.spec.scopes),
-                tenant=key.spec.tenant or None,
-                revoked=key.spec.revoked,
-                expires_at_s=_epoch_s(key.spec.expires_at),
-            )
-            for key in (r.api_key for r in informer.items("ApiKey"))
-        }
-        for callback in self.on_rebuild:
-            callback(self.pending)
-        if not self.deferred:
-            self.publish(self.pending, self.pending_keys)
-
-    def publish(
-        self, table: RoutingTable, keys: dict[str, ApiKeyRecord] | None = None
-    ) -> None:
-        self.table = table
-        if keys is not None:
-            self.api_keys.records = keys
-        # Wake everyone waiting, then arm a fresh event for the next change.
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-
-def next_key_expiry(store: InMemoryApiKeyStore, now_s: float) -> float | None:
-    times = [
-        r.expires_at_s
-        for r in store.records.values()
-        if r.expires_at_s is not None and r.expires_at_s > now_s and not r.revoked
-    ]
-    return min(times) if times else None
 
 
 def _peers(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -142,12 +76,6 @@ def _peers(values: list[str]) -> tuple[tuple[str, str], ...]:
             )
         out.append((name.strip(), address.strip()))
     return tuple(out)
-
-
-def _epoch_s(rfc3339: str) -> float | None:
-    if not rfc3339:
-        return None
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 def _authenticator(

@@ -3,7 +3,7 @@
 The registry's admin routes and their schemas come from
 :mod:`matrixinfer.httpapi.openapi`, derived from the same descriptors and bindings
 that serve them; this module adds the error schemas and security. The KServe v2
-routes that :func:`matrixinfer.gateway.rest.rest_app` serves are described here by
+routes that :func:`matrixinfer.gateway.http.rest.rest_app` serves are described here by
 hand (their handlers are), with the Triton messages' schemas again taken from their
 descriptors (snake_case there: that is how rest.py answers).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from matrixinfer.gateway.admin import AdminApi
+from matrixinfer.gateway.http.admin import AdminApi
 from matrixinfer.httpapi.openapi import (
     SchemaBuilder,
     operation,

@@ -5,7 +5,7 @@
 -- shapes say, before they reach a replica. Triton (the version the pytriton wheel
 -- carries) hands a short raw buffer to the model as if it were whole, and answers
 -- a negative dimension with INTERNAL. The same rules, in Python, guard the
--- gateway's slow path (matrixinfer.gateway.tensors): keep the two in step. Both
+-- gateway's slow path (matrixinfer.gateway.domain.tensors): keep the two in step. Both
 -- checks are converters, not actions: HAProxy hands a converter its input alone,
 -- without building a transaction object per call.
 --   grpc_tensor_check  the buffered ModelInferRequest (5-byte gRPC prefix first),

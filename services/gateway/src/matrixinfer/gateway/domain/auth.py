@@ -48,6 +48,7 @@ __all__ = [
     "authorize_infer",
     "generate_api_key",
     "hash_api_key",
+    "next_key_expiry",
 ]
 
 PrincipalVia = Literal["api_key", "jwt", "anonymous"]
@@ -132,6 +133,15 @@ class InMemoryApiKeyStore:
 
     def get(self, key_id: str) -> ApiKeyRecord | None:
         return self.records.get(key_id)
+
+
+def next_key_expiry(store: InMemoryApiKeyStore, now_s: float) -> float | None:
+    times = [
+        r.expires_at_s
+        for r in store.records.values()
+        if r.expires_at_s is not None and r.expires_at_s > now_s and not r.revoked
+    ]
+    return min(times) if times else None
 
 
 @dataclass(frozen=True)

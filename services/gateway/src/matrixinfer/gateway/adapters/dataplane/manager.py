@@ -24,13 +24,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from matrixinfer.gateway.auth import ApiKeyRecord
-from matrixinfer.gateway.dataplane.haproxy import (
+from matrixinfer.gateway.adapters.dataplane.haproxy import (
     ConfigRefused,
     HAProxyProcess,
     check_config,
 )
-from matrixinfer.gateway.dataplane.render import (
+from matrixinfer.gateway.adapters.dataplane.render import (
     ApiKey,
     JwtPlan,
     Options,
@@ -39,7 +38,8 @@ from matrixinfer.gateway.dataplane.render import (
     Replica,
     render,
 )
-from matrixinfer.gateway.routing import RoutingTable
+from matrixinfer.gateway.domain.auth import ApiKeyRecord
+from matrixinfer.gateway.domain.routing import RoutingTable
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def request_headers(request: web.Request) -> dict[str, list[str]]:
     """Every header value per lowercase name (duplicates stay visible to auth): the
-    shape the Authenticator takes, as ``proxy.grpc_headers`` gives gRPC metadata."""
+    shape the Authenticator takes, as
+    :func:`matrixinfer.gateway.grpc.proxy.grpc_headers` gives gRPC metadata."""
     headers: dict[str, list[str]] = {}
     for key, value in request.headers.items():
         headers.setdefault(key.lower(), []).append(value)

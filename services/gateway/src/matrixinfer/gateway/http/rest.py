@@ -25,11 +25,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceExhausted
 from matrixinfer.core.grpc.errors import http_status_for, status_code_for
-from matrixinfer.gateway import generate as gen
-from matrixinfer.gateway import openapi
-from matrixinfer.gateway.admin import AdminApi
-from matrixinfer.gateway.proxy import InferenceProxy, UpstreamError
-from matrixinfer.gateway.webutil import Handler, request_headers
+from matrixinfer.gateway.domain import generate as gen
+from matrixinfer.gateway.grpc.proxy import InferenceProxy, UpstreamError
+from matrixinfer.gateway.http import openapi
+from matrixinfer.gateway.http.admin import AdminApi
+from matrixinfer.gateway.http.webutil import Handler, request_headers
 from matrixinfer.httpapi.jsonbody import INT64_TYPES, parse_json
 from matrixinfer.triton.protocol import service_pb2
 

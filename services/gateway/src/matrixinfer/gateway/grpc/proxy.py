@@ -1,8 +1,9 @@
 """The KServe v2 gRPC front door: ``inference.GRPCInferenceService`` served with
 generic handlers on raw bytes, so tensors are never decoded. Model-scoped calls are
-routed by the model name read from the wire (:mod:`matrixinfer.gateway.wire`) to a
-replica chosen by the balancer, on a persistent channel per replica; ``UNAVAILABLE``
-is retried on another replica. Repository, shared-memory, trace and log APIs are
+routed by the model name read from the wire (:mod:`matrixinfer.gateway.domain.wire`)
+to a replica chosen by the balancer, on a persistent channel per replica
+(:mod:`matrixinfer.gateway.adapters.upstreams`); ``UNAVAILABLE`` is retried on
+another replica. Repository, shared-memory, trace and log APIs are
 refused: clients must never change what is served or reach Triton internals.
 """
 
@@ -28,13 +29,15 @@ from matrixinfer.core.errors import (
     Unavailable,
 )
 from matrixinfer.core.grpc.errors import abort_for, status_code_for
-from matrixinfer.gateway.activation import Activator, LoadTracker
-from matrixinfer.gateway.auth import Authenticator, authorize_infer
-from matrixinfer.gateway.balancer import Balancer
-from matrixinfer.gateway.routing import Route, RoutingTable, Rule, Server
-from matrixinfer.gateway.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
-from matrixinfer.gateway.tensors import check_infer_request
-from matrixinfer.gateway.wire import peek_model, with_model, with_priority
+from matrixinfer.gateway.adapters.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
+from matrixinfer.gateway.adapters.upstreams import Upstreams
+from matrixinfer.gateway.domain.auth import Authenticator, authorize_infer
+from matrixinfer.gateway.domain.balancer import Balancer
+from matrixinfer.gateway.domain.load import LoadTracker
+from matrixinfer.gateway.domain.ports import Activator
+from matrixinfer.gateway.domain.routing import Route, RoutingTable, Rule, Server
+from matrixinfer.gateway.domain.tensors import check_infer_request
+from matrixinfer.gateway.domain.wire import peek_model, with_model, with_priority
 from matrixinfer.triton.protocol import service_pb2
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,6 @@ _DROPPED = {
     "keep-alive",
     "expect",
 }
-# Seconds calls on a retired replica's channel may still take (the controller's
-# drain and stop grace together are well below it).
-RETIRE_GRACE_S = 60.0
 _SHM_NAMES = re.compile(r"triton_python_backend_shm_region_\S*")
 
 
@@ -122,55 +122,6 @@ def grpc_headers(context: grpc.aio.ServicerContext) -> dict[str, list[str]]:
         if isinstance(value, str):
             headers.setdefault(key.lower(), []).append(value)
     return headers
-
-
-class Upstreams:
-    """One persistent channel per replica address."""
-
-    def __init__(self, max_message_bytes: int) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._unary: dict[tuple[str, str], Any] = {}
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-        ]
-
-    def channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=self._options
-            )
-        return channel
-
-    def unary(self, address: str, path: str) -> Any:
-        """The raw-bytes call object for one method on one replica, made once: the
-        request path only looks it up."""
-        call = self._unary.get((address, path))
-        if call is None:
-            call = self._unary[(address, path)] = self.channel(address).unary_unary(
-                path
-            )
-        return call
-
-    async def retire(self, live: set[str]) -> None:
-        """Close the channels of replicas that are gone. New calls no longer pick
-        them; calls still running get the grace to finish (a long inference on a
-        draining replica must not be cut off)."""
-        for address in [a for a in self._channels if a not in live]:
-            for key in [k for k in self._unary if k[0] == address]:
-                self._unary.pop(key, None)
-            channel = self._channels.pop(address, None)
-            if channel is not None:
-                await channel.close(grace=RETIRE_GRACE_S)
-
-    async def close(self) -> None:
-        channels = list(self._channels.values())
-        self._channels.clear()
-        self._unary.clear()
-        for channel in channels:
-            await channel.close()
 
 
 class InferenceProxy:

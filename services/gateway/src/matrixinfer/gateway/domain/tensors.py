@@ -2,9 +2,9 @@
 wheel carries) hands a short raw buffer to the model as if it were whole and answers
 a negative dimension with INTERNAL, so the gateway refuses both as INVALID_ARGUMENT
 naming the input. HAProxy applies the same rules on the fast path
-(``dataplane/matrixinfer.lua``, which also checks REST's binary tensor data); this
-module guards the gRPC requests the gateway's Python carries (its REST handler
-checks sizes while it converts a body to gRPC). Keep the two in step:
+(``adapters/dataplane/matrixinfer.lua``, which also checks REST's binary tensor
+data); this module guards the gRPC requests the gateway's Python carries (its REST
+handler checks sizes while it converts a body to gRPC). Keep the two in step:
 tests/integration/gateway/test_bad_tensors.py sends every case down both paths.
 
 Each check returns ``None`` (let Triton decide) or the error message.

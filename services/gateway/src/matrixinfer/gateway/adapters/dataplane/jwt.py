@@ -13,8 +13,8 @@ import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from matrixinfer.gateway.auth import JwtSettings
-from matrixinfer.gateway.dataplane.render import JwtPlan
+from matrixinfer.gateway.adapters.dataplane.render import JwtPlan
+from matrixinfer.gateway.domain.auth import JwtSettings
 
 #: Asymmetric algorithms HAProxy 2.6's jwt_verify implements.
 NATIVE_ALGORITHMS = frozenset(

@@ -54,8 +54,8 @@ from matrixinfer.core.grpc.interceptors import (
     REQUEST_ID_METADATA_KEY,
     request_id_from_metadata,
 )
-from matrixinfer.gateway.auth import Authenticator, authorize_admin
-from matrixinfer.gateway.webutil import Handler, request_headers
+from matrixinfer.gateway.domain.auth import Authenticator, authorize_admin
+from matrixinfer.gateway.http.webutil import Handler, request_headers
 from matrixinfer.httpapi.jsonbody import parse_json
 from matrixinfer.httpapi.transcoding import (
     NDJSON,

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from matrixinfer.core.http import read_capped
-from matrixinfer.gateway.auth import Authenticator
+from matrixinfer.gateway.domain.auth import Authenticator
 
 log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 1024 * 1024

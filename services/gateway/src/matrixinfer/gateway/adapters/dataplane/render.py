@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from google.rpc import error_details_pb2, status_pb2
 
-from matrixinfer.gateway.routing import HeaderMatch, Route, RoutingTable, Server
+from matrixinfer.gateway.domain.routing import HeaderMatch, Route, RoutingTable, Server
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 #: Model-scoped calls: their request message has model_name in field 1 and
