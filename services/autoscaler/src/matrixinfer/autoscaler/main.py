@@ -26,8 +26,7 @@ from matrixinfer.autoscaler.domain.loop import Autoscaler
 from matrixinfer.autoscaler.grpc.servicer import AutoscalerServicer
 from matrixinfer.autoscaler.settings import AutoscalerSettings
 from matrixinfer.core.grpc.channel import create_channel
-from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
-from matrixinfer.core.logging import configure_logging
+from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
     MetricsServer,
@@ -146,24 +145,16 @@ class AutoscalerApp:
             await asyncio.to_thread(self.tracer_provider.shutdown)
 
 
-async def _run(settings: AutoscalerSettings) -> None:
-    app = await AutoscalerApp.start(settings)
-    log.info(
-        "autoscaler ready on %s (registry %s, controller %s)",
-        app.address,
-        settings.registry_address,
-        settings.controller_address,
-    )
-    try:
-        await serve_forever(app.server, settings.grace_period_s)
-    finally:
-        await app.stop(0)
-
-
 def main() -> None:
     settings = AutoscalerSettings()
-    configure_logging(settings.log_level, settings.log_json, settings.service_name)
-    asyncio.run(_run(settings))
+    run_service(
+        settings,
+        lambda: AutoscalerApp.start(settings),
+        lambda app: (
+            f"autoscaler ready on {app.address} (registry "
+            f"{settings.registry_address}, controller {settings.controller_address})"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ from matrixinfer.controller.domain.workqueue import WorkQueue
 from matrixinfer.controller.grpc.servicer import ControllerServicer
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core.grpc.channel import create_channel
-from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
-from matrixinfer.core.logging import configure_logging
+from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
     MetricsServer,
@@ -194,21 +193,15 @@ def triton_trace_args(settings: ControllerSettings) -> tuple[str, ...]:
     )
 
 
-async def _run(settings: ControllerSettings) -> None:
-    app = await ControllerApp.start(settings)
-    log.info(
-        "controller ready on %s (registry %s)", app.address, settings.registry_address
-    )
-    try:
-        await serve_forever(app.server, settings.grace_period_s)
-    finally:
-        await app.stop(0)
-
-
 def main() -> None:
     settings = ControllerSettings()
-    configure_logging(settings.log_level, settings.log_json, settings.service_name)
-    asyncio.run(_run(settings))
+    run_service(
+        settings,
+        lambda: ControllerApp.start(settings),
+        lambda app: (
+            f"controller ready on {app.address} (registry {settings.registry_address})"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,10 @@ from prometheus_client import CollectorRegistry
 from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import (
     RunningServer,
-    serve_forever,
+    run_service,
     start_server,
     write_port_file,
 )
-from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.ports import free_ports
 from matrixinfer.core.registry.client import RegistryClient
@@ -378,27 +377,20 @@ class GatewayApp:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-async def _run(settings: GatewaySettings) -> None:
-    app = await GatewayApp.start(settings)
-    log.info(
-        "gateway: HAProxy serves KServe v2 gRPC on %s and REST on %s",
-        app.address,
-        app.http_url,
-    )
-    try:
-        await serve_forever(app.server, settings.grace_period_s)
-    finally:
-        await app.stop(0)
-
-
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging(settings.log_level, settings.log_json, settings.service_name)
     try:
         find_binary(settings.haproxy_binary)
     except RuntimeError as e:
         raise SystemExit(str(e)) from None
-    asyncio.run(_run(settings))
+    run_service(
+        settings,
+        lambda: GatewayApp.start(settings),
+        lambda app: (
+            "gateway: HAProxy serves KServe v2 gRPC on "
+            f"{app.address} and REST on {app.http_url}"
+        ),
+    )
 
 
 if __name__ == "__main__":

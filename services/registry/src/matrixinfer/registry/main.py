@@ -6,7 +6,6 @@ a real registry on an ephemeral port in-process.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -14,8 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import registry_pb2
 from matrixinfer.api.v1 import registry_pb2_grpc as rpb_grpc
-from matrixinfer.core.grpc.server import RunningServer, serve_forever, start_server
-from matrixinfer.core.logging import configure_logging
+from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
     MetricsServer,
@@ -97,23 +95,16 @@ class RegistryApp:
         await self.store.close()
 
 
-async def _run(settings: RegistrySettings) -> None:
-    app = await RegistryApp.start(settings)
-    log.info(
-        "registry ready on %s (database %s)",
-        app.address,
-        redacted_url(settings.database_url),
-    )
-    try:
-        await serve_forever(app.server, settings.grace_period_s)
-    finally:
-        await app.stop(0)
-
-
 def main() -> None:
     settings = RegistrySettings()
-    configure_logging(settings.log_level, settings.log_json, settings.service_name)
-    asyncio.run(_run(settings))
+    run_service(
+        settings,
+        lambda: RegistryApp.start(settings),
+        lambda app: (
+            f"registry ready on {app.address} (database "
+            f"{redacted_url(settings.database_url)})"
+        ),
+    )
 
 
 if __name__ == "__main__":

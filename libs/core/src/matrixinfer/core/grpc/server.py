@@ -14,11 +14,11 @@ import logging
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
 from matrixinfer.core.grpc.interceptors import StandardInterceptor
+from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.settings import ServiceSettings
 from matrixinfer.core.tracing import server_interceptors
@@ -210,3 +211,35 @@ def _restore_handler(sig: signal.Signals, handler: Any) -> None:
         return
     restored: Callable[[int, FrameType | None], Any] | int = handler
     signal.signal(sig, restored)
+
+
+class ServiceApp(Protocol):
+    """What :func:`run_service` needs of a started service."""
+
+    @property
+    def server(self) -> RunningServer: ...
+
+    async def stop(self, grace_s: float) -> None: ...
+
+
+App = TypeVar("App", bound=ServiceApp)
+
+
+def run_service(
+    settings: ServiceSettings,
+    start: Callable[[], Awaitable[App]],
+    ready: Callable[[App], str],
+) -> None:
+    """A service process's main: logging as its settings say, start it, log
+    ``ready(app)``, serve until SIGTERM/SIGINT, stop."""
+    configure_logging(settings.log_level, settings.log_json, settings.service_name)
+
+    async def run() -> None:
+        app = await start()
+        logger.info("%s", ready(app))
+        try:
+            await serve_forever(app.server, settings.grace_period_s)
+        finally:
+            await app.stop(0)
+
+    asyncio.run(run())
