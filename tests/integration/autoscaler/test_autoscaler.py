@@ -140,7 +140,8 @@ async def test_load_step_scales_up_and_removed_load_scales_down(
                 break
             await asyncio.sleep(0.1)
         assert status.desired_replicas == 2
-        assert status.last_scale_time
+        # RFC 3339 in UTC, as every timestamp the platform writes.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", status.last_scale_time)
     assert failures == []
     # Load gone: back to minReplicas once the stable window has seen it.
     removed = time.monotonic()

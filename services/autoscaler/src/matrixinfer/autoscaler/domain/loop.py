@@ -18,8 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from matrixinfer.api.timestamps import now_rfc3339
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.autoscaler.domain.decision import Decision, decide
 from matrixinfer.autoscaler.domain.metric_types import (
@@ -220,7 +220,7 @@ class Autoscaler:
         except MatrixInferError as e:
             log.warning("Scale %s/%s failed: %s", namespace, name, e)
             return False
-        tracked.last_scale_time = datetime.now(UTC).isoformat(timespec="seconds")
+        tracked.last_scale_time = now_rfc3339("seconds")
         direction = "up" if desired > current else "down"
         self._metrics.scaled(tracked.target, direction)
         log.info(
