@@ -4,7 +4,8 @@ over gRPC for the services, OTLP/HTTP for Triton) receive them.
 
 What inferences show: the gateway's span (slow path) continues each caller's trace;
 Triton's spans (request, model, compute) continue the traceparent they receive
-(the gateway's, or through HAProxy the caller's own) for most requests, not all,
+(the gateway's, or through HAProxy the caller's own) for most requests, not all
+(Triton reads the value up to the next 0x00 byte in its buffer: bench.traceparent),
 so the test asks it of at least one of eight per path; the autoscaler's call to the
 controller is one trace across both services."""
 
@@ -36,9 +37,7 @@ from tests.integration.conftest import (
 )
 
 #: Callers' trace ids: requests the gateway's Python carries (larger than HAProxy's
-#: buffer), and small ones HAProxy carries. Triton 2.51 continues an incoming
-#: traceparent for most requests, not all (18 of 30 measured here; the others start
-#: a trace of their own), so eight of each are sent.
+#: buffer), and small ones HAProxy carries; eight of each (see the module doc).
 SLOW_TRACES = [f"4bf92f3577b34da6a3ce929d0e0e47{i:02x}" for i in range(8)]
 HAPROXY_TRACES = [f"0af7651916cd43dd8448eb211c8031{i:02x}" for i in range(8)]
 ROW = b"\x00\x00\x80\x3f" * 4
