@@ -29,6 +29,7 @@ async def start_platform(
         RegistrySettings(
             database_url=f"sqlite+aiosqlite:///{workdir}/registry.db",
             grpc_port=0,
+            kube_port=0,
             log_level="WARNING",
         )
     )

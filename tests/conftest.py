@@ -63,6 +63,7 @@ def registry_settings(database_url: str, **overrides: object) -> RegistrySetting
     values: dict[str, object] = {
         "database_url": database_url,
         "grpc_port": 0,
+        "kube_port": 0,
         "log_json": False,
         "grace_period_s": 0.5,
         "watch_poll_interval_s": 0.5,

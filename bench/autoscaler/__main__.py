@@ -82,6 +82,7 @@ class Stack:
             RegistrySettings(
                 database_url=f"sqlite+aiosqlite:///{self.workdir}/registry.db",
                 grpc_port=0,
+                kube_port=0,
                 log_level="WARNING",
             )
         )

@@ -56,6 +56,7 @@ def registry(workdir: pathlib.Path) -> Iterator[str]:
             f"sqlite+aiosqlite:///{workdir}/registry.db"
         ),
         "MATRIXINFER_REGISTRY_GRPC_PORT": "0",
+        "MATRIXINFER_REGISTRY_KUBE_PORT": "0",
         "MATRIXINFER_REGISTRY_PORT_FILE": str(port_file),
         "MATRIXINFER_REGISTRY_LOG_LEVEL": "WARNING",
     }

@@ -73,6 +73,7 @@ def start_registry(
         **os.environ,
         "MATRIXINFER_REGISTRY_DATABASE_URL": url,
         "MATRIXINFER_REGISTRY_GRPC_PORT": "0",
+        "MATRIXINFER_REGISTRY_KUBE_PORT": "0",
         "MATRIXINFER_REGISTRY_PORT_FILE": str(port_file),
         "MATRIXINFER_REGISTRY_LOG_LEVEL": "WARNING",
     }

@@ -194,6 +194,7 @@ def test_up_on_postgresql(pg_schema_url: str, tmp_path: pathlib.Path) -> None:
         "--grpc-port": 18001,
         "--http-port": 18000,
         "--registry-port": 18051,
+        "--kube-port": 18053,
         "--controller-port": 18052,
         "--autoscaler-port": 18054,
     }

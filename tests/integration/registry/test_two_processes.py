@@ -26,6 +26,7 @@ def _start(
         **os.environ,
         "MATRIXINFER_REGISTRY_DATABASE_URL": url,
         "MATRIXINFER_REGISTRY_GRPC_PORT": "0",
+        "MATRIXINFER_REGISTRY_KUBE_PORT": "0",
         "MATRIXINFER_REGISTRY_PORT_FILE": str(port_file),
         # Long poll: delivery must come from NOTIFY, not from the safety-net poll.
         "MATRIXINFER_REGISTRY_WATCH_POLL_INTERVAL_S": "30",

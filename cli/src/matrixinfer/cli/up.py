@@ -406,6 +406,7 @@ def print_endpoints(
     registry_port: int,
     state: str,
     quickstart: bool = True,
+    kube_port: int | None = None,
 ) -> None:
     body = json.dumps(
         {
@@ -441,12 +442,24 @@ def print_endpoints(
     console.print(f"  gRPC (KServe v2, Triton clients): {HOST}:{grpc_port}")
     console.print(f"  REST (KServe v2):                 {http}")
     console.print(f"  Registry (matrixinfer CLI):       {HOST}:{registry_port}")
+    kubectl = ""
+    if kube_port is not None:
+        kube = f"http://{HOST}:{kube_port}"
+        console.print(f"  Kubernetes API (kubectl):         {kube}")
+        ours = (pathlib.Path(sys.executable).parent / "kubectl").exists()
+        kubectl = f"{_command('kubectl') if ours else 'kubectl'} --server {kube}"
+        kubectl += " get modelinfers"
     console.print(f"  State and logs:                   {state}")
     console.print()
     if not quickstart:
+        if kubectl:
+            console.print(f"  {kubectl}", highlight=False, markup=False)
+            console.print()
         console.print("Press Ctrl-C to stop everything.")
         return
     console.print("Try it:", highlight=False)
+    if kubectl:
+        console.print(f"  {kubectl}", highlight=False, markup=False)
     console.print(f"  {curl}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"  {cli}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"  {_command('python')} - <<'EOF'", highlight=False, markup=False)
@@ -476,6 +489,13 @@ def print_endpoints(
 @click.option("--grpc-port", default=8001, show_default=True, type=int)
 @click.option("--http-port", default=8000, show_default=True, type=int)
 @click.option("--registry-port", default=50051, show_default=True, type=int)
+@click.option(
+    "--kube-port",
+    default=50053,
+    show_default=True,
+    type=int,
+    help="The registry's Kubernetes API (kubectl --server http://127.0.0.1:PORT).",
+)
 @click.option("--controller-port", default=50052, show_default=True, type=int)
 @click.option("--autoscaler-port", default=50054, show_default=True, type=int)
 @click.option(
@@ -501,6 +521,7 @@ def up(
     grpc_port: int,
     http_port: int,
     registry_port: int,
+    kube_port: int,
     controller_port: int,
     autoscaler_port: int,
     manifests: tuple[pathlib.Path, ...],
@@ -519,11 +540,12 @@ def up(
         "--grpc-port": grpc_port,
         "--http-port": http_port,
         "--registry-port": registry_port,
+        "--kube-port": kube_port,
         "--controller-port": controller_port,
         "--autoscaler-port": autoscaler_port,
     }
     if len(set(ports.values())) != len(ports):
-        raise click.UsageError("the five ports must differ")
+        raise click.UsageError("the ports must differ")
     haproxy = os.environ.get("MATRIXINFER_GATEWAY_HAPROXY_BINARY", "haproxy")
     if shutil.which(haproxy) is None:
         # The gateway's data plane; stop before starting anything.
@@ -567,7 +589,12 @@ def up(
             "registry",
             "matrixinfer.registry",
             registry_port,
-            env("REGISTRY", grpc_port=registry_port, database_url=database),
+            env(
+                "REGISTRY",
+                grpc_port=registry_port,
+                kube_port=kube_port,
+                database_url=database,
+            ),
             logs / "registry.log",
         ),
         Service(
@@ -643,6 +670,7 @@ def up(
                 registry_port,
                 str(state),
                 quickstart=bool(paths) and not manifests,
+                kube_port=kube_port,
             )
             while True:
                 supervisor.check()

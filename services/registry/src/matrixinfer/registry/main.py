@@ -7,6 +7,7 @@ a real registry on an ephemeral port in-process.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,7 @@ from matrixinfer.registry.adapters.db.store import SqlStore, redacted_url
 from matrixinfer.registry.domain.service import RegistryService
 from matrixinfer.registry.domain.watch import WatchHub
 from matrixinfer.registry.grpc.servicer import RegistryServicer
+from matrixinfer.registry.kube.server import KubeServer, start_kube_server
 from matrixinfer.registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class RegistryApp:
     service: RegistryService
     server: RunningServer
     metrics_server: MetricsServer | None
+    kube_server: KubeServer | None = None
 
     @property
     def port(self) -> int:
@@ -46,6 +49,18 @@ class RegistryApp:
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.server.port}"
+
+    @property
+    def kube_port(self) -> int:
+        assert self.kube_server is not None
+        return self.kube_server.port
+
+    @property
+    def kube_url(self) -> str:
+        """Where kubectl's --server points."""
+        assert self.kube_server is not None
+        scheme = "https" if self.kube_server.tls else "http"
+        return f"{scheme}://{self.settings.host}:{self.kube_server.port}"
 
     @classmethod
     async def start(cls, settings: RegistrySettings) -> RegistryApp:
@@ -60,6 +75,8 @@ class RegistryApp:
             event_retention_s=settings.event_retention_s,
         )
         metrics_server: MetricsServer | None = None
+        kube_server: KubeServer | None = None
+        server: RunningServer | None = None
         try:
             await hub.start()
             service = RegistryService(store, hub, settings.bookmark_interval_s)
@@ -73,20 +90,33 @@ class RegistryApp:
                 metrics=GrpcServerMetrics(metrics_registry),
                 tracer_provider=tracer if settings.otlp_endpoint else None,
             )
+            kube_server = await start_kube_server(
+                service,
+                settings.host,
+                settings.kube_port,
+                _kube_tls(settings),
+                settings.grace_period_s,
+            )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(
                     settings.metrics_port, metrics_registry, settings.host
                 )
         except BaseException:
             await hub.stop()
+            if kube_server is not None:
+                await kube_server.stop()
+            if server is not None:
+                await server.stop(0)
             await store.close()
             raise
-        return cls(settings, store, hub, service, server, metrics_server)
+        return cls(settings, store, hub, service, server, metrics_server, kube_server)
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Watches are endless streams: end them first so the grace period is spent
         # on unary calls that can actually finish.
         await self.hub.stop()
+        if self.kube_server is not None:
+            await self.kube_server.stop()
         await self.server.stop(
             self.settings.grace_period_s if grace_s is None else grace_s
         )
@@ -95,14 +125,28 @@ class RegistryApp:
         await self.store.close()
 
 
+def _kube_tls(settings: RegistrySettings) -> ssl.SSLContext | None:
+    """HTTPS for the Kubernetes API port when a certificate and key are set."""
+    cert, key = settings.kube_tls_cert_file, settings.kube_tls_key_file
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError(
+            "set both kube_tls_cert_file and kube_tls_key_file, or neither"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def main() -> None:
     settings = RegistrySettings()
     run_service(
         settings,
         lambda: RegistryApp.start(settings),
         lambda app: (
-            f"registry ready on {app.address} (database "
-            f"{redacted_url(settings.database_url)})"
+            f"registry ready on {app.address}, Kubernetes API on {app.kube_url} "
+            f"(database {redacted_url(settings.database_url)})"
         ),
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -45,3 +47,16 @@ class RegistrySettings(ServiceSettings):
 
     compact_interval_s: float = Field(default=60.0, gt=0)
     """How often this process compacts the event history."""
+
+    kube_port: int = Field(default=50053, ge=0, le=65535)
+    """TCP port of the registry's Kubernetes API (HTTP: kubectl, client-go, the
+    kubernetes Python client; see docs/kubernetes-api.md). 50053 sits next to the
+    gRPC port (6443 and 8443 are what local Kubernetes distributions take); 0 asks
+    the OS for a free port."""
+
+    kube_tls_cert_file: Path | None = None
+    """PEM certificate (chain) for the Kubernetes API port; with kube_tls_key_file it
+    serves HTTPS, as Kubernetes API aggregation requires. Unset: plain HTTP."""
+
+    kube_tls_key_file: Path | None = None
+    """PEM private key of kube_tls_cert_file."""

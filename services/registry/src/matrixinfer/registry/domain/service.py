@@ -16,7 +16,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -46,7 +46,7 @@ from matrixinfer.registry.domain.store import (
     StoreConflict,
     Transaction,
 )
-from matrixinfer.registry.domain.watch import WatchHub
+from matrixinfer.registry.domain.watch import Subscription, WatchHub
 
 T = TypeVar("T")
 
@@ -510,6 +510,33 @@ class RegistryService:
         send_initial_events: bool,
         allow_bookmarks: bool,
     ) -> AsyncIterator[WatchItem]:
+        stream = await self.open_watch(
+            kind_name,
+            namespace,
+            label_selector,
+            resource_version,
+            send_initial_events,
+            allow_bookmarks,
+        )
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            stream.close()
+
+    async def open_watch(
+        self,
+        kind_name: str,
+        namespace: str,
+        label_selector: str,
+        resource_version: str,
+        send_initial_events: bool,
+        allow_bookmarks: bool,
+    ) -> WatchStream:
+        """A watch whose start has been checked: a bad or expired resourceVersion
+        fails here (InvalidArgument, Expired), before any event is asked for, so a
+        surface can answer with an error instead of an empty stream. The caller
+        closes it."""
         kind = resolve_kind(kind_name) if kind_name else None
         selector = parse_selector(label_selector)
         start = parse_rv(resource_version)
@@ -544,6 +571,20 @@ class RegistryService:
                     "registry returned",
                 )
         sub = await self.hub.subscribe(start, matches)
+        return WatchStream(
+            self,
+            sub,
+            self._stream(sub, initial, start, send_initial_events, allow_bookmarks),
+        )
+
+    async def _stream(
+        self,
+        sub: Subscription,
+        initial: Sequence[pb.Resource],
+        start: int,
+        send_initial_events: bool,
+        allow_bookmarks: bool,
+    ) -> AsyncIterator[WatchItem]:
         try:
             for resource in initial:
                 rv = int(unwrap_resource(resource).metadata.resource_version or 0)
@@ -566,6 +607,27 @@ class RegistryService:
                 yield WatchItem(item.type, item.resource, item.resource_version)
         finally:
             self.hub.unsubscribe(sub)
+
+
+class WatchStream:
+    """The events of an opened watch; ``close()`` ends the subscription whether or
+    not the events were ever iterated."""
+
+    def __init__(
+        self,
+        service: RegistryService,
+        sub: Subscription,
+        items: AsyncIterator[WatchItem],
+    ) -> None:
+        self._hub = service.hub
+        self._sub = sub
+        self._items = items
+
+    def __aiter__(self) -> AsyncIterator[WatchItem]:
+        return self._items
+
+    def close(self) -> None:
+        self._hub.unsubscribe(self._sub)
 
 
 _EVENT_TYPES = {"insert": "ADDED", "update": "MODIFIED", "delete": "DELETED"}
