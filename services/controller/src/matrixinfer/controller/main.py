@@ -16,10 +16,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import controller_pb2, controller_pb2_grpc
-from matrixinfer.controller.adapters.artifacts.fetcher import (
-    ArtifactFetcher,
-    ArtifactLimits,
+from matrixinfer.controller.adapters.kubernetes import (
+    KubeClient,
+    KubeConfig,
+    KubernetesRuntime,
+    PodSettings,
 )
+from matrixinfer.controller.adapters.kubernetes.objects import TRITON_IMAGE_BACKENDS
 from matrixinfer.controller.adapters.local_runtime import LocalRuntime
 from matrixinfer.controller.adapters.prometheus_sd import PrometheusSD
 from matrixinfer.controller.domain.loop import ControllerLoop
@@ -28,6 +31,7 @@ from matrixinfer.controller.domain.runtime import Runtime
 from matrixinfer.controller.domain.service import ControllerService
 from matrixinfer.controller.domain.workqueue import WorkQueue
 from matrixinfer.controller.grpc.servicer import ControllerServicer
+from matrixinfer.controller.prepare import artifact_fetcher
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
@@ -65,9 +69,11 @@ class ControllerApp:
     async def start(
         cls, settings: ControllerSettings, runtime: Runtime | None = None
     ) -> ControllerApp:
-        """``runtime``: a different runtime than the local one (bench: FakeRuntime)."""
+        """``runtime``: a different runtime than the settings' (bench: FakeRuntime)."""
         state = settings.state_dir.resolve()
-        install = find_tritonserver()
+        kubernetes = settings.runtime == "kubernetes"
+        # On Kubernetes the replicas' image has Triton; this process needs none.
+        install = None if kubernetes and runtime is None else find_tritonserver()
         # Deadlines on every call, keepalive, bounded retries of UNAVAILABLE: a hung
         # registry cannot hang the controller.
         tracer = (
@@ -81,7 +87,16 @@ class ControllerApp:
             tracer_provider=tracer,
         )
         client = RegistryClient(channel)
-        if runtime is None:
+        if runtime is None and kubernetes:
+            kube_runtime = kubernetes_runtime(settings)
+            try:
+                await kube_runtime.start()  # adopts what is there before reconciling
+            except BaseException:
+                await kube_runtime.close()
+                raise
+            runtime = kube_runtime
+        elif runtime is None:
+            assert install is not None
             runtime = LocalRuntime(
                 install=install,
                 state_dir=state,
@@ -94,30 +109,19 @@ class ControllerApp:
             client=client,
             informer=informer,
             runtime=runtime,
-            fetcher=ArtifactFetcher(
-                state / "artifacts",
-                ArtifactLimits(
-                    max_bytes=settings.artifact_max_bytes,
-                    allow_link_local=settings.artifact_allow_link_local,
-                ),
-                {
-                    scheme: url
-                    for scheme, url in (
-                        ("s3", settings.s3_endpoint_url),
-                        ("gs", settings.gcs_endpoint_url),
-                        ("az", settings.azure_endpoint_url),
-                    )
-                    if url
-                },
-            ),
+            fetcher=artifact_fetcher(settings, state / "artifacts"),
             repos_dir=state / "repositories",
-            backends=install.backends,
+            backends=(
+                install.backends if install is not None else list(TRITON_IMAGE_BACKENDS)
+            ),
             python_paths=python_paths(),
             python_models=settings.python_models,
             drain_s=settings.drain_s,
             stop_grace_s=settings.stop_grace_s,
             resync_s=settings.resync_s,
             triton_args=triton_trace_args(settings),
+            # Kubernetes replicas build their repository in their init container.
+            build_repositories=not kubernetes,
         )
         metrics = CollectorRegistry()
         loop = ControllerLoop(
@@ -179,6 +183,36 @@ class ControllerApp:
         if self.tracer_provider is not None:
             # Flushes the last spans; off the event loop, which may still serve.
             await asyncio.to_thread(self.tracer_provider.shutdown)
+
+
+def kubernetes_runtime(settings: ControllerSettings) -> KubernetesRuntime:
+    """The Kubernetes runtime the settings describe; the init containers get the
+    controller's artifact settings."""
+    passed = {
+        "ARTIFACT_MAX_BYTES": str(settings.artifact_max_bytes),
+        "ARTIFACT_ALLOW_LINK_LOCAL": str(settings.artifact_allow_link_local).lower(),
+        "PYTHON_MODELS": str(settings.python_models).lower(),
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
+        "GCS_ENDPOINT_URL": settings.gcs_endpoint_url or "",
+        "AZURE_ENDPOINT_URL": settings.azure_endpoint_url or "",
+    }
+    return KubernetesRuntime(
+        KubeClient(KubeConfig.of(settings.kube_api_url)),
+        PodSettings(
+            namespace=settings.kube_namespace,
+            triton_image=settings.kube_triton_image,
+            fetcher_image=settings.kube_fetcher_image,
+            gpu_node_selector=dict(settings.kube_gpu_node_selector),
+            gpu_tolerations=tuple(settings.kube_gpu_tolerations),
+            fetcher_env=tuple(
+                (f"MATRIXINFER_CONTROLLER_{name}", value)
+                for name, value in passed.items()
+                if value
+            ),
+            artifact_secret=settings.kube_artifact_secret,
+            stop_grace_s=settings.stop_grace_s,
+        ),
+    )
 
 
 def triton_trace_args(settings: ControllerSettings) -> tuple[str, ...]:

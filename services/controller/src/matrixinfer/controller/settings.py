@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -85,3 +86,36 @@ class ControllerSettings(ServiceSettings):
     """Prometheus file_sd JSON file listing every replica's Triton metrics endpoint
     (labels namespace, model_infer, replica, revision), rewritten atomically whenever
     the replicas change. None writes none."""
+
+    runtime: Literal["local", "kubernetes"] = "local"
+    """Where replicas run: ``local`` (tritonserver processes on this machine) or
+    ``kubernetes`` (a Deployment per ModelInfer template in ``kube_namespace``; see
+    docs/kubernetes-runtime.md)."""
+
+    kube_namespace: str = "matrixinfer-replicas"
+    """Kubernetes namespace the replicas' Deployments and pods go to."""
+
+    kube_triton_image: str = "nvcr.io/nvidia/tritonserver:25.10-py3"
+    """Image of each replica's Triton container."""
+
+    kube_fetcher_image: str = "matrixinfer/controller:latest"
+    """Image of each replica's init container (the controller's own image): it runs
+    ``python -m matrixinfer.controller.prepare`` to fetch the artifact and write the
+    model repository."""
+
+    kube_gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node selector (JSON object) for replicas that take GPUs, e.g.
+    {"nvidia.com/gpu.present": "true"}."""
+
+    kube_gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations (JSON list of Kubernetes Toleration objects) for replicas that
+    take GPUs, e.g. [{"key": "nvidia.com/gpu", "operator": "Exists",
+    "effect": "NoSchedule"}]."""
+
+    kube_api_url: str = ""
+    """Kubernetes API server URL, e.g. http://127.0.0.1:8001 (kubectl proxy). Empty:
+    in-cluster configuration from the pod's service account."""
+
+    kube_artifact_secret: str = ""
+    """Name of a Secret in ``kube_namespace`` whose keys become the init container's
+    environment (e.g. AWS_ACCESS_KEY_ID) for fetching artifacts. Empty: none."""

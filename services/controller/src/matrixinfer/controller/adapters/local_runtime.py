@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from matrixinfer.controller.domain.runtime import OnChange, Phase, Replica, ReplicaSpec
+from matrixinfer.controller.domain.serving import RepositoryPlan, placement_fields
 from matrixinfer.core.errors import MatrixInferError, NotFound
 from matrixinfer.triton.install import TritonInstall
 from matrixinfer.triton.server import TritonProcess, allocate_ports
@@ -76,7 +77,12 @@ class LocalRuntime:
             running.replica.draining_since_s = now_s
 
     async def start_replica(self, spec: ReplicaSpec) -> Replica:
-        if self._backend_dir is None:
+        refused = (
+            placement_fields(RepositoryPlan.from_json(spec.plan).infer.spec)
+            if spec.plan
+            else []
+        )
+        if self._backend_dir is None and not refused:
             self._backend_dir = await asyncio.to_thread(
                 self.install.prepare_backends, self.state_dir / "backends"
             )
@@ -90,6 +96,16 @@ class LocalRuntime:
         )
         running = _Running(replica)
         self._replicas[name] = running
+        if refused:
+            # Listed (so status names the field), never started.
+            replica.phase = Phase.FAILED
+            replica.message = (
+                f"{' and '.join(refused)} set, but the local runtime has no nodes to "
+                "place replicas on: remove it, or run the controller with "
+                "MATRIXINFER_CONTROLLER_RUNTIME=kubernetes"
+            )
+            self._changed(replica)
+            return replica
         running.task = asyncio.create_task(
             self._supervise(running), name=f"replica-{name}"
         )

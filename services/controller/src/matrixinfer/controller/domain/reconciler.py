@@ -24,7 +24,11 @@ from matrixinfer.controller.domain.artifacts import ArtifactSource
 from matrixinfer.controller.domain.ports import Registry, ResourceCache
 from matrixinfer.controller.domain.rollout import ReplicaView, plan
 from matrixinfer.controller.domain.runtime import Phase, ReplicaSpec, Runtime
-from matrixinfer.controller.domain.serving import build_repository, gpus_needed
+from matrixinfer.controller.domain.serving import (
+    RepositoryPlan,
+    gpus_needed,
+    prepare_repository,
+)
 from matrixinfer.core.errors import MatrixInferError, NotFound
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,9 @@ class Reconciler:
     #: e.g. tracing), after the ModelInfer's runtime.args.
     triton_args: tuple[str, ...] = ()
     clock: Callable[[], float] = time.time
+    #: Build each template's repository in ``repos_dir`` (local runtime). False: the
+    #: runtime builds it next to each replica from ``ReplicaSpec.plan`` (Kubernetes).
+    build_repositories: bool = True
     _prepared: dict[str, pathlib.Path] = field(default_factory=dict)
     _scaled: dict[Key, tuple[int, str]] = field(default_factory=dict)
 
@@ -95,7 +102,8 @@ class Reconciler:
         try:
             model, revision = await self._model_for(infer)
             template = template_of(model, revision, infer)
-            repository = await self._prepare(template, model, infer, revision)
+            repo_plan = RepositoryPlan.of(model, infer, revision, self.python_models)
+            repository = await self._prepare(template, repo_plan)
         except MatrixInferError as error:
             log.warning("ModelInfer %s cannot be prepared: %s", owner, error.message)
             await self._write_status(infer, desired, None, 0, error)
@@ -127,6 +135,7 @@ class Reconciler:
                     gpus=gpus_needed(infer.spec),
                     env=tuple((e.name, e.value) for e in infer.spec.runtime.env),
                     args=(*infer.spec.runtime.args, *self.triton_args),
+                    plan=repo_plan.to_json(),
                 )
             )
         for replica_name in steps.drain:
@@ -199,28 +208,15 @@ class Reconciler:
         pinned.metadata.uid = current.metadata.uid
         return pinned, ref.revision
 
-    async def _prepare(
-        self, template: str, model: pb.Model, infer: pb.ModelInfer, revision: int
-    ) -> pathlib.Path:
+    async def _prepare(self, template: str, repo_plan: RepositoryPlan) -> pathlib.Path:
         cached = self._prepared.get(template)
         if cached is not None and cached.exists():
             return cached
-        source = model.spec.model_spec.source
-        artifact = await self.fetcher.fetch(
-            source.uri, source.sha256, source.endpoint_url
-        )
         target = self.repos_dir / template
-        await asyncio.to_thread(
-            build_repository,
-            target,
-            model.metadata.name,
-            model,
-            infer,
-            artifact,
-            self.backends,
-            self.python_paths,
-            revision,
-            self.python_models,
+        if not self.build_repositories:
+            return target
+        await prepare_repository(
+            self.fetcher, repo_plan, target, self.backends, self.python_paths
         )
         self._prepared[template] = target
         return target

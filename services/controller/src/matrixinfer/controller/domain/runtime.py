@@ -1,7 +1,8 @@
 """The runtime interface the reconciler drives; adapters implement it: the local
 runtime (:mod:`matrixinfer.controller.adapters.local_runtime`, ``tritonserver``
-processes on this machine) now, a Kubernetes one (Deployments, Services,
-EndpointSlices) next.
+processes on this machine) and the Kubernetes one
+(:mod:`matrixinfer.controller.adapters.kubernetes`: a Deployment per template, one
+replica per pod).
 
 A replica is one Triton server serving one revision of one ModelInfer's model. The
 reconciler asks for replicas to exist or go away and reads back their state; the
@@ -41,6 +42,10 @@ class ReplicaSpec:
     gpus: int = 0
     env: tuple[tuple[str, str], ...] = ()
     args: tuple[str, ...] = ()
+    #: The serialized :class:`~matrixinfer.controller.domain.serving.RepositoryPlan`
+    #: the repository is built from: a runtime that builds it next to the replica
+    #: (Kubernetes: the init container) needs it; the local one uses ``repository``.
+    plan: str = ""
 
 
 @dataclass
@@ -101,4 +106,5 @@ class Runtime(Protocol):
     def mark_draining(self, name: str, now_s: float) -> None: ...
 
     async def close(self) -> None:
-        """Stop every replica (controller shutdown): nothing may outlive us."""
+        """Controller shutdown. Local: stop every replica, nothing may outlive us.
+        Kubernetes: stop watching only; the pods stay for the next controller."""

@@ -8,13 +8,17 @@ Model when it lists them, else from the ONNX graph itself.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import pathlib
 import shutil
+from dataclasses import dataclass
 
 import onnx
+from google.protobuf import json_format
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.controller.domain.artifacts import Artifact
+from matrixinfer.controller.domain.artifacts import Artifact, ArtifactSource
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from matrixinfer.triton import config as tc
 from matrixinfer.triton.python_models import (
@@ -216,3 +220,104 @@ def build_repository(
     shutil.rmtree(target, ignore_errors=True)
     write_model(target, serving, max(1, version), files)
     return target
+
+
+@dataclass(frozen=True)
+class RepositoryPlan:
+    """Everything that decides one template's model repository: what
+    :func:`prepare_repository` builds, in the controller (local runtime) or in a
+    replica's init container (``python -m matrixinfer.controller.prepare``, the
+    Kubernetes runtime), from the same serialized form."""
+
+    model: pb.Model
+    infer: pb.ModelInfer
+    revision: int
+    python_models: bool = False
+
+    @classmethod
+    def of(
+        cls, model: pb.Model, infer: pb.ModelInfer, revision: int, python_models: bool
+    ) -> RepositoryPlan:
+        """Keeps only what the repository and the pod depend on (no status, no
+        replica count), so the serialized plan is the same for every replica of a
+        template."""
+        kept_model = pb.Model()
+        kept_model.metadata.name = model.metadata.name
+        kept_model.metadata.namespace = model.metadata.namespace
+        kept_model.spec.CopyFrom(model.spec)
+        kept_infer = pb.ModelInfer()
+        kept_infer.metadata.name = infer.metadata.name
+        kept_infer.metadata.namespace = infer.metadata.namespace
+        kept_infer.spec.CopyFrom(infer.spec)
+        kept_infer.spec.ClearField("replicas")  # counts and rollout pace: not
+        kept_infer.spec.ClearField("rollout")  # what a replica serves
+        return cls(kept_model, kept_infer, revision, python_models)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.metadata.name
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "model": json_format.MessageToDict(self.model),
+                "infer": json_format.MessageToDict(self.infer),
+                "revision": self.revision,
+                "pythonModels": self.python_models,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RepositoryPlan:
+        try:
+            data = json.loads(text)
+            return cls(
+                json_format.ParseDict(data["model"], pb.Model()),
+                json_format.ParseDict(data["infer"], pb.ModelInfer()),
+                int(data["revision"]),
+                bool(data.get("pythonModels", False)),
+            )
+        except (ValueError, KeyError, TypeError, json_format.ParseError) as e:
+            raise InvalidArgument(f"not a repository plan: {e}") from e
+
+
+async def prepare_repository(
+    fetcher: ArtifactSource,
+    plan: RepositoryPlan,
+    target: pathlib.Path,
+    available_backends: list[str],
+    python_paths: list[str],
+) -> pathlib.Path:
+    """Fetch the Model's artifact (digest checked, archives unpacked safely) and
+    write the Triton repository for ``plan`` at ``target``. The one way a
+    repository is made: the reconciler calls it for local replicas, the init
+    container of a Kubernetes replica calls it in the pod."""
+    source = plan.model.spec.model_spec.source
+    artifact = await fetcher.fetch(source.uri, source.sha256, source.endpoint_url)
+    return await asyncio.to_thread(
+        build_repository,
+        target,
+        plan.model_name,
+        plan.model,
+        plan.infer,
+        artifact,
+        available_backends,
+        python_paths,
+        plan.revision,
+        plan.python_models,
+    )
+
+
+def placement_fields(spec: pb.ModelInferSpec) -> list[str]:
+    """The ModelInfer fields that place replicas on Kubernetes nodes, where set: a
+    runtime without nodes (local) must refuse them, not ignore them."""
+    return [
+        name
+        for name, present in (
+            ("spec.nodeSelector", bool(spec.node_selector)),
+            ("spec.tolerations", bool(spec.tolerations)),
+        )
+        if present
+    ]

@@ -500,6 +500,41 @@ def _model_infer(obj: pb.ModelInfer, path: str, errors: ViolationCollector) -> N
             errors,
             required=True,
         )
+    _placement(spec, path, errors)
+
+
+_TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _placement(spec: pb.ModelInferSpec, path: str, errors: ViolationCollector) -> None:
+    """nodeSelector and tolerations, checked as Kubernetes checks a pod's."""
+    if len(spec.node_selector) > MAX_LABELS:
+        errors.add(f"{path}.nodeSelector", f"at most {MAX_LABELS} entries")
+    for key, value in spec.node_selector.items():
+        _check_qualified_key(key, f"{path}.nodeSelector", errors)
+        if not _LABEL_VALUE.fullmatch(value):
+            errors.add(
+                f"{path}.nodeSelector[{key[:80]}]",
+                "must be at most 63 characters of letters, digits, '-', '_' or '.'",
+            )
+    for i, t in enumerate(spec.tolerations):
+        tp = f"{path}.tolerations[{i}]"
+        t.operator = t.operator or "Equal"
+        _one_of(t.operator, ("Equal", "Exists"), f"{tp}.operator", errors)
+        _one_of(t.effect, _TOLERATION_EFFECTS, f"{tp}.effect", errors)
+        if t.key:
+            _check_qualified_key(t.key, f"{tp}.key", errors)
+        elif t.operator != "Exists":
+            errors.add(f"{tp}.key", "required unless operator is Exists")
+        if t.operator == "Exists" and t.value:
+            errors.add(f"{tp}.value", "must be empty when operator is Exists")
+        elif t.value and not _LABEL_VALUE.fullmatch(t.value):
+            errors.add(
+                f"{tp}.value",
+                "must be at most 63 characters of letters, digits, '-', '_' or '.'",
+            )
+        if t.HasField("toleration_seconds") and t.effect != "NoExecute":
+            errors.add(f"{tp}.tolerationSeconds", "only with effect NoExecute")
 
 
 def _model_server(obj: pb.ModelServer, path: str, errors: ViolationCollector) -> None:
