@@ -1,26 +1,38 @@
 """The Kubernetes manifests of deploy/k8s hold together, without a cluster.
 
-- every YAML file parses; every kustomization's resources, patches and their targets,
-  image and replica entries refer to what exists;
+- every YAML file parses; every kustomization's resources, patches, transformer
+  configurations and their targets, image and replica entries refer to what exists;
 - each target (the base and every overlay) is built twice: by a small structural
-  kustomize here (resources, generators, strategic-merge patches, namespace, images,
-  replicas), and by ``kubectl kustomize`` or ``kustomize build`` when either binary
-  is installed; both builds must be the same objects;
-- with ``kubernetes-validate`` importable, every built object matches the Kubernetes
-  OpenAPI schema (strict: unknown fields are errors), offline;
+  kustomize here (resources, generators, strategic-merge patches, namespace, images
+  with the configured extra image fields, replicas), and by ``kubectl kustomize`` or
+  ``kustomize build`` when either binary is installed; both builds must be the same
+  objects;
+- with ``kubernetes-validate`` importable, every built object, and the replica
+  Deployments the controller's kubernetes runtime would create from each target's
+  settings (built by the controller's own code), match the Kubernetes OpenAPI
+  schema (strict: unknown fields are errors), offline;
+- each service runs in a Deployment of its own (the gateway with HAProxy beside
+  it), each Deployment has one PodDisruptionBudget, and the controller's settings
+  select the kubernetes runtime in its own namespace, with its own image for the
+  replicas' init container and the Triton release its image is built on; only the
+  gpu overlay gives replicas a GPU node selector and tolerations;
 - MatrixInfer containers run images that deploy/docker builds (named as
   docker-compose.yml names them); every ``MATRIXINFER_*`` variable is a settings
   field of that container's service, and each service's settings load from the
-  environment the container gets (image ENV, then the manifest's env with ConfigMap
-  and Secret references resolved); containerPorts are exactly the ports those
-  settings bind, and probes, Services, NetworkPolicies and Prometheus annotations
-  use them;
+  environment the container gets (image ENV, then the manifest's env with ConfigMap,
+  Secret and Downward API references resolved); containerPorts are exactly the ports
+  those settings bind, and probes, Services, NetworkPolicies and Prometheus
+  annotations use them;
+- the NetworkPolicies admit, on every port of every pod and replica pod, exactly
+  the callers of docs/architecture.md's flows (FLOWS);
 - Service, PodDisruptionBudget and NetworkPolicy selectors select pods; addresses
   point at a Service port or at a port of the same pod;
 - no Secret value is written in the base, no generated Secret carries a password,
   database and Redis URLs come from Secrets; pods run as non-root, without
   privilege escalation or capabilities, on read-only root filesystems, with
-  requests and limits, and mount no service-account token.
+  requests and limits, and only the controller mounts a service-account token;
+- deploy/README.md and the README's "Production on Kubernetes" name what exists,
+  and the README's overlay builds.
 
 Nothing here talks to a cluster or the network: the manifests were never applied.
 """
@@ -38,6 +50,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +58,9 @@ import pytest
 import yaml
 
 from matrixinfer.autoscaler.settings import AutoscalerSettings
+from matrixinfer.controller.adapters.kubernetes import PodSettings
+from matrixinfer.controller.adapters.kubernetes import objects as replica_objects
+from matrixinfer.controller.domain.runtime import ReplicaSpec
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core.settings import ServiceSettings
 from matrixinfer.gateway.settings import GatewaySettings
@@ -55,6 +71,8 @@ from tests.conftest import ROOT
 K8S = ROOT / "deploy" / "k8s"
 DOCKER = ROOT / "deploy" / "docker"
 TARGETS = ("base", "overlays/dev", "overlays/gpu")
+#: The namespace each target sets ("": the one `kubectl apply` is given).
+NS = {"base": "", "overlays/dev": "matrixinfer-dev", "overlays/gpu": ""}
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "registry": RegistrySettings,
     "controller": ControllerSettings,
@@ -65,6 +83,7 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
 KUBERNETES_VERSIONS = ("1.27", "1.32")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
 CLUSTER_SCOPED = {
+    "APIService",
     "Namespace",
     "ClusterRole",
     "ClusterRoleBinding",
@@ -89,6 +108,50 @@ SECRET_NAME = re.compile(
 )
 
 Doc = dict[str, Any]
+
+# Pods that mount a service-account token: the controller's kubernetes runtime
+# creates the replicas through the API server; nothing else talks to it.
+TOKEN_HOLDERS = {"matrixinfer-controller"}
+# What overlays/gpu gives GPU replicas: the label NVIDIA's GPU Feature Discovery
+# puts on GPU nodes, and the usual taint of those nodes.
+GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+# Who may open a connection to which port (docs/architecture.md's flows). REPLICA is
+# a replica pod as the controller's kubernetes runtime creates it; PROMETHEUS a pod
+# labelled app.kubernetes.io/name=prometheus in another namespace.
+REPLICA = "replica"
+PROMETHEUS = "prometheus"
+OUTSIDE = "outside the cluster"
+EVERYONE = frozenset({"everyone, outside the cluster too"})
+CONTROLLER, GATEWAY = "matrixinfer-controller", "matrixinfer-gateway"
+AUTOSCALER, REGISTRY = "matrixinfer-autoscaler", "matrixinfer-registry"
+FLOWS: dict[tuple[str, int], frozenset[str]] = {
+    # Watch, UpdateStatus; the gateway's admin API (REST) calls the registry too.
+    (REGISTRY, 50051): frozenset({CONTROLLER, GATEWAY, AUTOSCALER}),
+    (REGISTRY, 9090): frozenset({PROMETHEUS}),
+    # Its Kubernetes API, which answers whoever reaches it: only the cluster's API
+    # server may (API aggregation), whose addresses an overlay adds (the README's
+    # ipBlock rule).
+    (REGISTRY, 50053): frozenset(),
+    # Scale, GetReplicas.
+    (CONTROLLER, 50052): frozenset({AUTOSCALER}),
+    (CONTROLLER, 9092): frozenset({PROMETHEUS}),
+    # KServe v2 for every client (the gateway authenticates each call), /metrics.
+    (GATEWAY, 8000): EVERYONE,
+    (GATEWAY, 8001): EVERYONE,
+    # The gateway's own HTTP: only HAProxy in the same pod, over loopback.
+    (GATEWAY, 8080): frozenset(),
+    # ReportLoad, Activate.
+    (AUTOSCALER, 50054): frozenset({GATEWAY}),
+    (AUTOSCALER, 9094): frozenset({PROMETHEUS}),
+    # Inference through HAProxy; Triton's metrics for the autoscaler and Prometheus.
+    (REPLICA, replica_objects.HTTP_PORT): frozenset({GATEWAY}),
+    (REPLICA, replica_objects.GRPC_PORT): frozenset({GATEWAY}),
+    (REPLICA, replica_objects.METRICS_PORT): frozenset({AUTOSCALER, PROMETHEUS}),
+}
+# overlays/dev's PostgreSQL.
+DEV_FLOWS = {("postgres", 5432): frozenset({REGISTRY})}
 
 # ----------------------------------------------------------------------- reading
 
@@ -219,7 +282,73 @@ def generated(folder: pathlib.Path, k: Doc) -> list[Doc]:
     return docs
 
 
+def transformer_configs(folder: pathlib.Path, k: Doc) -> list[pathlib.Path]:
+    return [folder / entry for entry in k.get("configurations", [])]
+
+
+def image_field_specs(folder: pathlib.Path, k: Doc) -> list[Doc]:
+    """The extra places kustomize's ``images:`` rewrites (``configurations``
+    files: only ``images`` field specs are supported here)."""
+    specs: list[Doc] = []
+    for path in transformer_configs(folder, k):
+        (config,) = load_docs(path)
+        assert set(config) == {"images"}, f"{path}: extend the test"
+        for spec in config["images"]:
+            assert set(spec) <= {"path", "kind"}, f"{path}: {spec}"
+            specs.append(spec)
+    return specs
+
+
+def fields_at(node: Any, parts: list[str]) -> Iterator[tuple[Doc, str]]:
+    """(mapping, key) of every string at a kustomize field-spec path (lists are
+    walked through, as kustomize does)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from fields_at(item, parts)
+    elif isinstance(node, dict) and parts and parts[0] in node:
+        if len(parts) == 1:
+            if isinstance(node[parts[0]], str):
+                yield node, parts[0]
+        else:
+            yield from fields_at(node[parts[0]], parts[1:])
+
+
+def image_fields(docs: list[Doc], specs: list[Doc]) -> Iterator[tuple[Doc, str]]:
+    """Every field kustomize's ``images:`` may rewrite: container images, and the
+    configured field specs."""
+    for doc in docs:
+        for spec in pod_specs(doc):
+            for container in all_containers(spec):
+                yield container, "image"
+        for field_spec in specs:
+            if field_spec.get("kind", doc["kind"]) == doc["kind"]:
+                yield from fields_at(doc, field_spec["path"].split("/"))
+
+
+def set_namespace(doc: Doc, namespace: str) -> None:
+    """kustomize's ``namespace:``: every namespaced object moves (a kube-system one
+    too), and so do the references to this namespace it knows of: an APIService's
+    Service and the ServiceAccount subjects of role bindings that say
+    ``default``."""
+    if doc["kind"] not in CLUSTER_SCOPED:
+        doc["metadata"]["namespace"] = namespace
+    if doc["kind"] == "APIService":
+        doc["spec"]["service"]["namespace"] = namespace
+    for subject in doc.get("subjects", []):
+        if subject["kind"] == "ServiceAccount" and subject.get(
+            "namespace", "default"
+        ) in ("", "default"):
+            subject["namespace"] = namespace
+
+
 def structural_build(folder: pathlib.Path) -> list[Doc]:
+    docs, _ = _structural_build(folder)
+    return docs
+
+
+def _structural_build(folder: pathlib.Path) -> tuple[list[Doc], list[Doc]]:
+    """(objects, image field specs): a base's transformer configurations apply in
+    the overlays built on it too, as kustomize does."""
     k = kustomization(folder)
     known = {
         "apiVersion",
@@ -232,12 +361,19 @@ def structural_build(folder: pathlib.Path) -> list[Doc]:
         "secretGenerator",
         "configMapGenerator",
         "generatorOptions",
+        "configurations",
     }
     assert set(k) <= known, f"{folder}: {set(k) - known} not supported here"
     docs: list[Doc] = []
+    specs = image_field_specs(folder, k)
     for entry in k.get("resources", []):
         path = (folder / entry).resolve()
-        docs += structural_build(path) if path.is_dir() else load_docs(path)
+        if path.is_dir():
+            base_docs, base_specs = _structural_build(path)
+            docs += base_docs
+            specs += base_specs
+        else:
+            docs += load_docs(path)
     docs += generated(folder, k)
     for patch in k.get("patches", []):
         assert set(patch) == {"path", "target"}, f"{folder}: {patch}"
@@ -257,26 +393,23 @@ def structural_build(folder: pathlib.Path) -> list[Doc]:
             doc["spec"]["replicas"] = entry["count"]
     for entry in k.get("images", []):
         used = False
-        for doc in docs:
-            for spec in pod_specs(doc):
-                for container in all_containers(spec):
-                    name, tag, digest = split_image(container["image"])
-                    if name != entry["name"]:
-                        continue
-                    used = True
-                    name = entry.get("newName", name)
-                    tag = entry.get("newTag", tag)
-                    digest = entry.get("digest", digest)
-                    image = name + (f":{tag}" if tag else "")
-                    container["image"] = image + (f"@{digest}" if digest else "")
-        assert used, f"{folder}: image {entry['name']} is used by no container"
+        for holder, field in image_fields(docs, specs):
+            name, tag, digest = split_image(holder[field])
+            if name != entry["name"]:
+                continue
+            used = True
+            name = entry.get("newName", name)
+            tag = entry.get("newTag", tag)
+            digest = entry.get("digest", digest)
+            image = name + (f":{tag}" if tag else "")
+            holder[field] = image + (f"@{digest}" if digest else "")
+        assert used, f"{folder}: image {entry['name']} is used nowhere"
     if "namespace" in k:
         for doc in docs:
-            if doc["kind"] not in CLUSTER_SCOPED:
-                doc["metadata"]["namespace"] = k["namespace"]
+            set_namespace(doc, k["namespace"])
     keys = [key(d) for d in docs]
     assert len(keys) == len(set(keys)), f"{folder}: duplicate objects"
-    return docs
+    return docs, specs
 
 
 @functools.cache
@@ -403,8 +536,10 @@ def secret_value(docs: list[Doc], namespace: str, name: str, item: str) -> str |
 
 def container_env(docs: list[Doc], namespace: str, container: Doc) -> dict[str, str]:
     """What the container's process sees: image ENV, then the manifest's env with
-    ConfigMap and Secret references resolved. A required Secret that the build does
-    not create (the base expects it to exist) gets a placeholder."""
+    ConfigMap and Secret references and the pod's namespace (Downward API)
+    resolved. A required Secret that the build does not create (the base expects it
+    to exist) gets a placeholder; a build without a namespace runs in the one
+    `kubectl apply` is given, ``default`` here."""
     service = service_of(container)
     env = dockerfile_env(service) if service else {}
     for item in container.get("env", []):
@@ -413,6 +548,10 @@ def container_env(docs: list[Doc], namespace: str, container: Doc) -> dict[str, 
             env[name] = str(item["value"])
             continue
         source = item["valueFrom"]
+        if "fieldRef" in source:
+            assert source["fieldRef"] == {"fieldPath": "metadata.namespace"}, name
+            env[name] = namespace or "default"
+            continue
         if "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
             config = find(docs, "ConfigMap", ref["name"], namespace)
@@ -446,10 +585,13 @@ def load_settings(
 
 def bound_ports(service: str, settings: ServiceSettings) -> dict[str, int]:
     """What the service listens on, by role. The gateway process binds only its slow
-    path (HAProxy, a container of its own, binds the public gRPC and HTTP ports)."""
+    path (HAProxy, a container of its own, binds the public gRPC and HTTP ports); the
+    registry also serves its Kubernetes API."""
     if isinstance(settings, GatewaySettings):
         return {"http": settings.slow_http_port}
     ports = {"grpc": settings.grpc_port}
+    if isinstance(settings, RegistrySettings):
+        ports["kube-api"] = settings.kube_port
     if settings.metrics_port is not None:
         ports["metrics"] = settings.metrics_port
     return ports
@@ -475,8 +617,20 @@ def services_ports(
 # ------------------------------------------------------------------------- files
 
 
+def kustomize_configs() -> set[pathlib.Path]:
+    """Transformer configuration files (``configurations``): not objects."""
+    return {
+        path.resolve()
+        for folder in kustomization_folders()
+        for path in transformer_configs(folder, kustomization(folder))
+    }
+
+
 def test_every_yaml_file_parses_into_kubernetes_objects() -> None:
+    configs = kustomize_configs()
     for path in yaml_files():
+        if path.resolve() in configs:
+            continue
         docs = load_docs(path)
         assert docs, f"{path}: empty"
         for doc in docs:
@@ -504,9 +658,12 @@ def test_kustomization_refers_to_what_exists(target: str) -> None:
             assert (path / "kustomization.yaml").is_file(), f"{target}: {entry}"
     for patch in k.get("patches", []):
         assert (folder / patch["path"]).is_file(), f"{target}: {patch['path']}"
+    for path in transformer_configs(folder, k):
+        assert path.is_file(), f"{target}: configuration {path.name}"
     # Every YAML file beside it is used (a forgotten file is never applied).
     used = {(folder / e).resolve() for e in k.get("resources", [])}
     used |= {(folder / p["path"]).resolve() for p in k.get("patches", [])}
+    used |= {p.resolve() for p in transformer_configs(folder, k)}
     for path in folder.glob("*.yaml"):
         if path.name != "kustomization.yaml":
             assert path.resolve() in used, f"{target}: {path.name} is not listed"
@@ -514,11 +671,11 @@ def test_kustomization_refers_to_what_exists(target: str) -> None:
     assert build(target)
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_kustomize_builds_the_same_objects(target: str) -> None:
-    command = kustomize_command(K8S / target)
+def kustomize_build(folder: pathlib.Path) -> list[Doc] | None:
+    """The objects kustomize builds (sorted), or None without a kustomize."""
+    command = kustomize_command(folder)
     if command is None:
-        pytest.skip("neither kustomize nor kubectl is installed: structural build only")
+        return None
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     theirs = sorted((d for d in yaml.safe_load_all(result.stdout) if d), key=key)
@@ -526,6 +683,14 @@ def test_kustomize_builds_the_same_objects(target: str) -> None:
         if doc["kind"] == "Secret":
             data = doc.get("data", {})
             doc["data"] = {k: re.sub(r"\s", "", v) for k, v in data.items()}
+    return theirs
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_kustomize_builds_the_same_objects(target: str) -> None:
+    theirs = kustomize_build(K8S / target)
+    if theirs is None:
+        pytest.skip("neither kustomize nor kubectl is installed: structural build only")
     ours = sorted(build(target), key=key)
     assert [key(d) for d in theirs] == [key(d) for d in ours]
     for their, our in zip(theirs, ours, strict=True):
@@ -599,6 +764,35 @@ def test_images_are_the_ones_deploy_docker_builds(target: str) -> None:
     assert seen == set(SETTINGS), f"{target}: services without a container"
 
 
+def test_an_overlay_s_images_retarget_the_replicas_too(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/README.md's `images:` example: every MatrixInfer container and the
+    images the controller gives replicas (its own for the init container, Triton's)
+    follow an overlay's `images:`."""
+    mirror = "registry.example.com"
+    entries = [
+        {"name": f"matrixinfer/{s}", "newName": f"{mirror}/matrixinfer/{s}"}
+        for s in SETTINGS
+    ]
+    entries = [{**e, "newTag": "0.1.0"} for e in entries]
+    triton = {"name": "nvcr.io/nvidia/tritonserver", "newTag": "25.10-py3"}
+    triton["newName"] = f"{mirror}/nvidia/tritonserver"
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "base", tmp_path)],
+        "images": [*entries, triton],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    for docs in builds_of(tmp_path):
+        for _, container, service in matrixinfer_containers(docs):
+            assert container["image"] == f"{mirror}/matrixinfer/{service}:0.1.0"
+        _, container, settings = controller_of(docs, monkeypatch)
+        assert settings.kube_fetcher_image == container["image"]
+        assert settings.kube_triton_image == f"{mirror}/nvidia/tritonserver:25.10-py3"
+
+
 # ---------------------------------------------------------------------- settings
 
 
@@ -661,18 +855,141 @@ def test_gateway_requires_authentication(
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_controller_gpus_match_its_gpu_limit(
+def test_each_service_runs_in_a_deployment_of_its_own(target: str) -> None:
+    docs = build(target)
+    hosts: dict[str, set[str]] = {}
+    for workload, _, service in matrixinfer_containers(docs):
+        assert workload["kind"] == "Deployment", key(workload)
+        hosts.setdefault(service, set()).add(workload["metadata"]["name"])
+    assert hosts == {s: {f"matrixinfer-{s}"} for s in SETTINGS}
+    # HAProxy, the gateway's data plane, is the one container beside a service.
+    for service in SETTINGS:
+        deployment = find(docs, "Deployment", f"matrixinfer-{service}", NS[target])
+        assert deployment is not None, service
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        names = [c["name"] for c in containers]
+        assert names == (["gateway", "haproxy"] if service == "gateway" else [service])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_controller_runs_replicas_as_pods_in_its_own_namespace(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller, container, settings = controller_of(build(target), monkeypatch)
+    assert settings.runtime == "kubernetes"
+    # Replicas land in the controller's namespace, where the matrixinfer-replica
+    # NetworkPolicy is (the Downward API gives the namespace it runs in).
+    assert settings.kube_namespace == (namespace_of(controller) or "default")
+    # The in-cluster API server, with the pod's own token.
+    assert settings.kube_api_url == ""
+    # The init container runs the controller's own image (as the overlay names
+    # it), Triton the release controller.Dockerfile is built on.
+    assert settings.kube_fetcher_image == container["image"]
+    assert settings.kube_triton_image == controller_base_image()
+    assert settings.gpus == [], "no local GPUs: replicas get theirs from Kubernetes"
+
+
+def controller_base_image() -> str:
+    """The image deploy/docker/controller.Dockerfile's final stage is built FROM,
+    with its ARG defaults."""
+    text = (DOCKER / "controller.Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
+    image = re.findall(r"^FROM (\S+)", text, re.MULTILINE)[-1]
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+
+
+def controller_of(
+    docs: list[Doc], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Doc, Doc, ControllerSettings]:
+    (found,) = [
+        (w, c, s)
+        for w, c, _, s in services_ports(docs, monkeypatch)
+        if isinstance(s, ControllerSettings)
+    ]
+    return found
+
+
+def replica_deployment(settings: ControllerSettings, gpus: int) -> Doc:
+    """A replica's Deployment as the controller's kubernetes runtime writes it from
+    these settings (one model, ``gpus`` GPUs)."""
+    spec = ReplicaSpec(
+        owner=f"{settings.kube_namespace}/iris",
+        revision=1,
+        template="0123456789ab",
+        repository=pathlib.Path("/models/repository"),
+        models=("iris",),
+        gpus=gpus,
+    )
+    pods = PodSettings(
+        namespace=settings.kube_namespace,
+        triton_image=settings.kube_triton_image,
+        fetcher_image=settings.kube_fetcher_image,
+        gpu_node_selector=dict(settings.kube_gpu_node_selector),
+        gpu_tolerations=tuple(settings.kube_gpu_tolerations),
+    )
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "iris", "uid": "1"}
+    return replica_objects.deployment(spec, 1, pods, {**owner, "controller": True})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_gpu_nodes_are_for_replicas_only(
     target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = build(target)
-    for _, container, _, settings in services_ports(docs, monkeypatch):
-        limit = int(container["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
-        if isinstance(settings, ControllerSettings):
-            # The device plugin exposes the granted GPUs as 0..n-1 in the container.
-            assert settings.gpus == list(range(limit)), target
-            assert limit == (1 if target == "overlays/gpu" else 0), target
-        else:
-            assert limit == 0, "only the controller runs Triton replicas"
+    _, _, settings = controller_of(docs, monkeypatch)
+    gpu = target == "overlays/gpu"
+    # The gpu overlay places GPU replicas on GPU nodes, tolerating their taint...
+    assert settings.kube_gpu_node_selector == (GPU_NODE_SELECTOR if gpu else {})
+    assert settings.kube_gpu_tolerations == ([GPU_TOLERATION] if gpu else [])
+    pod = replica_deployment(settings, gpus=1)["spec"]["template"]["spec"]
+    assert pod.get("nodeSelector", {}) == settings.kube_gpu_node_selector
+    assert pod.get("tolerations", []) == settings.kube_gpu_tolerations
+    (triton,) = pod["containers"]
+    assert triton["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    # ... and a CPU-only replica anywhere.
+    cpu_pod = replica_deployment(settings, gpus=0)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in cpu_pod and "tolerations" not in cpu_pod
+    # The platform's own pods ask for no GPU and stay off tainted GPU nodes.
+    for workload in workloads(docs):
+        spec = workload["spec"]["template"]["spec"]
+        assert "tolerations" not in spec, key(workload)
+        assert "nodeSelector" not in spec, key(workload)
+        for container in all_containers(spec):
+            for field in ("requests", "limits"):
+                wanted = container["resources"].get(field, {})
+                assert "nvidia.com/gpu" not in wanted, key(workload)
+
+
+def test_replica_pods_are_found_by_label_and_metrics_port_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What deploy/README.md tells a Prometheus job to select: replica pods carry
+    no prometheus.io annotations, the controller's managed-by label and a port
+    named ``metrics``."""
+    _, _, settings = controller_of(build("base"), monkeypatch)
+    pod = replica_deployment(settings, gpus=0)["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "matrixinfer-controller"
+    notes = pod["metadata"].get("annotations", {})
+    assert [n for n in notes if n.startswith("prometheus.io/")] == []
+    (triton,) = pod["spec"]["containers"]
+    assert container_ports(triton)["metrics"] == replica_objects.METRICS_PORT
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_replica_deployments_match_the_kubernetes_schema(
+    target: str, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the controller creates from each target's settings (with the GPU node
+    selector and tolerations for a GPU replica) is a valid object."""
+    validator = pytest.importorskip(
+        "kubernetes_validate",
+        reason="kubernetes-validate (offline OpenAPI schemas) is not installed",
+    )
+    _, _, settings = controller_of(build(target), monkeypatch)
+    for gpus in (0, 1):
+        validator.validate(replica_deployment(settings, gpus), version, strict=True)
 
 
 # ------------------------------------------------------------ probes and services
@@ -805,43 +1122,141 @@ def test_prometheus_scrapes_every_service_on_its_metrics_port(
 # ------------------------------------------------------------------ network policy
 
 
+@dataclass(frozen=True)
+class Peer:
+    """Who might connect: a pod (its namespace and labels) or, with namespace
+    None, something outside the cluster."""
+
+    name: str
+    namespace: str | None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def pods_and_replica(
+    docs: list[Doc], monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, Doc]]:
+    """(name, pod-owning Deployment) of every workload of the build and of a
+    replica Deployment the controller would create from its settings."""
+    controller, _, settings = controller_of(docs, monkeypatch)
+    replica = replica_deployment(settings, gpus=0)
+    # Created in the controller's namespace (the kubernetes-runtime test checks
+    # the setting); a build without a namespace has none written either.
+    replica["metadata"]["namespace"] = namespace_of(controller)
+    found = [(w["metadata"]["name"], w) for w in workloads(docs)]
+    return [*found, (REPLICA, replica)]
+
+
+def peers(pods: list[tuple[str, Doc]], namespace: str) -> list[Peer]:
+    return [
+        *(
+            Peer(name, namespace_of(w), tuple(sorted(pod_labels(w).items())))
+            for name, w in pods
+        ),
+        Peer(PROMETHEUS, "monitoring", (("app.kubernetes.io/name", "prometheus"),)),
+        Peer("another pod of the namespace", namespace, (("app", "other"),)),
+        Peer("a pod of another namespace", "elsewhere", (("app", "other"),)),
+        Peer(OUTSIDE, None),
+    ]
+
+
+def peer_matches(entry: Doc, policy_namespace: str, peer: Peer) -> bool:
+    """Whether a ``from`` entry admits the peer; an ipBlock stands for addresses
+    outside the cluster (the API server's, say)."""
+    kinds = set(entry)
+    assert kinds == {"ipBlock"} or kinds <= {"podSelector", "namespaceSelector"}, entry
+    if "ipBlock" in entry:
+        return peer.namespace is None
+    if peer.namespace is None:
+        return False
+    if "namespaceSelector" in entry:
+        labels = {"kubernetes.io/metadata.name": peer.namespace}
+        in_namespace = selects(entry["namespaceSelector"], labels)
+    else:
+        in_namespace = peer.namespace == policy_namespace
+    pod_selector = entry.get("podSelector", {})
+    return in_namespace and selects(pod_selector, dict(peer.labels))
+
+
+def admitted(docs: list[Doc], pod: Doc, port: int, candidates: list[Peer]) -> set[str]:
+    """Who the NetworkPolicies of the build let reach ``port`` of ``pod``."""
+    namespace = namespace_of(pod)
+    policies = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and namespace_of(d) == namespace
+        and selects(d["spec"]["podSelector"], pod_labels(pod))
+    ]
+    if not policies:
+        return {p.name for p in candidates}
+    containers = all_containers(pod["spec"]["template"]["spec"])
+    names = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [resolve_port(p["port"], containers) for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            for peer in candidates:
+                entries = rule.get("from")
+                if entries is None or any(
+                    peer_matches(entry, namespace, peer) for entry in entries
+                ):
+                    names.add(peer.name)
+    return names
+
+
+def flows_of(
+    docs: list[Doc], namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[tuple[str, int], frozenset[str]]:
+    """Who may reach each port of each pod (replicas included), as FLOWS says it."""
+    pods = pods_and_replica(docs, monkeypatch)
+    candidates = peers(pods, namespace)
+    everyone = frozenset(p.name for p in candidates)
+    found = {}
+    for name, pod in pods:
+        for container in all_containers(pod["spec"]["template"]["spec"]):
+            for port in container_ports(container).values():
+                allowed = frozenset(admitted(docs, pod, port, candidates))
+                found[(name, port)] = EVERYONE if allowed == everyone else allowed
+    return found
+
+
 @pytest.mark.parametrize("target", TARGETS)
-def test_network_policies_admit_apis_only_from_the_namespace(
+def test_network_policies_allow_only_the_architecture_s_flows(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every port of every pod (the replicas' too) admits exactly the callers of
+    docs/architecture.md: apply -> registry -> controller -> status -> gateway ->
+    HAProxy -> replicas; gateway -> autoscaler -> controller; the autoscaler reads
+    the replicas' Triton metrics; Prometheus scrapes metrics ports."""
+    found = flows_of(build(target), NS[target], monkeypatch)
+    assert found == {**FLOWS, **(DEV_FLOWS if target == "overlays/dev" else {})}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_network_policies_select_pods_and_their_ports(
     target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = build(target)
-    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
-    covered = set()
-    for policy in policies:
-        pods = selected(docs, namespace_of(policy), policy["spec"]["podSelector"])
-        assert pods, f"{key(policy)} selects no pod"
+    pods = [pod for _, pod in pods_and_replica(docs, monkeypatch)]
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        namespace = namespace_of(policy)
+        chosen = [
+            p
+            for p in pods
+            if namespace_of(p) == namespace
+            and selects(policy["spec"]["podSelector"], pod_labels(p))
+        ]
+        assert chosen, f"{key(policy)} selects no pod"
         assert policy["spec"]["policyTypes"] == ["Ingress"], key(policy)
-        covered |= {key(p) for p in pods}
         for rule in policy["spec"].get("ingress", []):
             for port in rule.get("ports", []):
-                assert any(
+                assert all(
                     resolve_port(
                         port["port"], all_containers(p["spec"]["template"]["spec"])
                     )
-                    for p in pods
+                    for p in chosen
                 ), f"{key(policy)}: port {port['port']}"
-    assert covered == {key(w) for w in workloads(docs)}, "a pod without a policy"
-
-    # The gRPC APIs of the registry, controller and autoscaler: only peers selected
-    # by podSelector alone (this namespace), never a namespace or IP block.
-    for workload, _, service, settings in services_ports(docs, monkeypatch):
-        if service == "gateway":
-            continue
-        for policy in policies:
-            if not selects(policy["spec"]["podSelector"], pod_labels(workload)):
-                continue
-            for rule in policy["spec"].get("ingress", []):
-                numbers = [p["port"] for p in rule.get("ports", [])]
-                if numbers and settings.grpc_port not in numbers:
-                    continue
-                peers = rule.get("from", [])
-                assert peers, f"{service}: gRPC port open to everyone"
-                assert all(set(peer) == {"podSelector"} for peer in peers), service
 
 
 # ------------------------------------------------------------------------ secrets
@@ -892,7 +1307,9 @@ def test_pods_run_locked_down_with_resources(target: str) -> None:
     for workload in workloads(docs):
         spec = workload["spec"]["template"]["spec"]
         where = workload["metadata"]["name"]
-        assert spec.get("automountServiceAccountToken") is False, where
+        # Only the controller talks to the API server (its kubernetes runtime).
+        mounts = where in TOKEN_HOLDERS
+        assert spec.get("automountServiceAccountToken") is mounts, where
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for container in all_containers(spec):
@@ -908,26 +1325,247 @@ def test_pods_run_locked_down_with_resources(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_replicas_and_disruption_budget(target: str) -> None:
+def test_controller_alone_mounts_a_token_for_its_own_account(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     docs = build(target)
-    ns = "matrixinfer-dev" if target == "overlays/dev" else ""
-    registry = find(docs, "Deployment", "matrixinfer-registry", ns)
-    serving = find(docs, "Deployment", "matrixinfer-serving", ns)
-    assert registry is not None and serving is not None
-    # Several registries share one PostgreSQL; the controller must be alone.
-    assert registry["spec"]["replicas"] == (1 if target == "overlays/dev" else 2)
-    assert serving["spec"]["replicas"] == 1
-    assert serving["spec"]["strategy"] == {"type": "Recreate"}
-    assert find(docs, "PodDisruptionBudget", "matrixinfer-registry", ns) is not None
-    if target == "overlays/dev":
-        assert all(w["spec"]["replicas"] == 1 for w in workloads(docs))
-        assert find(docs, "Namespace", ns) is not None
-        assert find(docs, "StatefulSet", "postgres", ns) is not None
+    # The replica pods it creates mount none either.
+    _, _, settings = controller_of(docs, monkeypatch)
+    replica = replica_deployment(settings, gpus=1)["spec"]["template"]["spec"]
+    assert replica["automountServiceAccountToken"] is False
+    ns = NS[target]
+    (holder,) = TOKEN_HOLDERS
+    controller = find(docs, "Deployment", holder, ns)
+    assert controller is not None
+    spec = controller["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is True
+    account = find(docs, "ServiceAccount", spec["serviceAccountName"], ns)
+    assert account is not None
+    # ... bound, in its namespace, to the Role of controller-rbac.yaml.
+    roles = [
+        b["roleRef"]["name"]
+        for b in docs
+        if b["kind"] == "RoleBinding"
+        and namespace_of(b) == ns
+        and b["roleRef"]["kind"] == "Role"
+        and ("ServiceAccount", spec["serviceAccountName"], ns)
+        in [(s["kind"], s["name"], s.get("namespace", ns)) for s in b["subjects"]]
+    ]
+    assert roles == ["matrixinfer-controller"]
+    assert find(docs, "Role", roles[0], ns) is not None
+    # Every other pod runs under an account of its own, never the controller's.
+    accounts = [
+        w["spec"]["template"]["spec"].get("serviceAccountName")
+        for w in workloads(docs)
+        if w is not controller
+    ]
+    assert spec["serviceAccountName"] not in accounts
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_replicas_and_disruption_budgets(target: str) -> None:
+    docs = build(target)
+    ns = NS[target]
+    dev = target == "overlays/dev"
+    # Registries share one PostgreSQL and gateways are stateless: two of each
+    # (one in dev). The controller and the autoscaler must be alone: replaced
+    # with Recreate, never two at once.
+    replicas = {
+        "matrixinfer-registry": 1 if dev else 2,
+        "matrixinfer-gateway": 1 if dev else 2,
+        "matrixinfer-controller": 1,
+        "matrixinfer-autoscaler": 1,
+    }
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in deployments} == (
+        replicas
+    )
+    for name in ("matrixinfer-controller", "matrixinfer-autoscaler"):
+        deployment = find(docs, "Deployment", name, ns)
+        assert deployment is not None
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}, name
+    # One PodDisruptionBudget per Deployment, letting a drain take one pod at a
+    # time (never blocking it: minAvailable on a single pod would).
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    for deployment in deployments:
+        mine = [
+            b
+            for b in budgets
+            if namespace_of(b) == ns
+            and selects(b["spec"]["selector"], pod_labels(deployment))
+        ]
+        assert len(mine) == 1, key(deployment)
+        assert mine[0]["spec"]["maxUnavailable"] == 1, key(deployment)
+        assert "minAvailable" not in mine[0]["spec"], key(deployment)
+    assert len(budgets) == len(deployments)
+    assert (find(docs, "Namespace", ns) is not None) == dev
+    assert (find(docs, "StatefulSet", "postgres", ns) is not None) == dev
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_haproxy_threads_fit_its_cpu_limit(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HAProxy's default is a thread per core of the node; the gateway sets as
+    many as its container may use."""
+    (gateway,) = [
+        (w, s)
+        for w, _, _, s in services_ports(build(target), monkeypatch)
+        if isinstance(s, GatewaySettings)
+    ]
+    workload, settings = gateway
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    (haproxy,) = [c for c in containers if c["name"] == "haproxy"]
+    assert settings.dataplane_threads == int(haproxy["resources"]["limits"]["cpu"])
 
 
 def test_readme_describes_the_kubernetes_deployment() -> None:
     readme = (ROOT / "deploy" / "README.md").read_text()
     assert "## Kubernetes" in readme
     assert "kubectl apply -k deploy/k8s/overlays/dev" in readme
+    dev = build("overlays/dev")
+    deployments = {d["metadata"]["name"] for d in dev if d["kind"] == "Deployment"}
+    assert set(re.findall(r"rollout status deploy/([\w-]+)", readme)) == deployments
     for path in re.findall(r"deploy/k8s/[\w./-]+", readme):
         assert (ROOT / path.rstrip(".")).exists(), path
+
+
+def readme_production_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("\n## Production on Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_production_walkthrough_matches_the_manifests() -> None:
+    section = readme_production_section()
+    base = build("base")
+    # Every link and repository path it names exists.
+    for link in re.findall(r"\]\(([^)#]+)", section):
+        assert (ROOT / link).exists(), link
+    for path in re.findall(r"deploy/k8s/[\w./-]+", section):
+        assert (ROOT / path.rstrip(".")).exists(), path
+    # It waits for every Deployment, and creates exactly the Secrets the base
+    # references.
+    deployments = {d["metadata"]["name"] for d in base if d["kind"] == "Deployment"}
+    assert set(re.findall(r"rollout status deploy/([\w-]+)", section)) == deployments
+    referenced = {
+        item["valueFrom"]["secretKeyRef"]["name"]
+        for _, container, _ in matrixinfer_containers(base)
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert set(re.findall(r"create secret generic ([\w-]+)", section)) == referenced
+    # The gateway is reached on its Service's ports.
+    gateway = find(base, "Service", "matrixinfer-gateway")
+    assert gateway is not None
+    ports = sorted(p["port"] for p in gateway["spec"]["ports"])
+    assert "svc/matrixinfer-gateway 8000:8000 8001:8001" in section
+    assert ports == [8000, 8001]
+
+
+def readme_prod_files() -> dict[str, list[str]]:
+    """The README's ``# prod/<file>`` blocks by file name, in order (the
+    kustomization: step 3's, then step 8's additions)."""
+    files: dict[str, list[str]] = {}
+    for block in re.findall(r"```yaml\n(.*?)```", readme_production_section(), re.S):
+        found = re.match(r"# prod/([\w.-]+)", block)
+        assert found is not None, f"a yaml block that is no prod/ file: {block[:60]}"
+        files.setdefault(found.group(1), []).append(block)
+    return files
+
+
+def write_prod(tmp_path: pathlib.Path, step: int, target: str = "base") -> pathlib.Path:
+    """The README's overlay as of ``step`` (3 or 8) on ``target`` (the base, or
+    the gpu overlay as step 7 says), beside a "clone" (this repository, through a
+    relative path as in the README)."""
+    files = readme_prod_files()
+    overlay = tmp_path / "prod"
+    overlay.mkdir()
+    clone = os.path.relpath(ROOT, overlay)
+    first, *additions = files.pop("kustomization.yaml")
+    first = first.replace("deploy/k8s/base", f"deploy/k8s/{target}")
+    k = yaml.safe_load(first.replace("../matrixinfer/", f"{clone}/"))
+    assert k["resources"] == [f"{clone}/deploy/k8s/{target}"]
+    for addition in additions[: len(additions) if step >= 8 else 0]:
+        for field, items in yaml.safe_load(addition).items():
+            k[field] = [*k.get(field, []), *items]
+        for name, (text,) in files.items():
+            (overlay / name).write_text(text)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(k))
+    return overlay
+
+
+def builds_of(folder: pathlib.Path) -> list[list[Doc]]:
+    """The structural build and, when a kustomize is installed, kustomize's."""
+    builds = [structural_build(folder)]
+    return builds + [b for b in [kustomize_build(folder)] if b is not None]
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/gpu"])
+def test_readme_production_overlay_builds(
+    target: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's overlay, placed beside a clone (``prod/`` next to
+    ``matrixinfer/``), builds on the base or the gpu overlay: every object in its
+    namespace, every image retargeted, the replicas' init container on the
+    retargeted controller image, GPU placement from the gpu overlay."""
+    for docs in builds_of(write_prod(tmp_path, step=3, target=target)):
+        assert sorted(map(key, docs)) == sorted(
+            (kind, "" if kind in CLUSTER_SCOPED else "matrixinfer", name)
+            for kind, _, name in map(key, build(target))
+        )
+        for _, container, service in matrixinfer_containers(docs):
+            wanted = f"registry.example.com/matrixinfer/{service}:0.1.0"
+            assert container["image"] == wanted
+        _, container, settings = controller_of(docs, monkeypatch)
+        assert settings.kube_fetcher_image == container["image"]
+        assert settings.kube_namespace == "matrixinfer"
+        gpu = target == "overlays/gpu"
+        assert settings.kube_gpu_node_selector == (GPU_NODE_SELECTOR if gpu else {})
+        assert flows_of(docs, "matrixinfer", monkeypatch) == FLOWS
+
+
+def test_readme_api_aggregation_step(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 8: the registry serves its Kubernetes API with the certificate of the
+    Secret the README creates, as docs/kubernetes-api.md's patch mounts it; the
+    APIServices reach that port through their Service in the overlay's namespace;
+    only addresses outside the cluster (the ipBlock) reach it."""
+    section = readme_production_section()
+    (secret,) = re.findall(r"create secret tls ([\w-]+)", section)
+    doc_patch = next(
+        yaml.safe_load(block)
+        for block in re.findall(
+            r"```yaml\n(.*?)```", (ROOT / "docs/kubernetes-api.md").read_text(), re.S
+        )
+        if "KUBE_TLS_CERT_FILE" in block
+    )
+    for docs in builds_of(write_prod(tmp_path, step=8)):
+        flows = flows_of(docs, "matrixinfer", monkeypatch)
+        assert flows == {**FLOWS, (REGISTRY, 50053): frozenset({OUTSIDE})}
+        registry = find(docs, "Deployment", REGISTRY, "matrixinfer")
+        assert registry is not None
+        # docs/kubernetes-api.md's patch adds nothing the README's did not.
+        assert merge(copy.deepcopy(registry), doc_patch) == registry
+        (found,) = [
+            (c, s)
+            for w, c, _, s in services_ports(docs, monkeypatch)
+            if isinstance(s, RegistrySettings)
+        ]
+        container, settings = found
+        pod = registry["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        for path in (settings.kube_tls_cert_file, settings.kube_tls_key_file):
+            assert path is not None
+            volume = volumes[mounts[str(path.parent)]]
+            assert volume["secret"]["secretName"] == secret
+        apis = [d for d in docs if d["kind"] == "APIService"]
+        assert len(apis) == 3
+        for api in apis:
+            ref = api["spec"]["service"]
+            assert ref["namespace"] == "matrixinfer"
+            service = find(docs, "Service", ref["name"], "matrixinfer")
+            assert service is not None
+            (port,) = [p for p in service["spec"]["ports"] if p["port"] == ref["port"]]
+            assert resolve_port(port["targetPort"], [container]) == settings.kube_port
