@@ -20,6 +20,7 @@ from matrixinfer.api.v1 import controller_pb2 as cpb
 from matrixinfer.api.v1 import controller_pb2_grpc
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.controller.main import ControllerApp
 from tests.conftest import ROOT, http_files
 from tests.integration.conftest import IRIS_ONNX, Platform, iris_manifests
 
@@ -292,3 +293,60 @@ async def test_scale_and_get_replicas(platform: Platform) -> None:
         except grpc.aio.AioRpcError as e:
             err = e
         assert err is not None and err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_scale_survives_a_restart_until_the_spec_changes(
+    platform: Platform,
+) -> None:
+    """The last Scale is recorded in status (desiredReplicas, scaleReason): a new
+    controller keeps it; an edited spec, the newer intent, overrides it."""
+    await platform.apply(iris_manifests())
+    await platform.wait_for(ready(1))
+    async with grpc.aio.insecure_channel(platform.controller.address) as channel:
+        await controller_pb2_grpc.ControllerStub(channel).Scale(
+            cpb.ScaleRequest(model_infer="iris", replicas=0, reason="operator: pause"),
+            timeout=5,
+        )
+    await platform.wait_for(
+        lambda i: i is not None and i.status.replicas == 0 and i.status.scale_reason
+    )
+    settings = platform.controller.settings
+    await platform.controller.stop(0)
+    restarted = await ControllerApp.start(settings)
+    try:
+        async with grpc.aio.insecure_channel(restarted.address) as channel:
+            stub = controller_pb2_grpc.ControllerStub(channel)
+            # Until the new controller knows the ModelInfer (its informer synced),
+            # then long enough for its first reconcile to have started replicas if
+            # it wanted any.
+            for _ in range(100):
+                try:
+                    await stub.GetReplicas(
+                        cpb.GetReplicasRequest(model_infer="iris"), timeout=5
+                    )
+                    break
+                except grpc.aio.AioRpcError as e:
+                    assert e.code() == grpc.StatusCode.NOT_FOUND
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(2)
+            answer = await stub.GetReplicas(
+                cpb.GetReplicasRequest(model_infer="iris"), timeout=5
+            )
+            assert answer.desired_replicas == 0
+            assert list(answer.endpoints) == []
+        infer = await platform.infer_status()
+        assert infer is not None
+        assert (infer.status.desired_replicas, infer.status.scale_reason) == (
+            0,
+            "operator: pause",
+        )
+        # A spec edit (generation 2) is newer than the Scale: its replicas apply.
+        await platform.apply(
+            iris_manifests(
+                **{"warmup: {enabled: true, batchSize: 1}": "warmup: {enabled: false}"}
+            )
+        )
+        infer = await platform.wait_for(ready(1))
+        assert infer is not None and infer.status.scale_reason == ""
+    finally:
+        await restarted.stop(0)

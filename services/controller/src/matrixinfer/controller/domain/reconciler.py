@@ -72,7 +72,11 @@ class Reconciler:
     #: runtime builds it next to each replica from ``ReplicaSpec.plan`` (Kubernetes).
     build_repositories: bool = True
     _prepared: dict[str, pathlib.Path] = field(default_factory=dict)
-    _scaled: dict[Key, tuple[int, str]] = field(default_factory=dict)
+    #: Scale requests not yet seen recorded in status: (replicas, reason). The
+    #: reconciler alone writes status (status.desiredReplicas and status.scaleReason
+    #: are the record); a request waits here until the ModelInfer is read back with
+    #: it recorded, so a stale read cannot undo it.
+    _requested: dict[Key, tuple[int, str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ entry points
 
@@ -84,7 +88,7 @@ class Reconciler:
         resource = self.informer.get("ModelInfer", namespace, name)
         if resource is None:
             await self._stop_all(owner)
-            self._scaled.pop(key, None)
+            self._requested.pop(key, None)
             return None
         infer = resource.model_infer
         if infer.metadata.deletion_timestamp:
@@ -92,13 +96,13 @@ class Reconciler:
             await self.client.update_finalizers(
                 "ModelInfer", namespace, name, [], [FINALIZER]
             )
-            self._scaled.pop(key, None)
+            self._requested.pop(key, None)
             return None
         if FINALIZER not in infer.metadata.finalizers:
             await self.client.update_finalizers(
                 "ModelInfer", namespace, name, [FINALIZER], []
             )
-        desired = self.desired(infer)
+        desired, reason = self._wanted(infer)
         try:
             model, revision = await self._model_for(infer)
             template = template_of(model, revision, infer)
@@ -106,7 +110,7 @@ class Reconciler:
             repository = await self._prepare(template, repo_plan)
         except MatrixInferError as error:
             log.warning("ModelInfer %s cannot be prepared: %s", owner, error.message)
-            await self._write_status(infer, desired, None, 0, error)
+            await self._write_status(infer, desired, reason, None, 0, error)
             raise
         replicas = self.runtime.replicas(owner)
         rollout = infer.spec.rollout
@@ -147,21 +151,44 @@ class Reconciler:
                 for n in steps.stop
             )
         )
-        await self._write_status(infer, desired, template, revision, None)
+        await self._write_status(infer, desired, reason, template, revision, None)
         if any(r.draining for r in self.runtime.replicas(owner)):
             return min(self.drain_s, 0.5) if self.drain_s else 0.1
         return None if steps.idle else 0.5
 
     def desired(self, infer: pb.ModelInfer) -> int:
+        """How many replicas this ModelInfer gets now."""
+        return self._wanted(infer)[0]
+
+    def _wanted(self, infer: pb.ModelInfer) -> tuple[int, str]:
+        """(replicas, scale reason to record; "" when none). One place decides the
+        count, and bounds it by the AutoscalingPolicy once:
+
+        - a Scale request not yet recorded wins;
+        - else the last recorded Scale (status.desiredReplicas with its
+          status.scaleReason, which survive a controller restart), while an
+          AutoscalingPolicy targets the ModelInfer or its spec has not changed since;
+        - else spec.replicas (without a policy, an edited spec overrides an earlier
+          Scale, the newer intent)."""
         key = (infer.metadata.namespace, infer.metadata.name)
         policy = self._policy_for(key)
-        if key in self._scaled:
-            wanted = self._scaled[key][0]
-        elif policy is not None and infer.status.scale_reason:
-            wanted = infer.status.desired_replicas  # survives a controller restart
+        status = infer.status
+        spec_changed = status.observed_generation != infer.metadata.generation
+        requested = self._requested.get(key)
+        if requested is not None and (
+            status.scale_reason,
+            status.desired_replicas,
+        ) == (requested[1], self.bound(policy, requested[0])):
+            # The status this ModelInfer was read with records the request.
+            del self._requested[key]
+            requested = None
+        if requested is not None:
+            wanted, reason = requested
+        elif status.scale_reason and (policy is not None or not spec_changed):
+            wanted, reason = status.desired_replicas, status.scale_reason
         else:
-            wanted = infer.spec.replicas
-        return self.bound(policy, wanted)
+            wanted, reason = infer.spec.replicas, ""
+        return self.bound(policy, wanted), reason
 
     @staticmethod
     def bound(policy: pb.AutoscalingPolicy | None, replicas: int) -> int:
@@ -174,9 +201,8 @@ class Reconciler:
         resource = self.informer.get("ModelInfer", namespace, name)
         if resource is None:
             raise NotFound(f"ModelInfer {namespace}/{name} not found")
-        applied = self.bound(self._policy_for((namespace, name)), replicas)
-        self._scaled[(namespace, name)] = (applied, reason or "Scale")
-        return applied
+        self._requested[(namespace, name)] = (replicas, reason or "Scale")
+        return self.desired(resource.model_infer)
 
     def _policy_for(self, key: Key) -> pb.AutoscalingPolicy | None:
         for resource in self.informer.items("AutoscalingPolicy"):
@@ -227,6 +253,7 @@ class Reconciler:
         self,
         infer: pb.ModelInfer,
         desired: int,
+        scale_reason: str,
         template: str | None,
         revision: int,
         error: MatrixInferError | None,
@@ -246,9 +273,7 @@ class Reconciler:
         status.observed_generation = infer.metadata.generation
         if revision:
             status.model_revision = revision
-        key = (infer.metadata.namespace, infer.metadata.name)
-        if key in self._scaled:
-            status.scale_reason = self._scaled[key][1]
+        status.scale_reason = scale_reason
         status.endpoints.extend(
             r.endpoint() for r in sorted(replicas, key=lambda r: r.name)
         )
