@@ -67,6 +67,7 @@ from matrixinfer.gateway.settings import GatewaySettings
 from matrixinfer.registry.settings import RegistrySettings
 from matrixinfer.triton.install import ENV_BINARY
 from tests.conftest import ROOT
+from tests.kubernetes import KUBERNETES_VERSIONS
 
 K8S = ROOT / "deploy" / "k8s"
 DOCKER = ROOT / "deploy" / "docker"
@@ -79,8 +80,6 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "gateway": GatewaySettings,
     "autoscaler": AutoscalerSettings,
 }
-# Oldest Kubernetes the manifests are written for: gRPC probes are GA from 1.27.
-KUBERNETES_VERSIONS = ("1.27", "1.32")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
 CLUSTER_SCOPED = {
     "APIService",

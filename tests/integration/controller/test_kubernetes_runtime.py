@@ -5,8 +5,8 @@ cluster does beyond storing objects is played here by :class:`Cluster`: the
 ReplicaSet controller (a Deployment's pods, the lowest ``pod-deletion-cost`` removed
 first), the garbage collector (owner references) and the kubelet (a pod becomes
 Running and Ready with an IP). Every object the runtime sends is checked against
-the Kubernetes OpenAPI schema (``kubernetes-validate --strict``, the newest version
-the package ships: see ``SCHEMA_VERSION``), and the objects left in kmock are
+the Kubernetes OpenAPI schema (``kubernetes-validate --strict``, every version of
+``tests.kubernetes.KUBERNETES_VERSIONS``), and the objects left in kmock are
 checked again at the end of each test.
 """
 
@@ -24,7 +24,6 @@ from typing import Any
 import aiohttp
 import attrs
 import kmock
-import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 import yaml
@@ -43,9 +42,9 @@ from matrixinfer.controller.domain.reconciler import Reconciler
 from matrixinfer.controller.domain.runtime import Replica
 from matrixinfer.core.errors import NotFound, Unavailable
 from tests.conftest import ROOT
+from tests.kubernetes import validate_strict
 
 JSON = dict[str, Any]
-SCHEMA_VERSION = kubernetes_validate.latest_version()
 NS = "mi-replicas"
 KEY = ("default", "iris")
 OWNER = "default/iris"
@@ -63,7 +62,7 @@ PATHS = {
 
 
 def validate(obj: JSON) -> None:
-    kubernetes_validate.validate(obj, SCHEMA_VERSION, strict=True)
+    validate_strict(obj)
 
 
 # ---------------------------------------------------------------- the API server

@@ -11,7 +11,6 @@ import json
 import pathlib
 from typing import Any
 
-import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from matrixinfer.api.v1 import resources_pb2 as pb
@@ -32,8 +31,8 @@ from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from matrixinfer.registry.domain.admission import admit
 from tests.conftest import ROOT
+from tests.kubernetes import validate_strict
 
-SCHEMA_VERSION = kubernetes_validate.latest_version()
 IRIS = ROOT / "examples/iris/model.onnx"
 SETTINGS = ko.PodSettings(
     namespace="replicas",
@@ -88,7 +87,7 @@ def replica_spec(gpus: int = 0, repo_plan: RepositoryPlan | None = None) -> Repl
 
 
 def validate(obj: dict[str, Any]) -> None:
-    kubernetes_validate.validate(obj, SCHEMA_VERSION, strict=True)
+    validate_strict(obj)
 
 
 # ---------------------------------------------------------------- objects
