@@ -72,6 +72,8 @@ from tests.kubernetes import KUBERNETES_VERSIONS
 K8S = ROOT / "deploy" / "k8s"
 DOCKER = ROOT / "deploy" / "docker"
 TARGETS = ("base", "overlays/dev", "overlays/gpu")
+#: Folders an overlay adds by choice (not a platform on their own).
+OPT_IN = ("kube-api",)
 #: The namespace each target sets ("": the one `kubectl apply` is given).
 NS = {"base": "", "overlays/dev": "matrixinfer-dev", "overlays/gpu": ""}
 SETTINGS: dict[str, type[ServiceSettings]] = {
@@ -643,10 +645,11 @@ def kustomization_folders() -> list[pathlib.Path]:
 
 
 def test_every_target_is_a_kustomization() -> None:
-    assert {str(p.relative_to(K8S)) for p in kustomization_folders()} == set(TARGETS)
+    found = {str(p.relative_to(K8S)) for p in kustomization_folders()}
+    assert found == {*TARGETS, *OPT_IN}
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGETS + OPT_IN)
 def test_kustomization_refers_to_what_exists(target: str) -> None:
     folder = K8S / target
     k = kustomization(folder)
@@ -685,7 +688,7 @@ def kustomize_build(folder: pathlib.Path) -> list[Doc] | None:
     return theirs
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGETS + OPT_IN)
 def test_kustomize_builds_the_same_objects(target: str) -> None:
     theirs = kustomize_build(K8S / target)
     if theirs is None:
@@ -697,7 +700,7 @@ def test_kustomize_builds_the_same_objects(target: str) -> None:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGETS + OPT_IN)
 def test_objects_match_the_kubernetes_schema(target: str, version: str) -> None:
     validator = pytest.importorskip(
         "kubernetes_validate",
@@ -1485,6 +1488,7 @@ def write_prod(tmp_path: pathlib.Path, step: int, target: str = "base") -> pathl
     k = yaml.safe_load(first.replace("../matrixinfer/", f"{clone}/"))
     assert k["resources"] == [f"{clone}/deploy/k8s/{target}"]
     for addition in additions[: len(additions) if step >= 8 else 0]:
+        addition = addition.replace("../matrixinfer/", f"{clone}/")
         for field, items in yaml.safe_load(addition).items():
             k[field] = [*k.get(field, []), *items]
         for name, (text,) in files.items():
@@ -1568,3 +1572,13 @@ def test_readme_api_aggregation_step(
             assert service is not None
             (port,) = [p for p in service["spec"]["ports"] if p["port"] == ref["port"]]
             assert resolve_port(port["targetPort"], [container]) == settings.kube_port
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_aggregation_is_opt_in(target: str) -> None:
+    """No platform target registers an APIService: one the API server cannot reach
+    (before the registry has a certificate and a NetworkPolicy admits the API
+    server) would make cluster-wide discovery report errors. kube-api adds them."""
+    assert [key(d) for d in build(target) if d["kind"] == "APIService"] == []
+    registered = [d for d in build("kube-api") if d["kind"] == "APIService"]
+    assert len(registered) == 3
