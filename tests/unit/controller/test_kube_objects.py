@@ -126,6 +126,27 @@ def test_the_deployment_is_a_valid_object(gpus: int) -> None:
     )
 
 
+def test_replica_pods_run_locked_down_with_a_memory_backed_dev_shm() -> None:
+    """Non-root, no privilege gain, no capabilities, read-only images (only the
+    mounted volumes are writable), seccomp RuntimeDefault, no API token; /dev/shm
+    in memory for the Python backend's stubs."""
+    spec = replica_spec(0)
+    pod = ko.deployment(spec, 1, SETTINGS, OWNER_REF)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (triton,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
 def test_the_owner_object_is_valid_and_long_names_stay_short() -> None:
     owner = f"{'n' * 63}/{'m' * 63}"
     validate(ko.owner_object(owner, "replicas"))

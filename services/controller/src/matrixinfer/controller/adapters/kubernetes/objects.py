@@ -144,6 +144,22 @@ def _env(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> list[JSO
     return [{"name": name, "value": value} for name, value in pairs]
 
 
+#: Memory-backed /dev/shm of a replica (counted against its memory limit).
+SHM_SIZE = "1Gi"
+#: The user a replica's containers run as (triton-server in NVIDIA's image).
+REPLICA_UID = 1000
+
+
+def _locked_down() -> JSON:
+    """A container that cannot gain privileges or write its image."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def deployment(
     spec: ReplicaSpec,
     replicas: int,
@@ -189,11 +205,7 @@ def deployment(
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # The controller's image runs as its own non-root user.
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": _locked_down(),
     }
     if settings.artifact_secret:
         init["envFrom"] = [{"secretRef": {"name": settings.artifact_secret}}]
@@ -236,11 +248,14 @@ def deployment(
             "periodSeconds": 5,
             "failureThreshold": 120,
         },
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+            # The Python backend's stubs exchange tensors with the server through
+            # shared memory; a container's default /dev/shm (64 MiB) is too small.
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _locked_down(),
     }
     if spec.env:
         triton["env"] = _env(spec.env)
@@ -258,11 +273,22 @@ def deployment(
         "volumes": [
             {"name": "models", "emptyDir": {}},
             {"name": "artifacts", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+            {"name": "tmp", "emptyDir": {}},
         ],
         "terminationGracePeriodSeconds": max(1, round(settings.stop_grace_s)),
         # Replicas never talk to the Kubernetes API.
         "automountServiceAccountToken": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        # NVIDIA's Triton image has the user triton-server (uid 1000); the
+        # controller's image runs as a non-root user too. fsGroup lets both write
+        # the shared volumes.
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": REPLICA_UID,
+            "runAsGroup": REPLICA_UID,
+            "fsGroup": REPLICA_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "enableServiceLinks": False,
     }
     selector_terms = {
