@@ -308,7 +308,9 @@ async def test_a_scale_survives_a_restart_until_the_spec_changes(
             timeout=5,
         )
     await platform.wait_for(
-        lambda i: i is not None and i.status.replicas == 0 and i.status.scale_reason
+        lambda i: (
+            i is not None and i.status.replicas == 0 and i.status.scale_reason != ""
+        )
     )
     settings = platform.controller.settings
     await platform.controller.stop(0)
