@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from matrixinfer.cli.client import grpc_channel
+from matrixinfer.core.pki import ensure_pki
 from tests.conftest import ROOT
 from tests.e2e.test_quickstart import PORTS, Run, port_in_use, tritonservers_of
 
@@ -41,8 +44,14 @@ def run_block(name: str) -> str:
     return done.stdout
 
 
+@dataclass
+class Up(Run):
+    #: The state folder `up` runs with (its local CA and certificates in pki/).
+    state: pathlib.Path = pathlib.Path()
+
+
 @pytest.fixture(scope="module")
-def platform_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def platform_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     busy = [p for p in PORTS if port_in_use(p)]
     if busy:
         pytest.fail(f"the walk-throughs' ports are in use here: {busy}")
@@ -56,7 +65,8 @@ def platform_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         text=True,
         start_new_session=True,
     )
-    run = Run.attach(process)
+    attached = Run.attach(process)
+    run = Up(attached.process, attached.lines, attached.output, state)
     try:
         run.read_until("Press Ctrl-C", timeout_s=240)
         yield run
@@ -136,7 +146,7 @@ def children_running(parent: int, module: str) -> list[int]:
     return found
 
 
-def test_a_crashed_service_is_restarted(platform_up: Run) -> None:
+def test_a_crashed_service_is_restarted(platform_up: Up) -> None:
     """`up` supervises: an autoscaler killed with SIGKILL comes back on its own and
     the platform keeps serving."""
     (autoscaler,) = children_running(platform_up.process.pid, "matrixinfer.autoscaler")
@@ -145,7 +155,11 @@ def test_a_crashed_service_is_restarted(platform_up: Run) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         again = children_running(platform_up.process.pid, "matrixinfer.autoscaler")
-        if again and again != [autoscaler] and health_serving("127.0.0.1:50054"):
+        if (
+            again
+            and again != [autoscaler]
+            and health_serving("127.0.0.1:50054", platform_up.state / "pki")
+        ):
             break
         time.sleep(0.2)
     else:
@@ -165,8 +179,12 @@ def test_a_crashed_service_is_restarted(platform_up: Run) -> None:
     assert json.loads(answer)["model_name"] == "iris"  # ...and serves
 
 
-def health_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def health_serving(address: str, pki: pathlib.Path) -> bool:
+    """The autoscaler's gRPC health, over mTLS with up's admin certificate."""
+    admin = ensure_pki(pki)["admin"]
+    with grpc_channel(
+        address, "autoscaler", (admin.ca, admin.cert, admin.key)
+    ) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1

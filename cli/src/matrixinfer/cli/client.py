@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pathlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -63,15 +64,77 @@ class Unreachable(CliError):
     exit_code = EXIT_UNREACHABLE
 
 
-def unreachable(service: str, address: str, why: str) -> CliError:
+#: (CA, certificate, key) PEM files for mTLS, as Config.tls gives them.
+Tls = tuple[pathlib.Path, pathlib.Path, pathlib.Path]
+
+
+def unreachable(
+    service: str, address: str, why: str, tls: Tls | None = None
+) -> CliError:
+    lowered = why.lower()
+    if tls is not None and (
+        "handshake" in lowered
+        or "verification" in lowered
+        or "certificate" in lowered
+        or "socket closed" in lowered
+    ):
+        ca, cert, _ = tls
+        if "hostname verification" in lowered:
+            reason = f"its certificate does not name {service}.matrixinfer.internal"
+        elif "certificate_verify_failed" in lowered:
+            reason = f"its certificate is not signed by the CA in {ca}, or expired"
+        else:
+            reason = (
+                f"the {service} refused our certificate {cert} (not signed by its "
+                "CA, or expired), or it does not speak TLS"
+            )
+        return Unreachable(
+            f"error: TLS handshake with the {service} at {address} failed: "
+            f"{reason} ({why})"
+        )
+    hint = ""
+    if tls is None and "socket closed" in lowered:
+        hint = (
+            " If it requires mTLS, set tls_ca, tls_cert and tls_key in the config "
+            "(or MATRIXINFER_TLS_CA, MATRIXINFER_TLS_CERT, MATRIXINFER_TLS_KEY)."
+        )
     return Unreachable(
         f"error: cannot reach the {service} at {address} ({why}); is it running? "
         + START_HINTS[service]
+        + hint
+    )
+
+
+def grpc_channel(address: str, service: str, tls: Tls | None) -> grpc.Channel:
+    """A blocking channel to ``service``: plaintext, or mTLS presenting ``tls``'s
+    certificate and accepting only a server whose certificate names the service
+    (``<service>.matrixinfer.internal``) and is signed by ``tls``'s CA."""
+    import grpc
+
+    if tls is None:
+        return grpc.insecure_channel(address)
+    ca, cert, key = tls
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca.read_bytes(),
+            private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes(),
+        )
+    except OSError as e:
+        raise UsageFailure(f"error: cannot read {e.filename}: {e.strerror}") from None
+    return grpc.secure_channel(
+        address,
+        credentials,
+        options=[("grpc.ssl_target_name_override", f"{service}.matrixinfer.internal")],
     )
 
 
 def rpc_error(
-    e: grpc.RpcError, service: str, address: str, where: str = ""
+    e: grpc.RpcError,
+    service: str,
+    address: str,
+    where: str = "",
+    tls: Tls | None = None,
 ) -> CliError:
     import grpc
 
@@ -79,7 +142,7 @@ def rpc_error(
 
     details = error_details(e)
     if details.code.name in UNREACHABLE_CODES:
-        return unreachable(service, address, details.message)
+        return unreachable(service, address, details.message, tls)
     head = f"error ({details.code.name}): " + (f"{where}: " if where else "")
     if details.field_violations:
         lines = [f"{head}fix these fields:"]
@@ -128,15 +191,14 @@ class Registry:
     address: str
     token: str
     timeout_s: float
+    tls: Tls | None = None
     channel: grpc.Channel = field(init=False)
     stub: registry_pb2_grpc.RegistryStub = field(init=False)
 
     def __post_init__(self) -> None:
-        import grpc
-
         from matrixinfer.api.v1 import registry_pb2_grpc
 
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = grpc_channel(self.address, "registry", self.tls)
         self.stub = registry_pb2_grpc.RegistryStub(self.channel)
 
     def close(self) -> None:
@@ -150,7 +212,7 @@ class Registry:
                 request, timeout=self.timeout_s, metadata=auth_metadata(self.token)
             )
         except grpc.RpcError as e:
-            raise rpc_error(e, "registry", self.address, where) from None
+            raise rpc_error(e, "registry", self.address, where, self.tls) from None
 
     def apply(self, manifest: str, dry_run: bool, where: str) -> rpb.ApplyResponse:
         from matrixinfer.api.v1 import registry_pb2 as rpb
@@ -290,13 +352,15 @@ class Gateway:
         return response
 
 
-def health(address: str, timeout_s: float) -> str:
+def health(
+    address: str, timeout_s: float, tls: Tls | None = None, service: str = "registry"
+) -> str:
     """A gRPC server's health status name (SERVING, NOT_SERVING, ...), or
-    ``unreachable (CODE)``."""
+    ``unreachable (CODE)``; with ``tls``, over mTLS to ``service``."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with grpc_channel(address, service, tls) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
@@ -337,7 +401,9 @@ class App:
     @property
     def registry(self) -> Registry:
         if not isinstance(self.registry_api, Registry):
-            registry = Registry(self.config.server, self.config.token, self.timeout_s)
+            registry = Registry(
+                self.config.server, self.config.token, self.timeout_s, self.config.tls
+            )
             self._closers.append(registry.close)
             self.registry_api = registry
         return self.registry_api
@@ -354,11 +420,9 @@ class App:
         return Gateway(self.config.gateway, self.config.token, self.timeout_s)
 
     def controller(self) -> controller_pb2_grpc.ControllerStub:
-        import grpc
-
         from matrixinfer.api.v1 import controller_pb2_grpc
 
-        channel = grpc.insecure_channel(self.config.controller)
+        channel = grpc_channel(self.config.controller, "controller", self.config.tls)
         self._closers.append(channel.close)
         return controller_pb2_grpc.ControllerStub(channel)
 

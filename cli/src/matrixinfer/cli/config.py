@@ -3,6 +3,13 @@ the config file, which overrides the built-in defaults.
 
 The file is ``$MATRIXINFER_CONFIG`` or ``~/.config/matrixinfer/config.yaml``
 (``$XDG_CONFIG_HOME`` when set), a YAML mapping of the keys in :data:`DEFAULTS`.
+
+Credentials: ``token`` (an API key, sent as ``authorization: Bearer``) and, for
+services that speak mTLS, ``tls_ca``, ``tls_cert`` and ``tls_key`` (PEM files; the
+CLI checks that each server's certificate names the service it calls, e.g.
+``registry.matrixinfer.internal``). When none of the three is set and a running
+``matrixinfer up`` serves the registry address in use, the CLI takes the admin
+client certificate ``up`` made (``up`` records where in :func:`local_up_path`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ DEFAULTS: dict[str, str] = {
     "controller": "127.0.0.1:50052",
     "token": "",
     "namespace": "default",
+    "tls_ca": "",
+    "tls_cert": "",
+    "tls_key": "",
 }
 ENV_VARS: dict[str, str] = {key: f"MATRIXINFER_{key.upper()}" for key in DEFAULTS}
 
@@ -81,8 +91,23 @@ class Config:
     controller: str
     token: str
     namespace: str
+    #: PEM files for mTLS (all three, or none: plaintext).
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     #: The file that was read, when there was one.
     source: pathlib.Path | None = None
+
+    @property
+    def tls(self) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path] | None:
+        """(CA, certificate, key) when mTLS is configured."""
+        if not (self.tls_ca and self.tls_cert and self.tls_key):
+            return None
+        return (
+            pathlib.Path(self.tls_ca).expanduser(),
+            pathlib.Path(self.tls_cert).expanduser(),
+            pathlib.Path(self.tls_key).expanduser(),
+        )
 
 
 def resolve(
@@ -104,4 +129,41 @@ def resolve(
     values["gateway"] = values["gateway"].rstrip("/")
     if "://" not in values["gateway"]:
         values["gateway"] = "http://" + values["gateway"]
+    tls_keys = ("tls_ca", "tls_cert", "tls_key")
+    given = [values[k] for k in tls_keys if values[k]]
+    if given and len(given) != len(tls_keys):
+        raise ConfigError(
+            "set all of tls_ca, tls_cert and tls_key (or MATRIXINFER_TLS_CA, "
+            "MATRIXINFER_TLS_CERT, MATRIXINFER_TLS_KEY), or none"
+        )
+    if not given:
+        values.update(local_up_tls(values["server"], env))
     return Config(**values, source=path if from_file else None)
+
+
+def local_up_path(env: Mapping[str, str] | None = None) -> pathlib.Path:
+    """Where a running ``matrixinfer up`` records its registry address and the
+    admin client certificate it made (beside the default config file)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or str(pathlib.Path.home() / ".config")
+    return pathlib.Path(base) / "matrixinfer" / "up.yaml"
+
+
+def local_up_tls(server: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The admin certificate of the running ``up`` serving ``server``, or nothing."""
+    try:
+        text = local_up_path(env).read_text()
+    except OSError:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(data, dict) or data.get("server") != server:
+        return {}
+    out = {k: str(data.get(k, "")) for k in ("tls_ca", "tls_cert", "tls_key")}
+    if not all(out.values()) or not all(pathlib.Path(v).exists() for v in out.values()):
+        return {}
+    return out

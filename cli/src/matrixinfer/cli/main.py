@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from matrixinfer.cli.apikey import apikey
+from matrixinfer.cli.audit import audit
 from matrixinfer.cli.client import App, CliError, UsageFailure, health
 from matrixinfer.cli.config import CONFIG_ENV, DEFAULTS, ConfigError, resolve
 from matrixinfer.cli.infer import infer
@@ -94,6 +95,7 @@ def cli(
 for command in (apply, get, describe, delete, history, rollback, infer, logs, top):
     cli.add_command(command)
 cli.add_command(apikey)
+cli.add_command(audit)
 cli.add_command(up)
 
 

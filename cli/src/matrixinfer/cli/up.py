@@ -18,7 +18,10 @@ quickstart again changes nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import fcntl
+import ipaddress
 import json
 import os
 import pathlib
@@ -29,20 +32,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 import click
 
-from matrixinfer.cli.client import health
+from matrixinfer.cli.client import Tls, grpc_channel, health
+from matrixinfer.cli.config import local_up_path
 from matrixinfer.core.process import die_with_parent
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from matrixinfer.api.v1 import registry_pb2_grpc
+    from matrixinfer.core.pki import CertFiles
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 HOST = "127.0.0.1"
@@ -50,6 +55,10 @@ MAX_CRASHES = 5  # within CRASH_WINDOW_S, then up gives up
 CRASH_WINDOW_S = 60.0
 STOP_GRACE_S = 20.0
 EXAMPLE_INPUT = [[6.7, 3.0, 5.2, 2.3]]
+#: `up --auth`: the admin API key, kept in the state folder (mode 0600).
+ADMIN_KEY_FILE = "admin-api-key"
+#: `up --tls`: the local CA clients trust and the gateway's public certificate.
+EDGE_TLS_DIR = "edge-tls"
 
 
 class Stop(Exception):
@@ -77,6 +86,10 @@ class Service:
     log_path: pathlib.Path
     process: subprocess.Popen[bytes] | None = None
     crashes: list[float] = field(default_factory=list)
+    #: The admin certificate `up` checks health with when the port is mTLS.
+    health_tls: Tls | None = None
+    #: Its health status name, when asked otherwise (the gateway behind TLS).
+    probe: Callable[[], str] | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,13 +144,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(
+    url: str, headers: dict[str, str] | None = None, cafile: pathlib.Path | None = None
+) -> bool:
+    import ssl
     import urllib.error
     import urllib.request
 
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - ours
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
-            return bool(response.status == 200)
+        with urllib.request.urlopen(request, timeout=1.0, context=context) as answer:  # noqa: S310
+            return bool(answer.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
@@ -209,7 +227,11 @@ class Supervisor:
         deadline = time.monotonic() + timeout_s
         address = f"{HOST}:{service.port}"
         with self.console.status(f"starting {service.name} on {address} ..."):
-            while health(address, 1.0) != "SERVING":
+            while (
+                service.probe()
+                if service.probe
+                else health(address, 1.0, service.health_tls, service.name)
+            ) != "SERVING":
                 code = service.exited()
                 if code is not None:
                     raise click.ClickException(
@@ -270,6 +292,8 @@ def _wait_serving(
     http_url: str,
     model: str,
     timeout_s: float,
+    headers: dict[str, str] | None = None,
+    cafile: pathlib.Path | None = None,
 ) -> None:
     import grpc
 
@@ -311,7 +335,7 @@ def _wait_serving(
                     "starts it"
                 )
                 return
-            if _http_ok(f"{http_url}/v2/models/{model}/ready"):
+            if _http_ok(f"{http_url}/v2/models/{model}/ready", headers, cafile):
                 return
             if time.monotonic() > deadline:
                 raise click.ClickException(
@@ -399,6 +423,296 @@ def _lock_state(state: pathlib.Path) -> IO[str]:
     return handle
 
 
+def local_pki(state: pathlib.Path) -> dict[str, CertFiles]:
+    """The local CA and a certificate per service (and the CLI's admin one) under
+    ``state/pki``: made on the first start, reused later, reissued near expiry;
+    keys mode 0600."""
+    from matrixinfer.core.pki import ensure_pki
+
+    return ensure_pki(state / "pki")
+
+
+def tls_env(prefix: str, files: CertFiles) -> dict[str, str]:
+    """The settings that start a service with mTLS on its certificate."""
+    return {
+        f"MATRIXINFER_{prefix}_TLS_CERT_FILE": str(files.cert),
+        f"MATRIXINFER_{prefix}_TLS_KEY_FILE": str(files.key),
+        f"MATRIXINFER_{prefix}_TLS_CA_FILE": str(files.ca),
+    }
+
+
+def as_tls(files: CertFiles) -> Tls:
+    return (files.ca, files.cert, files.key)
+
+
+def record_local_up(server: str, admin: CertFiles) -> pathlib.Path:
+    """Tell the CLI (config.local_up_tls) which admin certificate reaches
+    ``server`` while this `up` runs."""
+    path = local_up_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "server": server,
+                "tls_ca": str(admin.ca),
+                "tls_cert": str(admin.cert),
+                "tls_key": str(admin.key),
+                "pid": os.getpid(),
+            }
+        )
+        + "\n"
+    )
+    return path
+
+
+def forget_local_up() -> None:
+    """Remove the record, when it is still ours."""
+    path = local_up_path()
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the public ports on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def connect_host(host: str) -> str:
+    """Where `up` itself reaches a port bound on ``host``."""
+    return HOST if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a name
+
+
+def edge_certificate(state: pathlib.Path, host: str) -> tuple[pathlib.Path, ...]:
+    """(CA, certificate, key) for TLS on the gateway's public ports: a local CA
+    kept in ``state/edge-tls`` (its own, apart from the services' mTLS CA, so a
+    client that trusts it trusts only the gateway) and a certificate naming
+    localhost, 127.0.0.1, ::1, this machine's name and ``host``. Made on the
+    first `up --tls`, reused later, reissued near expiry or for other names."""
+    import socket as sockets
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from matrixinfer.core import pki
+
+    folder = state / EDGE_TLS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    authority = pki.Authority(folder / "ca.crt", folder / "ca.key")
+    try:
+        authority.load()
+    except (OSError, ValueError):
+        authority = pki.create_ca(folder, "MatrixInfer local gateway CA")
+    names = ["localhost", "127.0.0.1", "::1", sockets.gethostname()]
+    if host not in names and host not in ("0.0.0.0", "::"):  # noqa: S104
+        names.append(host)
+    files = pki.CertFiles(
+        folder / "gateway.crt", folder / "gateway.key", authority.cert_path
+    )
+
+    def san(name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
+    wanted = x509.SubjectAlternativeName([san(n) for n in names])
+    with contextlib.suppress(OSError, ValueError, x509.ExtensionNotFound):
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        if ext.value == wanted and not pki.needs_renewal(files, authority):
+            return authority.cert_path, files.cert, files.key
+    ca_cert, ca_key = authority.load()
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=pki.CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(wanted, critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    # Key first: the gateway reloads a changed pair, and refuses a mismatched one.
+    _write_private(
+        files.key,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+    return authority.cert_path, files.cert, files.key
+
+
+def _write_private(path: pathlib.Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, readable by this user only from the start."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _edge_settings(host: str, edge: tuple[pathlib.Path, ...] | None) -> dict[str, str]:
+    """The gateway's settings for its public ports: where, and TLS."""
+    out = {"host": host}
+    if edge is not None:
+        out["edge_tls_cert_file"], out["edge_tls_key_file"] = str(edge[1]), str(edge[2])
+    return out
+
+
+def _gateway_health(
+    host: str, grpc_port: int, edge: tuple[pathlib.Path, ...] | None
+) -> Callable[[], str] | None:
+    """How `up` asks the gateway's health when not plaintext on HOST."""
+    address = f"{connect_host(host)}:{grpc_port}"
+    if edge is not None:
+        return gateway_probe(address, edge[0])
+    if host != HOST:
+        return lambda: health(address, 1.0)
+    return None
+
+
+def gateway_probe(address: str, ca: pathlib.Path) -> Callable[[], str]:
+    """The gateway's gRPC health over TLS (its certificate checked against ca)."""
+
+    def probe() -> str:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        with grpc.secure_channel(address, credentials) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0
+                )
+            except grpc.RpcError as e:
+                return f"unreachable ({e.code().name})"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+    return probe
+
+
+def admin_api_key(
+    stub: registry_pb2_grpc.RegistryStub, state: pathlib.Path
+) -> tuple[str, bool]:
+    """(the admin API key of `up --auth`, whether it was made now). Made through
+    the registry's CreateApiKey on the first start and kept in the state folder
+    (mode 0600); later starts reuse it while the registry still has it."""
+    import grpc
+
+    from matrixinfer.api.v1 import registry_pb2 as rpb
+    from matrixinfer.core.apikeys import api_key_id
+
+    path = state / ADMIN_KEY_FILE
+    with contextlib.suppress(OSError):
+        secret = path.read_text().strip()
+        key_id = api_key_id(secret)
+        if key_id is not None:
+            try:
+                got = stub.Get(rpb.GetRequest(kind="ApiKey", name=key_id), timeout=10)
+                if not got.api_key.spec.revoked:
+                    return secret, False
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+    made = stub.CreateApiKey(
+        rpb.CreateApiKeyRequest(subject="matrixinfer-up", scopes=["admin", "infer:*"]),
+        timeout=10,
+    )
+    _write_private(path, (made.secret + "\n").encode())
+    return made.secret, True
+
+
+@dataclass(frozen=True)
+class EdgeAccess:
+    """What a client needs for the gateway's public ports: the CA to trust (TLS,
+    `up --tls`), the admin API key's file (`up --auth`) and, on the start that made
+    the key, the key itself (printed that once)."""
+
+    ca: pathlib.Path | None = None
+    key_file: pathlib.Path | None = None
+    new_key: str = ""
+    bound: str = HOST
+
+    @property
+    def host(self) -> str:
+        return connect_host(self.bound)
+
+    def _key(self, quote: str = '"') -> str:
+        return f"{quote}$(cat {shlex.quote(str(self.key_file))}){quote}"
+
+    def curl_options(self) -> str:
+        out = f" --cacert {shlex.quote(str(self.ca))}" if self.ca else ""
+        if self.key_file:
+            out += ' -H "x-api-key: ' + self._key("") + '"'
+        return out
+
+    def cli_env(self) -> str:
+        out = f"SSL_CERT_FILE={shlex.quote(str(self.ca))} " if self.ca else ""
+        if self.key_file:
+            out += f"MATRIXINFER_TOKEN={self._key()} "
+        return out
+
+    def triton_options(self) -> str:
+        return f", ssl=True, root_certificates={str(self.ca)!r}" if self.ca else ""
+
+    def triton_headers(self) -> str:
+        if not self.key_file:
+            return ""
+        return f', headers={{"x-api-key": open({str(self.key_file)!r}).read().strip()}}'
+
+    def describe(self, console: Console) -> None:
+        if self.bound != HOST:
+            console.print(f"  Public ports bound on:            {self.bound}")
+        if self.ca:
+            console.print(
+                f"  TLS (local CA for clients):       {self.ca}", highlight=False
+            )
+        if not self.key_file:
+            return
+        if self.new_key:
+            console.print()
+            console.print(
+                "[bold]Admin API key[/] (shown once; kept in "
+                f"{self.key_file}, mode 0600):",
+                highlight=False,
+            )
+            console.print(f"  {self.new_key}", highlight=False, markup=False)
+        else:
+            console.print(
+                f"  Admin API key:                    in {self.key_file} "
+                "(not shown again)",
+                highlight=False,
+            )
+        console.print(
+            '  gRPC metadata "x-api-key" (tritonclient headers=..., grpcurl -H '
+            "'x-api-key: ...'); REST header x-api-key; CLI MATRIXINFER_TOKEN",
+            highlight=False,
+            markup=False,
+        )
+
+
 def print_endpoints(
     console: Console,
     grpc_port: int,
@@ -407,7 +721,9 @@ def print_endpoints(
     state: str,
     quickstart: bool = True,
     kube_port: int | None = None,
+    edge: EdgeAccess | None = None,
 ) -> None:
+    edge = edge or EdgeAccess()
     body = json.dumps(
         {
             "inputs": [
@@ -421,25 +737,26 @@ def print_endpoints(
         },
         separators=(",", ":"),
     )
-    http = f"http://{HOST}:{http_port}"
+    http = f"{'https' if edge.ca else 'http'}://{edge.host}:{http_port}"
     curl = (
-        f"curl -s -X POST {http}/v2/models/iris/infer "
+        f"curl -s{edge.curl_options()} -X POST {http}/v2/models/iris/infer "
         f"-H 'content-type: application/json' -d {shlex.quote(body)}"
     )
     cli = (
-        f"{_command('matrixinfer')} --gateway {http} infer iris "
+        f"{edge.cli_env()}{_command('matrixinfer')} --gateway {http} infer iris "
         f"--input X={shlex.quote(json.dumps(EXAMPLE_INPUT, separators=(',', ':')))}"
     )
     snippet = (
         "import numpy as np, tritonclient.grpc as grpcclient\n"
-        f'client = grpcclient.InferenceServerClient("{HOST}:{grpc_port}")\n'
+        f'client = grpcclient.InferenceServerClient("{edge.host}:{grpc_port}"'
+        f"{edge.triton_options()})\n"
         'x = grpcclient.InferInput("X", [1, 4], "FP32")\n'
         "x.set_data_from_numpy(np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32))\n"
-        'print(client.infer("iris", [x]).as_numpy("label"))'
+        f'print(client.infer("iris", [x]{edge.triton_headers()}).as_numpy("label"))'
     )
     console.print()
     console.print("[bold]MatrixInfer is up.[/]")
-    console.print(f"  gRPC (KServe v2, Triton clients): {HOST}:{grpc_port}")
+    console.print(f"  gRPC (KServe v2, Triton clients): {edge.host}:{grpc_port}")
     console.print(f"  REST (KServe v2):                 {http}")
     console.print(f"  Registry (matrixinfer CLI):       {HOST}:{registry_port}")
     kubectl = ""
@@ -450,6 +767,7 @@ def print_endpoints(
         kubectl = f"{_command('kubectl') if ours else 'kubectl'} --server {kube}"
         kubectl += " get modelinfers"
     console.print(f"  State and logs:                   {state}")
+    edge.describe(console)
     console.print()
     if not quickstart:
         if kubectl:
@@ -508,6 +826,25 @@ def print_endpoints(
 )
 @click.option("--no-examples", is_flag=True, help="Apply nothing; just run.")
 @click.option(
+    "--host",
+    default=HOST,
+    show_default=True,
+    help="Where the gateway's public ports (gRPC, REST) listen, e.g. 0.0.0.0; "
+    "beyond loopback they always serve TLS. The other services stay on loopback.",
+)
+@click.option(
+    "--auth",
+    is_flag=True,
+    help="Require an API key (or JWT) at the gateway; an admin key is made on the "
+    f"first start, printed once and kept in the state folder ({ADMIN_KEY_FILE}).",
+)
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve TLS on the gateway's public ports, with a certificate from a local "
+    f"CA kept in the state folder ({EDGE_TLS_DIR}/ca.crt for clients).",
+)
+@click.option(
     "--timeout",
     "timeout_s",
     default=180.0,
@@ -527,6 +864,9 @@ def up(
     manifests: tuple[pathlib.Path, ...],
     no_examples: bool,
     timeout_s: float,
+    host: str = HOST,
+    auth: bool = False,
+    tls: bool = False,
 ) -> None:
     """Run the whole platform here (registry, controller, autoscaler, gateway) and
     deploy the quickstart model; Ctrl-C stops it all."""
@@ -546,6 +886,8 @@ def up(
     }
     if len(set(ports.values())) != len(ports):
         raise click.UsageError("the ports must differ")
+    # Plaintext only while the public ports stay on this machine.
+    tls = tls or not is_loopback(host)
     haproxy = os.environ.get("MATRIXINFER_GATEWAY_HAPROXY_BINARY", "haproxy")
     if shutil.which(haproxy) is None:
         # The gateway's data plane; stop before starting anything.
@@ -584,6 +926,11 @@ def up(
         return {f"MATRIXINFER_{prefix}_{k}": v for k, v in merged.items()}
 
     registry_address = f"{HOST}:{registry_port}"
+    # TLS on the gateway's public ports (`--tls`, or bound beyond loopback).
+    edge_tls = edge_certificate(state, host) if tls else None
+    # mTLS between the services (and from this CLI) on a local CA.
+    pki = local_pki(state)
+    admin_tls = as_tls(pki["admin"])
     services = [
         Service(
             "registry",
@@ -594,8 +941,10 @@ def up(
                 grpc_port=registry_port,
                 kube_port=kube_port,
                 database_url=database,
-            ),
+            )
+            | tls_env("REGISTRY", pki["registry"]),
             logs / "registry.log",
+            health_tls=admin_tls,
         ),
         Service(
             "controller",
@@ -606,8 +955,10 @@ def up(
                 grpc_port=controller_port,
                 registry_address=registry_address,
                 state_dir=state / "controller",
-            ),
+            )
+            | tls_env("CONTROLLER", pki["controller"]),
             logs / "controller.log",
+            health_tls=admin_tls,
         ),
         Service(
             "autoscaler",
@@ -618,8 +969,10 @@ def up(
                 grpc_port=autoscaler_port,
                 registry_address=registry_address,
                 controller_address=f"{HOST}:{controller_port}",
-            ),
+            )
+            | tls_env("AUTOSCALER", pki["autoscaler"]),
             logs / "autoscaler.log",
+            health_tls=admin_tls,
         ),
         Service(
             "gateway",
@@ -631,10 +984,13 @@ def up(
                 http_port=http_port,
                 registry_address=registry_address,
                 autoscaler_address=f"{HOST}:{autoscaler_port}",
-                # Local development on loopback; production sets `required`.
-                auth_mode="off",
-            ),
+                # Local development; `--auth` (and production) sets `required`.
+                auth_mode="required" if auth else "off",
+                **_edge_settings(host, edge_tls),
+            )
+            | tls_env("GATEWAY", pki["gateway"]),
             logs / "gateway.log",
+            probe=_gateway_health(host, grpc_port, edge_tls),
         ),
     ]
     supervisor = Supervisor(services, console)
@@ -642,11 +998,27 @@ def up(
     with supervisor.signals():
         try:
             console.print(f"state folder {state} (database {database.split('://')[0]})")
+            record_local_up(registry_address, pki["admin"])
+            console.print(
+                f"mTLS between the services, certificates in {state / 'pki'} "
+                "(the matrixinfer CLI uses the admin one while this runs)"
+            )
             for service in services:
                 supervisor.start(service, timeout_s)
+            access = EdgeAccess(edge_tls[0] if edge_tls else None, bound=host)
+            if auth:
+                with grpc_channel(registry_address, "registry", admin_tls) as channel:
+                    secret, made = admin_api_key(
+                        registry_pb2_grpc.RegistryStub(channel), state
+                    )
+                access = dataclasses.replace(
+                    access,
+                    key_file=state / ADMIN_KEY_FILE,
+                    new_key=secret if made else "",
+                )
             if paths:
                 text = _read_manifests(paths, model_path)
-                with grpc.insecure_channel(registry_address) as channel:
+                with grpc_channel(registry_address, "registry", admin_tls) as channel:
                     stub = registry_pb2_grpc.RegistryStub(channel)
                     if not manifests:
                         # The quickstart only fills in what is missing: a second
@@ -659,9 +1031,12 @@ def up(
                             console,
                             supervisor,
                             stub,
-                            f"http://{HOST}:{http_port}",
+                            f"{'https' if access.ca else 'http'}://"
+                            f"{access.host}:{http_port}",
                             "iris",
                             timeout_s,
+                            {"x-api-key": secret} if auth else None,
+                            access.ca,
                         )
             print_endpoints(
                 console,
@@ -671,6 +1046,7 @@ def up(
                 str(state),
                 quickstart=bool(paths) and not manifests,
                 kube_port=kube_port,
+                edge=access,
             )
             while True:
                 supervisor.check()
@@ -688,5 +1064,6 @@ def up(
             # cut it short and leave children behind.
             supervisor.quiet()
             supervisor.stop()
+            forget_local_up()
             lock.close()
     sys.exit(code)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from matrixinfer.core.pki import CertFiles
 
 _MIB = 1024 * 1024
 _KIB = 1024
@@ -80,6 +82,38 @@ class ServiceSettings(BaseSettings):
     grace_period_s: float = Field(default=10.0, ge=0)
     """Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled; well
     under Kubernetes' default 30 s terminationGracePeriodSeconds."""
+
+    tls_cert_file: Path | None = None
+    """PEM certificate of this service (its subjectAltName is its identity,
+    ``<service>.matrixinfer.internal``). With tls_key_file and tls_ca_file set, the
+    gRPC server speaks only mTLS and this service's own gRPC clients present it;
+    all three unset: plaintext. The files are re-read when they change."""
+
+    tls_key_file: Path | None = None
+    """PEM private key of tls_cert_file."""
+
+    tls_ca_file: Path | None = None
+    """PEM CA certificate(s) that peers' certificates must be signed by (clients
+    connecting to this service, and the services this one calls)."""
+
+    @model_validator(mode="after")
+    def _tls_all_or_none(self) -> ServiceSettings:
+        given = [self.tls_cert_file, self.tls_key_file, self.tls_ca_file]
+        if any(f is not None for f in given) and any(f is None for f in given):
+            raise ValueError(
+                "set all of tls_cert_file, tls_key_file and tls_ca_file, or none"
+            )
+        return self
+
+    def tls_files(self) -> CertFiles | None:
+        """This service's certificate, key and CA, or None (plaintext)."""
+        if (
+            self.tls_cert_file is None
+            or self.tls_key_file is None
+            or self.tls_ca_file is None
+        ):
+            return None
+        return CertFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
     @field_validator("log_level")
     @classmethod

@@ -23,10 +23,13 @@ from matrixinfer.autoscaler.adapters.metrics import AutoscalerMetrics
 from matrixinfer.autoscaler.adapters.prometheus import PrometheusQuery
 from matrixinfer.autoscaler.adapters.triton import TritonScraper
 from matrixinfer.autoscaler.domain.loop import Autoscaler
+from matrixinfer.autoscaler.grpc.auth import POLICY
 from matrixinfer.autoscaler.grpc.servicer import AutoscalerServicer
 from matrixinfer.autoscaler.settings import AutoscalerSettings
+from matrixinfer.core.grpc.auth import CallerAuth
 from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
+from matrixinfer.core.grpc.tls import client_tls
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
     MetricsServer,
@@ -66,11 +69,23 @@ class AutoscalerApp:
             if settings.otlp_endpoint
             else None
         )
+        files = settings.tls_files()
         registry_channel = create_channel(
-            settings.registry_address, tracer_provider=tracer
+            settings.registry_address,
+            tracer_provider=tracer,
+            tls=client_tls(files, "registry"),
         )
         controller_channel = create_channel(
-            settings.controller_address, tracer_provider=tracer
+            settings.controller_address,
+            tracer_provider=tracer,
+            tls=client_tls(files, "controller"),
+        )
+        enforce = settings.auth_enforced()
+        # Who may call (grpc/auth.py): identities with mTLS, checks when enforced.
+        auth = (
+            [CallerAuth("autoscaler", enforce=enforce, policy=POLICY)]
+            if enforce or files is not None
+            else []
         )
         session = aiohttp.ClientSession()
         registry = RegistryClient(registry_channel, settings.call_timeout_s)
@@ -102,6 +117,7 @@ class AutoscalerApp:
                 service_names=[SERVICE_NAME],
                 metrics=GrpcServerMetrics(metrics),
                 tracer_provider=tracer,
+                interceptors=auth,
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -45,3 +47,16 @@ class AutoscalerSettings(ServiceSettings):
 
     call_timeout_s: float = Field(default=2.0, gt=0)
     """Deadline of each call to the controller or registry."""
+
+    auth_mode: Literal["auto", "on", "off"] = "auto"
+    """Which callers the gRPC API takes (docs/security.md). on: only the gateways'
+    certificates (ReportLoad, Activate) and the admin certificate; anonymous:
+    UNAUTHENTICATED, any other service: PERMISSION_DENIED. off: anyone who reaches
+    the port. auto (default): on when the tls_* files are set (as `matrixinfer up`
+    does), off on plaintext."""
+
+    def auth_enforced(self) -> bool:
+        """Whether the gRPC API requires identities and scopes."""
+        if self.auth_mode == "auto":
+            return self.tls_files() is not None
+        return self.auth_mode == "on"

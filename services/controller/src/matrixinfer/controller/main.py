@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import controller_pb2, controller_pb2_grpc
+from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.adapters.kubernetes import (
     KubeClient,
     KubeConfig,
@@ -30,11 +31,14 @@ from matrixinfer.controller.domain.reconciler import Reconciler
 from matrixinfer.controller.domain.runtime import Runtime
 from matrixinfer.controller.domain.service import ControllerService
 from matrixinfer.controller.domain.workqueue import WorkQueue
+from matrixinfer.controller.grpc.auth import POLICY
 from matrixinfer.controller.grpc.servicer import ControllerServicer
 from matrixinfer.controller.prepare import artifact_fetcher
 from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.core.grpc.auth import ApiKeyVerifier, CallerAuth
 from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
+from matrixinfer.core.grpc.tls import client_tls
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
     MetricsServer,
@@ -85,6 +89,7 @@ class ControllerApp:
             settings.registry_address,
             max_message_bytes=settings.max_message_bytes,
             tracer_provider=tracer,
+            tls=client_tls(settings.tls_files(), "registry"),
         )
         client = RegistryClient(channel)
         if runtime is None and kubernetes:
@@ -154,6 +159,7 @@ class ControllerApp:
                 service_names=[SERVICE_NAME],
                 metrics=GrpcServerMetrics(metrics),
                 tracer_provider=tracer,
+                interceptors=_caller_auth(settings, client),
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(
@@ -183,6 +189,28 @@ class ControllerApp:
         if self.tracer_provider is not None:
             # Flushes the last spans; off the event loop, which may still serve.
             await asyncio.to_thread(self.tracer_provider.shutdown)
+
+
+def _caller_auth(
+    settings: ControllerSettings, client: RegistryClient
+) -> list[CallerAuth]:
+    """Who may call (grpc/auth.py): identities with mTLS, checks when enforced;
+    admins' API keys are checked against the registry's."""
+    enforce = settings.auth_enforced()
+    if not enforce and settings.tls_files() is None:
+        return []
+
+    async def keys() -> list[pb.Resource]:
+        return (await client.list_all("ApiKey"))[0]
+
+    return [
+        CallerAuth(
+            "controller",
+            enforce=enforce,
+            policy=POLICY,
+            api_keys=ApiKeyVerifier(keys),
+        )
+    ]
 
 
 def kubernetes_runtime(settings: ControllerSettings) -> KubernetesRuntime:

@@ -119,3 +119,17 @@ class ControllerSettings(ServiceSettings):
     kube_artifact_secret: str = ""
     """Name of a Secret in ``kube_namespace`` whose keys become the init container's
     environment (e.g. AWS_ACCESS_KEY_ID) for fetching artifacts. Empty: none."""
+
+    auth_mode: Literal["auto", "on", "off"] = "auto"
+    """Which callers the gRPC API takes (docs/security.md). on: only the
+    autoscaler's certificate (Scale, GetReplicas) and admins (GetLogs: an API key
+    with the admin scope, or the admin certificate); anonymous: UNAUTHENTICATED,
+    any other service: PERMISSION_DENIED. off: anyone who reaches the port. auto
+    (default): on when the tls_* files are set (as `matrixinfer up` does), off on
+    plaintext."""
+
+    def auth_enforced(self) -> bool:
+        """Whether the gRPC API requires identities and scopes."""
+        if self.auth_mode == "auto":
+            return self.tls_files() is not None
+        return self.auth_mode == "on"

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import pathlib
+import secrets
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ from matrixinfer.core.grpc.server import (
     start_server,
     write_port_file,
 )
+from matrixinfer.core.grpc.tls import client_tls
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.ports import free_ports
 from matrixinfer.core.registry.client import RegistryClient
@@ -42,8 +44,13 @@ from matrixinfer.gateway.adapters.autoscaler import (
 )
 from matrixinfer.gateway.adapters.dataplane.haproxy import find_binary
 from matrixinfer.gateway.adapters.dataplane.jwt import jwt_plan
-from matrixinfer.gateway.adapters.dataplane.manager import DataPlane
-from matrixinfer.gateway.adapters.dataplane.render import Options, Ports
+from matrixinfer.gateway.adapters.dataplane.manager import DataPlane, EdgeFiles
+from matrixinfer.gateway.adapters.dataplane.render import (
+    ClientCert,
+    EdgeTls,
+    Options,
+    Ports,
+)
 from matrixinfer.gateway.adapters.jwks import JwksFetcher
 from matrixinfer.gateway.adapters.registry import KINDS, Routes
 from matrixinfer.gateway.adapters.telemetry import ProxyMetrics, ProxyTracer
@@ -52,6 +59,7 @@ from matrixinfer.gateway.domain.auth import (
     Authenticator,
     InMemoryApiKeyStore,
     JwtSettings,
+    client_cert_principals,
     next_key_expiry,
 )
 from matrixinfer.gateway.domain.balancer import Balancer
@@ -77,8 +85,40 @@ def _peers(values: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _edge_tls(settings: GatewaySettings) -> tuple[EdgeTls | None, EdgeFiles | None]:
+    """TLS on the public ports, when a certificate is configured; client
+    certificates (CN → scopes) when a client CA is too."""
+    if settings.edge_tls_cert_file is None or settings.edge_tls_key_file is None:
+        return None, None
+    clients = []
+    if settings.edge_tls_client_ca_file is not None:
+        # The same principals the slow path's authenticator holds.
+        principals = client_cert_principals(settings.edge_tls_client_scopes)
+        for cn_hash, principal in principals.items():
+            models = frozenset(
+                x.removeprefix("infer:")
+                for x in principal.scopes
+                if x.startswith("infer:") and x != "infer:"
+            )
+            clients.append(ClientCert(cn_hash, models, principal.tenant or ""))
+    tls = EdgeTls(
+        client_ca=settings.edge_tls_client_ca_file is not None,
+        clients=tuple(clients),
+        header_secret=secrets.token_hex(16),
+    )
+    files = EdgeFiles(
+        settings.edge_tls_cert_file,
+        settings.edge_tls_key_file,
+        settings.edge_tls_client_ca_file,
+        settings.edge_tls_reload_s,
+    )
+    return tls, files
+
+
 def _authenticator(
-    settings: GatewaySettings, keys: InMemoryApiKeyStore
+    settings: GatewaySettings,
+    keys: InMemoryApiKeyStore,
+    tls: EdgeTls | None = None,
 ) -> tuple[Authenticator, JwksFetcher | None]:
     jwt = None
     jwks_source = settings.jwks_url or settings.jwks_path
@@ -99,7 +139,14 @@ def _authenticator(
             fetcher.poke()
 
     authenticator = Authenticator(
-        keys, jwt, allow_anonymous=settings.auth_mode == "off", on_unknown_kid=poke
+        keys,
+        jwt,
+        allow_anonymous=settings.auth_mode == "off",
+        on_unknown_kid=poke,
+        client_certs=client_cert_principals(settings.edge_tls_client_scopes)
+        if tls is not None and tls.client_ca
+        else None,
+        client_cert_secret=tls.header_secret if tls is not None else "",
     )
     if jwt is not None and settings.jwks_url:
         fetcher = JwksFetcher(
@@ -139,7 +186,8 @@ class GatewayApp:
     @property
     def http_url(self) -> str:
         """Where clients send KServe v2 REST and the admin API (HAProxy)."""
-        return f"http://{self.settings.host}:{self.dataplane.ports.http}"
+        scheme = "https" if self.dataplane.edge is not None else "http"
+        return f"{scheme}://{self.settings.host}:{self.dataplane.ports.http}"
 
     @classmethod
     async def start(
@@ -149,14 +197,20 @@ class GatewayApp:
         binary = find_binary(settings.haproxy_binary)
         peers = _peers(settings.peers)
         # Deadlines, keepalive and bounded retries on every call (core's factory).
-        channel = create_channel(settings.registry_address)
+        # mTLS with the gateway's certificate when its tls_* files are set.
+        files = settings.tls_files()
+        channel = create_channel(
+            settings.registry_address, tls=client_tls(files, "registry")
+        )
         informer = Informer(RegistryClient(channel), KINDS)
         routes = Routes(informer)
         informer.subscribe(routes.rebuild)
         upstreams = Upstreams(settings.max_message_bytes)
         tracker = LoadTracker()
         autoscaler = (
-            create_channel(settings.autoscaler_address)
+            create_channel(
+                settings.autoscaler_address, tls=client_tls(files, "autoscaler")
+            )
             if settings.autoscaler_address
             else None
         )
@@ -178,7 +232,8 @@ class GatewayApp:
             task.add_done_callback(background.discard)
 
         routes.on_rebuild.append(forget_gone)
-        authenticator, jwks = _authenticator(settings, routes.api_keys)
+        edge_tls, edge_files = _edge_tls(settings)
+        authenticator, jwks = _authenticator(settings, routes.api_keys, edge_tls)
         metrics = CollectorRegistry()
         tracer_provider = (
             setup_tracing(settings.service_name, settings.otlp_endpoint, span_exporter)
@@ -248,6 +303,11 @@ class GatewayApp:
                         "host": settings.slow_path_host,
                         "grpc_port": settings.slow_grpc_port,
                         "port_file": None,  # the public port is HAProxy's
+                        # Only HAProxy calls it, on loopback: its TLS is the
+                        # data plane's (edge) configuration, not mTLS here.
+                        "tls_cert_file": None,
+                        "tls_key_file": None,
+                        "tls_ca_file": None,
                     }
                 ),
                 lambda s: s.add_generic_rpc_handlers((proxy.handler(),)),
@@ -275,6 +335,7 @@ class GatewayApp:
                 threads=settings.dataplane_threads,
                 peers=peers,
                 peer_name=settings.peer_name,
+                tls=edge_tls,
             )
             dataplane = DataPlane(
                 binary,
@@ -289,6 +350,7 @@ class GatewayApp:
                 ),
                 metrics,
                 on_applied=routes.publish,
+                edge=edge_files,
             )
             await dataplane.start()
             routes.deferred = True

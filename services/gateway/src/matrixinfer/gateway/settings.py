@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from matrixinfer.core.settings import ServiceSettings
@@ -55,6 +55,28 @@ class GatewaySettings(ServiceSettings):
 
     peer_name: str = ""
     """This gateway's name in `peers`."""
+
+    edge_tls_cert_file: pathlib.Path | None = None
+    """PEM certificate (chain) HAProxy serves on the public gRPC and REST ports:
+    TLS 1.2 minimum, modern ciphers, ALPN h2 (gRPC) and h2,http/1.1 (REST). Set with
+    `edge_tls_key_file`; unset: plaintext. A changed file is loaded within
+    `edge_tls_reload_s` without dropping connections (HAProxy's runtime API)."""
+
+    edge_tls_key_file: pathlib.Path | None = None
+    """The private key of `edge_tls_cert_file` (PEM)."""
+
+    edge_tls_client_ca_file: pathlib.Path | None = None
+    """CA certificates (PEM) that sign client certificates: with TLS on, callers may
+    present one (optional; an untrusted one fails the handshake) and are mapped to
+    scopes by `edge_tls_client_scopes`."""
+
+    edge_tls_client_scopes: dict[str, list[str]] = Field(default_factory=dict)
+    """Client certificate subject CN → scopes, as an API key's (`infer:<model>`,
+    `infer:*`, `admin`) plus an optional `tenant:<name>` (JSON object). A trusted
+    certificate whose CN is not here authenticates nobody."""
+
+    edge_tls_reload_s: float = Field(default=2.0, gt=0)
+    """How often the certificate and key files are checked for a change."""
 
     slow_path_host: str = "127.0.0.1"
     """Where the gateway's own Python serves what HAProxy hands it (models scaling
@@ -125,3 +147,15 @@ class GatewaySettings(ServiceSettings):
     admin_watch_max_s: float = Field(default=1800.0, gt=0)
     """How long a REST watch streams at most (and by default); then it ends and the
     client watches again from the last resourceVersion, as in Kubernetes."""
+
+    @model_validator(mode="after")
+    def _edge_tls_complete(self) -> GatewaySettings:
+        if (self.edge_tls_cert_file is None) != (self.edge_tls_key_file is None):
+            raise ValueError(
+                "edge_tls_cert_file and edge_tls_key_file go together (set both)"
+            )
+        if self.edge_tls_client_ca_file is not None and self.edge_tls_cert_file is None:
+            raise ValueError("edge_tls_client_ca_file needs edge_tls_cert_file")
+        if self.edge_tls_client_scopes and self.edge_tls_client_ca_file is None:
+            raise ValueError("edge_tls_client_scopes needs edge_tls_client_ca_file")
+        return self

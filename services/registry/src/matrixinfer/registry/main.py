@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import registry_pb2
 from matrixinfer.api.v1 import registry_pb2_grpc as rpb_grpc
+from matrixinfer.core.grpc.auth import CallerAuth
 from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
@@ -24,6 +25,7 @@ from matrixinfer.core.tracing import setup_tracing
 from matrixinfer.registry.adapters.db.store import SqlStore, redacted_url
 from matrixinfer.registry.domain.service import RegistryService
 from matrixinfer.registry.domain.watch import WatchHub
+from matrixinfer.registry.grpc.auth import Authorizer, api_key_verifier
 from matrixinfer.registry.grpc.servicer import RegistryServicer
 from matrixinfer.registry.kube.server import KubeServer, start_kube_server
 from matrixinfer.registry.settings import RegistrySettings
@@ -82,11 +84,33 @@ class RegistryApp:
             service = RegistryService(store, hub, settings.bookmark_interval_s)
             metrics_registry = CollectorRegistry()
             tracer = setup_tracing(settings.service_name, settings.otlp_endpoint)
-            servicer = RegistryServicer(service)
+            enforce = settings.auth_enforced()
+            servicer = RegistryServicer(service, Authorizer(enforce))
+            # Identities (for the audit log and the scope checks) whenever a
+            # caller can have one: with mTLS or with auth on.
+            auth = (
+                [
+                    CallerAuth(
+                        "registry",
+                        enforce=enforce,
+                        api_keys=api_key_verifier(service),
+                    )
+                ]
+                if enforce or settings.tls_files() is not None
+                else []
+            )
+            if not enforce:
+                log.warning(
+                    "registry authorization is OFF: anyone who reaches %s:%s may "
+                    "change everything (MATRIXINFER_REGISTRY_AUTH_MODE)",
+                    settings.host,
+                    settings.grpc_port,
+                )
             server = await start_server(
                 settings,
                 lambda s: rpb_grpc.add_RegistryServicer_to_server(servicer, s),
                 service_names=[SERVICE_NAME],
+                interceptors=auth,
                 metrics=GrpcServerMetrics(metrics_registry),
                 tracer_provider=tracer if settings.otlp_endpoint else None,
             )

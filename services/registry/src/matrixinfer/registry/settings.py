@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -60,3 +61,16 @@ class RegistrySettings(ServiceSettings):
 
     kube_tls_key_file: Path | None = None
     """PEM private key of kube_tls_cert_file."""
+
+    auth_mode: Literal["auto", "on", "off"] = "auto"
+    """Authorization of the gRPC API (docs/security.md): on: every call needs a
+    service certificate or an API key (Bearer or x-api-key) with the scope the
+    method needs (anonymous: UNAUTHENTICATED, a missing scope: PERMISSION_DENIED).
+    off: anyone who reaches the port may do anything. auto (default): on when the
+    tls_* files are set (as `matrixinfer up` does), off on plaintext."""
+
+    def auth_enforced(self) -> bool:
+        """Whether the gRPC API requires identities and scopes."""
+        if self.auth_mode == "auto":
+            return self.tls_files() is not None
+        return self.auth_mode == "on"

@@ -28,6 +28,7 @@ from tenacity.stop import stop_base
 
 from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.core.grpc.interceptors import REQUEST_ID_METADATA_KEY
+from matrixinfer.core.grpc.tls import ClientTls, TlsChannel, handshake_hint
 from matrixinfer.core.logging import request_id_var
 from matrixinfer.core.tracing import client_interceptors
 
@@ -270,10 +271,14 @@ def create_channel(
     credentials: grpc.ChannelCredentials | None = None,
     interceptors: Sequence[Any] = (),
     options: Sequence[tuple[str, Any]] = (),
+    tls: ClientTls | None = None,
 ) -> grpc.aio.Channel:
     """An aio channel to ``target`` (``host:port``, ``dns:///...``).
 
-    ``credentials`` switches to TLS/mTLS; ``options`` are extra channel arguments
+    ``tls`` switches to mTLS with a service's certificate files: the server must
+    present a certificate for ``tls.peer`` signed by the CA, and the channel follows
+    the files when they are rotated (:class:`~matrixinfer.core.grpc.tls.TlsChannel`).
+    ``credentials`` is fixed TLS instead; ``options`` are extra channel arguments
     and override ours. ``retry_attempts=1`` disables retries.
     """
     channel_options: dict[str, Any] = {
@@ -286,6 +291,9 @@ def create_channel(
         "grpc.max_receive_message_length": max_message_bytes,
         "grpc.max_send_message_length": max_message_bytes,
     }
+    if tls is not None:
+        # Identity is the service's name in the certificate, never the address.
+        channel_options["grpc.ssl_target_name_override"] = tls.server_name
     channel_options.update(dict(options))
 
     # Outermost first: the request id and the deadline are fixed once per call,
@@ -301,6 +309,15 @@ def create_channel(
     stack.extend(interceptors)
 
     option_list = list(channel_options.items())
+    if tls is not None:
+        # Innermost: sees each attempt's own failure.
+        tls_stack = [*stack, handshake_hint(tls, target)]
+        return TlsChannel(
+            lambda creds: grpc.aio.secure_channel(
+                target, creds, options=option_list, interceptors=tls_stack
+            ),
+            tls,
+        )
     if credentials is not None:
         return grpc.aio.secure_channel(
             target, credentials, options=option_list, interceptors=stack

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
 from matrixinfer.core.grpc.interceptors import StandardInterceptor
+from matrixinfer.core.grpc.tls import ServerTls
 from matrixinfer.core.logging import configure_logging
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.settings import ServiceSettings
@@ -85,6 +86,8 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
+    #: The mTLS credentials' source when the server speaks mTLS (None: plaintext).
+    tls: ServerTls | None = None
 
     async def stop(self, grace_s: float | None) -> None:
         """Report NOT_SERVING, then let in-flight RPCs finish for ``grace_s``."""
@@ -113,7 +116,9 @@ async def start_server(
 
     ``register`` adds the service's servicers (``add_XServicer_to_server``);
     ``service_names`` are their full names, reported SERVING by health and listed
-    by reflection. Binding errors (port in use) raise here. ``bypass``: method
+    by reflection. With the settings' TLS files set the port speaks only mTLS
+    (a client certificate signed by the CA is required). Binding errors (port in
+    use) raise here. ``bypass``: method
     prefixes whose handlers map their own errors and record their own metrics (the
     standard interceptor leaves them alone).
     """
@@ -135,8 +140,13 @@ async def start_server(
     )
 
     address = _bind_address(settings.host, settings.grpc_port)
+    files = settings.tls_files()
+    tls = ServerTls(files) if files is not None else None
     try:
-        port = server.add_insecure_port(address)
+        if tls is not None:
+            port = server.add_secure_port(address, tls.credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"cannot bind gRPC server to {address}: {exc}") from exc
     if not port:  # older grpc reports a failed bind as port 0
@@ -152,6 +162,7 @@ async def start_server(
         port=port,
         health=health_servicer,
         service_names=tuple(service_names),
+        tls=tls,
     )
     try:
         if settings.port_file is not None:
@@ -160,9 +171,15 @@ async def start_server(
         await server.stop(None)
         raise
     logger.info(
-        "%s serving gRPC on %s",
+        "%s serving gRPC on %s%s",
         settings.service_name,
         _bind_address(settings.host, port),
+        ""
+        if files is None
+        else (
+            f" with mTLS (certificate {files.cert}); clients without a valid "
+            f"certificate signed by the CA in {files.ca} are refused"
+        ),
         extra={"grpc_port": port},
     )
     return running

@@ -9,6 +9,10 @@ tests. It accepts two credentials:
   selects one stored record; only a hash of the whole key is stored.
 * JWTs signed by an identity provider whose JWKS another adapter has already fetched.
   Only asymmetric algorithms are accepted, because we hold public keys only.
+* Client certificates, when TLS at the edge asks for them: HAProxy verifies the
+  certificate and passes the sha256 of its subject CN in ``CLIENT_CERT_HEADER``,
+  with a secret that proves the header is HAProxy's; the CN maps to scopes by
+  configuration. A credential header takes precedence over a certificate.
 
 Every rejection is :class:`~matrixinfer.core.errors.Unauthenticated` or
 :class:`~matrixinfer.core.errors.PermissionDenied` with a short message that never
@@ -17,6 +21,7 @@ repeats the credential, since messages end up in responses and logs.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +42,7 @@ from matrixinfer.core.errors import PermissionDenied, Unauthenticated
 
 __all__ = [
     "API_KEY_PREFIX",
+    "CLIENT_CERT_HEADER",
     "ApiKeyRecord",
     "ApiKeyStore",
     "Authenticator",
@@ -46,12 +52,17 @@ __all__ = [
     "api_key_id",
     "authorize_admin",
     "authorize_infer",
+    "client_cert_principals",
     "generate_api_key",
     "hash_api_key",
     "next_key_expiry",
 ]
 
-PrincipalVia = Literal["api_key", "jwt", "anonymous"]
+PrincipalVia = Literal["api_key", "jwt", "client_cert", "anonymous"]
+
+#: Set by HAProxy (never by a client: it deletes what one sends) for the slow path:
+#: "<secret>:<hex sha256 of the verified client certificate's subject CN>".
+CLIENT_CERT_HEADER = "x-matrixinfer-client-cert"
 
 _AUTHORIZATION = "authorization"
 _X_API_KEY = "x-api-key"
@@ -135,6 +146,23 @@ class InMemoryApiKeyStore:
         return self.records.get(key_id)
 
 
+def client_cert_principals(
+    scopes_by_cn: Mapping[str, list[str]],
+) -> dict[str, Principal]:
+    """hex sha256 of a client certificate's subject CN → who it is: its scopes as
+    an API key's, ``tenant:<name>`` naming its tenant."""
+    out: dict[str, Principal] = {}
+    for cn, scopes in scopes_by_cn.items():
+        tenants = [s.removeprefix("tenant:") for s in scopes if s.startswith("tenant:")]
+        out[hashlib.sha256(cn.encode()).hexdigest()] = Principal(
+            subject=f"cert:{cn}",
+            scopes=frozenset(s for s in scopes if not s.startswith("tenant:")),
+            tenant=tenants[0] if tenants else None,
+            via="client_cert",
+        )
+    return out
+
+
 def next_key_expiry(store: InMemoryApiKeyStore, now_s: float) -> float | None:
     times = [
         r.expires_at_s
@@ -194,8 +222,14 @@ class Authenticator:
         *,
         api_key_prefix: str = API_KEY_PREFIX,
         on_unknown_kid: Callable[[], None] | None = None,
+        client_certs: Mapping[str, Principal] | None = None,
+        client_cert_secret: str = "",
     ) -> None:
         self._on_unknown_kid = on_unknown_kid
+        #: hex sha256 of a certificate's subject CN → its principal (see
+        #: client_cert_principals); only with a secret HAProxy shares.
+        self._client_certs = dict(client_certs or {}) if client_cert_secret else {}
+        self._client_cert_secret = client_cert_secret
         #: Told when the keys change (the data plane renders them).
         self.on_jwks_change: list[Callable[[], None]] = []
         self._api_keys = api_keys
@@ -231,6 +265,9 @@ class Authenticator:
     def authenticate(self, headers: Mapping[str, list[str]]) -> Principal:
         credential = _credential(headers)
         if credential is None:
+            by_cert = self._client_cert(headers)
+            if by_cert is not None:
+                return by_cert
             if self._allow_anonymous:
                 return Principal("anonymous", frozenset({"infer:*"}), None, "anonymous")
             raise Unauthenticated("missing credentials")
@@ -246,6 +283,24 @@ class Authenticator:
         if token.startswith(f"{self._api_key_prefix}_"):
             return self._authenticate_api_key(token)
         return self._authenticate_jwt(token)
+
+    def _client_cert(self, headers: Mapping[str, list[str]]) -> Principal | None:
+        """The principal of the client certificate HAProxy verified, None when the
+        request came without one (or the header is not HAProxy's)."""
+        if not self._client_cert_secret:
+            return None
+        values = headers.get(CLIENT_CERT_HEADER) or []
+        if len(values) != 1:
+            return None
+        secret, _, cn_hash = values[0].partition(":")
+        if not hmac.compare_digest(
+            secret.encode("utf-8"), self._client_cert_secret.encode("utf-8")
+        ):
+            return None
+        principal = self._client_certs.get(cn_hash)
+        if principal is None:
+            raise Unauthenticated("client certificate not accepted")
+        return principal
 
     def _authenticate_api_key(self, key: str) -> Principal:
         # One message for every failure, so a caller cannot tell an unknown id from a

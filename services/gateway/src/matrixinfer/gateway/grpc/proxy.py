@@ -31,7 +31,11 @@ from matrixinfer.core.errors import (
 from matrixinfer.core.grpc.errors import abort_for, status_code_for
 from matrixinfer.gateway.adapters.telemetry import UNROUTED, ProxyMetrics, ProxyTracer
 from matrixinfer.gateway.adapters.upstreams import Upstreams
-from matrixinfer.gateway.domain.auth import Authenticator, authorize_infer
+from matrixinfer.gateway.domain.auth import (
+    CLIENT_CERT_HEADER,
+    Authenticator,
+    authorize_infer,
+)
 from matrixinfer.gateway.domain.balancer import Balancer
 from matrixinfer.gateway.domain.load import LoadTracker
 from matrixinfer.gateway.domain.ports import Activator
@@ -66,6 +70,7 @@ REFUSED = (
 _DROPPED = {
     "authorization",
     "x-api-key",
+    CLIENT_CERT_HEADER,
     "te",
     "content-type",
     "user-agent",

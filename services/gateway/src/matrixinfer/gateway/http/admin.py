@@ -44,6 +44,7 @@ from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 
 from matrixinfer.api.v1 import registry_pb2
+from matrixinfer.core.apikeys import API_KEY_PREFIX
 from matrixinfer.core.errors import InvalidArgument, MatrixInferError
 from matrixinfer.core.grpc.errors import (
     error_details,
@@ -115,6 +116,18 @@ def error_body(
             {"field": f, "description": d} for f, d in violations
         ]
     return body
+
+
+def _api_key(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """The caller's API key, passed on so the registry (when it enforces
+    authorization) acts with the caller's own scopes, not the gateway's."""
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        return (("x-api-key", key),)
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip().startswith(f"{API_KEY_PREFIX}_"):
+        return (("x-api-key", token.strip()),)
+    return ()
 
 
 def _respond(
@@ -261,7 +274,7 @@ class AdminApi:
                     )
                 ]
             )
-            metadata = ((REQUEST_ID_METADATA_KEY, request_id),)
+            metadata = ((REQUEST_ID_METADATA_KEY, request_id), *_api_key(request))
             try:
                 self._authorize(request)
                 if binding.streaming:

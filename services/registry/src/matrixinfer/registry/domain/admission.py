@@ -26,6 +26,7 @@ from matrixinfer.api.names import (
 from matrixinfer.api.v1 import meta_pb2
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import InvalidArgument, ViolationCollector
+from matrixinfer.core.scopes import GRANTABLE_SCOPE
 from matrixinfer.registry.domain import structure
 from matrixinfer.registry.domain.kinds import unknown_kind
 
@@ -792,7 +793,12 @@ def _api_key(obj: pb.ApiKey, path: str, errors: ViolationCollector) -> None:
     )
 
 
-_SCOPE = re.compile(r"admin|infer:\*|infer:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# The grammar is core's (matrixinfer.core.scopes; docs/security.md).
+_SCOPE = GRANTABLE_SCOPE
+_SCOPES_SAID = (
+    "infer:*, infer:<model name>, read, read:ns/<namespace>, admin or "
+    "admin:ns/<namespace>"
+)
 _TENANT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -805,10 +811,10 @@ def check_api_key_request(
     if not subject or len(subject) > 253 or not subject.isprintable():
         errors.add("subject", "required: at most 253 printable characters")
     if not scopes:
-        errors.add("scopes", "at least one: infer:*, infer:<model> or admin")
+        errors.add("scopes", f"at least one: {_SCOPES_SAID}")
     for i, scope in enumerate(scopes):
         if not scope.isascii() or not _SCOPE.fullmatch(scope):
-            errors.add(f"scopes[{i}]", "must be infer:*, infer:<model name> or admin")
+            errors.add(f"scopes[{i}]", f"must be {_SCOPES_SAID}")
     if tenant and not _TENANT.fullmatch(tenant):
         errors.add("tenant", "at most 64 letters, digits, '.', '_' or '-'")
     expires_s: float | None = None

@@ -3,6 +3,9 @@
 Plain async Python over the Store interface. Conflicting concurrent writers are
 detected by compare-and-set on resourceVersion: a write without a resourceVersion from
 the caller is retried on a fresh read, one with a stale resourceVersion fails ABORTED.
+
+Every write is recorded in the audit log (``audit.py``) in its own transaction, and
+every refused write in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from matrixinfer.api.envelope import metadata_of
 from matrixinfer.api.envelope import wrap as wrap_object
 from matrixinfer.api.kinds import BY_NAME, Kind, Object, kind_of
 from matrixinfer.api.timestamps import now_rfc3339
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.core import identity
 from matrixinfer.core.apikeys import api_key_id, generate_api_key
 from matrixinfer.core.errors import (
     AlreadyExists,
@@ -33,7 +38,8 @@ from matrixinfer.core.errors import (
     NotFound,
     ViolationCollector,
 )
-from matrixinfer.registry.domain import admission
+from matrixinfer.registry.domain import admission, audit
+from matrixinfer.registry.domain.audit import AuditEntry, AuditQuery, Verification
 from matrixinfer.registry.domain.kinds import resolve_kind
 from matrixinfer.registry.domain.kinds import unwrap as unwrap_resource
 from matrixinfer.registry.domain.manifest import parse_manifest
@@ -55,6 +61,29 @@ MAX_PAGE = 1000
 MAX_WRITE_ATTEMPTS = 10
 MAX_STATUS_BYTES = 1 << 20
 _RV = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True)
+class WriteKind:
+    """How the audit log names a request's writes: ``refused`` when the request is
+    refused (what it would have written is unknown), else by each write's store op
+    (insert, update, delete), ``refused`` for ops not listed."""
+
+    refused: str
+    by_op: Mapping[str, str]
+
+    def action(self, op: str) -> str:
+        return self.by_op.get(op, self.refused)
+
+
+APPLY = WriteKind("apply", {"insert": "create", "update": "update"})
+DELETE = WriteKind("delete", {})
+UPDATE_FINALIZERS = WriteKind("update-finalizers", {"delete": "delete"})
+UPDATE_STATUS = WriteKind("update-status", {})
+ROLLBACK = WriteKind("rollback", {})
+CREATE_API_KEY = WriteKind("create-apikey", {})
+REVOKE_API_KEY = WriteKind("revoke-apikey", {})
+Target = tuple[str, str, str]  # kind, namespace, name
 
 
 def parse_rv(value: str, field: str = "resourceVersion") -> int:
@@ -89,17 +118,62 @@ class RegistryService:
 
     # ------------------------------------------------------------------ writes
 
-    async def _write(self, fn: Callable[[Transaction], Awaitable[T]], retry: bool) -> T:
-        """Run ``fn`` in a transaction, again on StoreConflict when ``retry``."""
+    async def _write(
+        self,
+        fn: Callable[[Transaction], Awaitable[T]],
+        retry: bool,
+        kind: WriteKind,
+    ) -> T:
+        """Run ``fn`` in a transaction, again on StoreConflict when ``retry``. Each
+        write ``fn`` makes gets its audit entry in the same transaction."""
         for attempt in range(MAX_WRITE_ATTEMPTS):
             try:
                 async with self.store.transaction() as tx:
-                    return await fn(tx)
+                    audited = _AuditedTransaction(tx, kind)
+                    result = await fn(audited)
+                    entries = await tx.append_audit(audited.records)
             except StoreConflict:
                 if not retry or attempt == MAX_WRITE_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            else:
+                for entry in entries:
+                    audit.log_entry(entry)
+                return result
         raise AssertionError("unreachable")
+
+    async def _refused(
+        self, kind: WriteKind, targets: Sequence[Target], error: Exception
+    ) -> None:
+        """Record a refused write (in a transaction of its own: the refused one
+        wrote nothing). A failure to record is logged; the refusal stands."""
+        actor = identity.current().name
+        records = [
+            audit.refusal(actor, kind.refused, k, ns, name, error)
+            for k, ns, name in targets
+        ]
+        try:
+            async with self.store.transaction() as tx:
+                entries = await tx.append_audit(records)
+        except Exception:
+            audit.log.warning("could not record a refused write", exc_info=True)
+            return
+        for entry in entries:
+            audit.log_entry(entry)
+
+    async def _audited(
+        self,
+        kind: WriteKind,
+        targets: Callable[[], Sequence[Target]],
+        call: Awaitable[T],
+    ) -> T:
+        """``call``'s result; a refusal (any exception but cancellation) is recorded
+        for ``targets`` before it is raised."""
+        try:
+            return await call
+        except Exception as e:
+            await self._refused(kind, targets(), e)
+            raise
 
     async def apply(
         self,
@@ -108,6 +182,21 @@ class RegistryService:
         *,
         dry_run: bool = False,
         create_only: bool = False,
+    ) -> list[ApplyOutcome]:
+        call = self._apply(manifest, resources, dry_run, create_only, APPLY)
+        if dry_run:
+            return await call  # writes nothing: nothing to record
+        return await self._audited(
+            APPLY, lambda: _manifest_targets(manifest, resources), call
+        )
+
+    async def _apply(
+        self,
+        manifest: str,
+        resources: list[pb.Resource],
+        dry_run: bool,
+        create_only: bool,
+        write_kind: WriteKind,
     ) -> list[ApplyOutcome]:
         if manifest and resources:
             raise InvalidArgument.field("manifest", "send either manifest or resources")
@@ -143,7 +232,7 @@ class RegistryService:
             ]
 
         try:
-            outcomes = await self._write(run, retry)
+            outcomes = await self._write(run, retry, write_kind)
         except StoreConflict as e:
             if create_only:
                 raise AlreadyExists(f"{e}") from e
@@ -279,8 +368,17 @@ class RegistryService:
     async def delete(
         self, kind_name: str, namespace: str, name: str, precondition_rv: str
     ) -> pb.Resource:
-        kind = resolve_kind(kind_name)
         namespace = namespace or "default"
+        return await self._audited(
+            DELETE,
+            lambda: [(_kind_name(kind_name), namespace, name)],
+            self._delete(kind_name, namespace, name, precondition_rv),
+        )
+
+    async def _delete(
+        self, kind_name: str, namespace: str, name: str, precondition_rv: str
+    ) -> pb.Resource:
+        kind = resolve_kind(kind_name)
         wanted_rv = parse_rv(precondition_rv)
 
         async def run(tx: Transaction) -> pb.Resource:
@@ -292,7 +390,7 @@ class RegistryService:
                 return await _commit(tx, "update", kind, obj, current_rv)
             return await self._remove(tx, kind, obj, current_rv)
 
-        return await self._write(run, retry=not wanted_rv)
+        return await self._write(run, not wanted_rv, DELETE)
 
     async def _remove(
         self, tx: Transaction, kind: Kind, obj: Object, current_rv: int
@@ -309,8 +407,22 @@ class RegistryService:
         add: list[str],
         remove: list[str],
     ) -> pb.Resource:
-        kind = resolve_kind(kind_name)
         namespace = namespace or "default"
+        return await self._audited(
+            UPDATE_FINALIZERS,
+            lambda: [(_kind_name(kind_name), namespace, name)],
+            self._update_finalizers(kind_name, namespace, name, add, remove),
+        )
+
+    async def _update_finalizers(
+        self,
+        kind_name: str,
+        namespace: str,
+        name: str,
+        add: list[str],
+        remove: list[str],
+    ) -> pb.Resource:
+        kind = resolve_kind(kind_name)
         admission.check_finalizers(add, "add")
 
         async def run(tx: Transaction) -> pb.Resource:
@@ -330,9 +442,16 @@ class RegistryService:
                 return await self._remove(tx, kind, obj, current_rv)
             return await _commit(tx, "update", kind, obj, current_rv)
 
-        return await self._write(run, retry=True)
+        return await self._write(run, True, UPDATE_FINALIZERS)
 
     async def update_status(self, resource: pb.Resource) -> pb.Resource:
+        return await self._audited(
+            UPDATE_STATUS,
+            lambda: [_resource_target(resource)],
+            self._update_status(resource),
+        )
+
+    async def _update_status(self, resource: pb.Resource) -> pb.Resource:
         obj = unwrap_resource(resource)
         kind = kind_of(obj)
         namespace = obj.metadata.namespace or "default"
@@ -362,7 +481,7 @@ class RegistryService:
                 return stored
             return await _commit(tx, "update", kind, updated, current_rv)
 
-        return await self._write(run, retry=not wanted_rv)
+        return await self._write(run, not wanted_rv, UPDATE_STATUS)
 
     # ------------------------------------------------------------------ API keys
 
@@ -376,6 +495,20 @@ class RegistryService:
     ) -> tuple[pb.Resource, str]:
         """A new key: the secret is returned here once and stored nowhere."""
         namespace = namespace or "default"
+        return await self._audited(
+            CREATE_API_KEY,
+            lambda: [("ApiKey", namespace, "")],
+            self._create_api_key(namespace, subject, scopes, tenant, expires_at),
+        )
+
+    async def _create_api_key(
+        self,
+        namespace: str,
+        subject: str,
+        scopes: list[str],
+        tenant: str,
+        expires_at: str,
+    ) -> tuple[pb.Resource, str]:
         admission.check_api_key_request(namespace, subject, scopes, tenant, expires_at)
         secret, digest = generate_api_key()
         key_id = api_key_id(secret)
@@ -393,12 +526,19 @@ class RegistryService:
         async def run(tx: Transaction) -> ApplyOutcome:
             return await self._apply_one(tx, key, False, True)
 
-        outcome = await self._write(run, retry=False)
+        outcome = await self._write(run, False, CREATE_API_KEY)
         return outcome.resource, secret
 
     async def revoke_api_key(self, namespace: str, name: str) -> pb.Resource:
-        kind = BY_NAME["ApiKey"]
         namespace = namespace or "default"
+        return await self._audited(
+            REVOKE_API_KEY,
+            lambda: [("ApiKey", namespace, name)],
+            self._revoke_api_key(namespace, name),
+        )
+
+    async def _revoke_api_key(self, namespace: str, name: str) -> pb.Resource:
+        kind = BY_NAME["ApiKey"]
 
         async def run(tx: Transaction) -> pb.Resource:
             stored, obj, current_rv = await _load(tx, kind, namespace, name, 0)
@@ -409,7 +549,7 @@ class RegistryService:
             obj.metadata.generation += 1
             return await _commit(tx, "update", kind, obj, current_rv)
 
-        return await self._write(run, retry=True)
+        return await self._write(run, True, REVOKE_API_KEY)
 
     # ------------------------------------------------------------------ revisions
 
@@ -422,6 +562,13 @@ class RegistryService:
 
     async def rollback(self, namespace: str, name: str, revision: int) -> ApplyOutcome:
         namespace = namespace or "default"
+        return await self._audited(
+            ROLLBACK,
+            lambda: [("Model", namespace, name)],
+            self._rollback(namespace, name, revision),
+        )
+
+    async def _rollback(self, namespace: str, name: str, revision: int) -> ApplyOutcome:
         if revision <= 0:
             raise InvalidArgument.field(
                 "revision", "must be a revision number (1 or more)"
@@ -436,8 +583,64 @@ class RegistryService:
         target = copy.deepcopy((await self.get("Model", namespace, name)).model)
         target.spec.CopyFrom(old.spec)
         target.metadata.resource_version = ""
-        outcomes = await self.apply("", [wrap_object(target)])
+        outcomes = await self._apply("", [wrap_object(target)], False, False, ROLLBACK)
         return outcomes[0]
+
+    # ------------------------------------------------------------------ audit log
+
+    async def list_audit(
+        self,
+        kind: str = "",
+        namespace: str = "",
+        name: str = "",
+        actor: str = "",
+        since: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[AuditEntry], str]:
+        """Audit entries, oldest first, matching every non-empty filter; the token
+        of the next page ("" on the last)."""
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidArgument.field(
+                "page_size", f"must be 0 (default {DEFAULT_PAGE}) ..{MAX_PAGE}"
+            )
+        limit = page_size or DEFAULT_PAGE
+        after = 0
+        if page_token:
+            if not _RV.fullmatch(page_token):
+                raise InvalidArgument.field(
+                    "page_token", "not a page token from this list; start again"
+                )
+            after = int(page_token)
+        query = AuditQuery(
+            kind=_kind_name(kind) if kind else "",
+            namespace=namespace,
+            name=name,
+            actor=actor,
+            since=audit.parse_since(since),
+            after=after,
+            limit=limit + 1,
+        )
+        entries = await self.store.audit_entries(query)
+        if len(entries) > limit:
+            return entries[:limit], str(entries[limit - 1].seq)
+        return entries, ""
+
+    async def verify_audit(self) -> Verification:
+        """Walk the whole chain; the first entry that does not verify is named."""
+        head = await self.store.audit_head()
+        verifier = audit.ChainVerifier()
+        after = 0
+        while True:
+            page = await self.store.audit_entries(
+                AuditQuery(after=after, through=head, limit=MAX_PAGE)
+            )
+            for entry in page:
+                if not verifier.feed(entry):
+                    return verifier.finish(head)
+            if len(page) < MAX_PAGE:
+                return verifier.finish(head)
+            after = page[-1].seq
 
     # ------------------------------------------------------------------ reads
 
@@ -628,6 +831,95 @@ class WatchStream:
 
     def close(self) -> None:
         self._hub.unsubscribe(self._sub)
+
+
+class _AuditedTransaction:
+    """A Transaction that records each write for the audit log: who, the action,
+    and the change from the object as last read (or written) to the object as
+    written."""
+
+    def __init__(self, tx: Transaction, kind: WriteKind) -> None:
+        self._tx = tx
+        self._kind = kind
+        self._seen: dict[Target, pb.Resource | None] = {}
+        self.records: list[audit.AuditRecord] = []
+
+    async def get(self, kind: str, namespace: str, name: str) -> pb.Resource | None:
+        stored = await self._tx.get(kind, namespace, name)
+        self._seen[(kind, namespace, name)] = stored
+        return stored
+
+    async def write(self, change: Change) -> Event:
+        meta = metadata_of(change.resource)
+        key = (change.kind, meta.namespace, meta.name)
+        before = self._seen.get(key)
+        event = await self._tx.write(change)
+        after = None if change.op == "delete" else event.resource
+        self._seen[key] = after
+        self.records.append(
+            audit.record(
+                identity.current().name,
+                self._kind.action(change.op),
+                change.kind,
+                meta.namespace,
+                meta.name,
+                audit.diff(before, after),
+            )
+        )
+        return event
+
+    async def append_audit(
+        self, records: Sequence[audit.AuditRecord]
+    ) -> list[AuditEntry]:
+        return await self._tx.append_audit(records)
+
+
+def _kind_name(value: str) -> str:
+    """The kind's name when ``value`` names one, else ``value`` as given."""
+    try:
+        return resolve_kind(value).name
+    except InvalidArgument:
+        return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _manifest_targets(manifest: str, resources: list[pb.Resource]) -> list[Target]:
+    """What an Apply meant to write, as far as it can be read: one target per
+    document (empty names where the document does not say)."""
+    targets: list[Target] = []
+    if manifest:
+        try:
+            docs = parse_manifest(manifest)
+        except Exception:
+            return [("", "", "")]
+        for doc in docs:
+            meta = doc.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            targets.append(
+                (
+                    _kind_name(_text(doc.get("kind"))),
+                    _text(meta.get("namespace")) or "default",
+                    _text(meta.get("name")),
+                )
+            )
+    else:
+        targets = [_resource_target(r) for r in resources]
+    return targets or [("", "", "")]
+
+
+def _resource_target(resource: pb.Resource) -> Target:
+    which = resource.WhichOneof("object")
+    if which is None:
+        return ("", "", "")
+    meta = metadata_of(resource)
+    return (
+        kind_of(getattr(resource, which)).name,
+        meta.namespace or "default",
+        meta.name,
+    )
 
 
 _EVENT_TYPES = {"insert": "ADDED", "update": "MODIFIED", "delete": "DELETED"}

@@ -8,12 +8,13 @@ in commit order and a watcher reading "events after N" never misses one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.registry.domain.audit import AuditEntry, AuditQuery, AuditRecord
 
 
 class StoreConflict(Exception):
@@ -64,6 +65,11 @@ class Transaction(Protocol):
         Raises StoreConflict when the name is taken (insert) or the stored
         resourceVersion is no longer ``expected_rv`` (update, delete)."""
 
+    async def append_audit(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Append ``records`` to the audit log's hash chain, in this transaction, as
+        its last statements: appends of concurrent transactions (any process) wait
+        for each other, so the chain has one order and no fork."""
+
 
 class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
@@ -85,6 +91,11 @@ class Store(Protocol):
     async def compact(self, keep_events: int, older_than_s: float) -> int: ...
 
     async def list_revisions(self, uid: str) -> list[Revision]: ...
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]: ...
+
+    async def audit_head(self) -> int:
+        """How many entries the audit log holds (the newest entry's seq)."""
 
     def changes(self) -> AsyncIterator[int]:
         """Yields when a writer (any process) committed events: the newest

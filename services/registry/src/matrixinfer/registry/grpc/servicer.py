@@ -11,17 +11,24 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from matrixinfer.api.v1 import registry_pb2 as rpb
 from matrixinfer.api.v1 import registry_pb2_grpc as rpb_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.registry.domain.audit import AuditEntry
 from matrixinfer.registry.domain.kinds import unwrap
 from matrixinfer.registry.domain.service import RegistryService
+from matrixinfer.registry.grpc.auth import Authorizer
 
 
 class RegistryServicer(rpb_grpc.RegistryServicer):
-    def __init__(self, service: RegistryService) -> None:
+    def __init__(
+        self, service: RegistryService, authorizer: Authorizer | None = None
+    ) -> None:
         self.service = service
+        # Scope checks (grpc/auth.py); off unless the registry enforces auth.
+        self.auth = authorizer or Authorizer(enforce=False)
 
     async def Apply(
         self, request: rpb.ApplyRequest, context: grpc.aio.ServicerContext
     ) -> rpb.ApplyResponse:
+        self.auth.apply(request)
         outcomes = await self.service.apply(
             request.manifest,
             list(request.resources),
@@ -37,11 +44,13 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     async def Get(
         self, request: rpb.GetRequest, context: grpc.aio.ServicerContext
     ) -> pb.Resource:
+        self.auth.read(request.kind, request.namespace)
         return await self.service.get(request.kind, request.namespace, request.name)
 
     async def List(
         self, request: rpb.ListRequest, context: grpc.aio.ServicerContext
     ) -> rpb.ListResponse:
+        self.auth.read(request.kind, request.namespace, all_namespaces=True)
         items, rv, token = await self.service.list(
             request.kind,
             request.namespace,
@@ -56,6 +65,11 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     async def Delete(
         self, request: rpb.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> pb.Resource:
+        self.auth.write(
+            request.kind,
+            request.namespace,
+            f"delete {request.kind} in namespace {request.namespace or 'default'}",
+        )
         return await self.service.delete(
             request.kind, request.namespace, request.name, request.resource_version
         )
@@ -63,6 +77,7 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     async def Watch(
         self, request: rpb.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpb.WatchEvent]:
+        self.auth.read(request.kind, request.namespace, all_namespaces=True)
         async for item in self.service.watch(
             request.kind,
             request.namespace,
@@ -90,11 +105,17 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
             obj.metadata.name = request.name
         if request.namespace and not obj.metadata.namespace:
             obj.metadata.namespace = request.namespace
+        self.auth.status(
+            obj.kind, obj.metadata.namespace, f"update the status of {obj.kind}"
+        )
         return await self.service.update_status(resource)
 
     async def UpdateFinalizers(
         self, request: rpb.UpdateFinalizersRequest, context: grpc.aio.ServicerContext
     ) -> pb.Resource:
+        self.auth.status(
+            request.kind, request.namespace, f"update finalizers of {request.kind}"
+        )
         return await self.service.update_finalizers(
             request.kind,
             request.namespace,
@@ -106,6 +127,7 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     async def CreateApiKey(
         self, request: rpb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> rpb.CreateApiKeyResponse:
+        self.auth.admin("create API keys")
         resource, secret = await self.service.create_api_key(
             request.namespace,
             request.subject,
@@ -118,11 +140,13 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     async def RevokeApiKey(
         self, request: rpb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.Resource:
+        self.auth.admin("revoke API keys")
         return await self.service.revoke_api_key(request.namespace, request.name)
 
     async def ListRevisions(
         self, request: rpb.ListRevisionsRequest, context: grpc.aio.ServicerContext
     ) -> rpb.ListRevisionsResponse:
+        self.auth.read("Model", request.namespace)
         revisions = await self.service.list_revisions(request.namespace, request.name)
         response = rpb.ListRevisionsResponse()
         for revision in revisions:
@@ -138,7 +162,45 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     async def Rollback(
         self, request: rpb.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.Resource:
+        self.auth.write(
+            "Model",
+            request.namespace,
+            f"roll back Model in namespace {request.namespace or 'default'}",
+        )
         outcome = await self.service.rollback(
             request.namespace, request.name, request.revision
         )
         return outcome.resource
+
+    async def ListAuditEntries(
+        self, request: rpb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.ListAuditEntriesResponse:
+        self.auth.admin("read the audit log")
+        entries, token = await self.service.list_audit(
+            kind=request.kind,
+            namespace=request.namespace,
+            name=request.name,
+            actor=request.actor,
+            since=request.since,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return rpb.ListAuditEntriesResponse(
+            entries=[_audit_entry(e) for e in entries], next_page_token=token
+        )
+
+    async def VerifyAuditLog(
+        self, request: rpb.VerifyAuditLogRequest, context: grpc.aio.ServicerContext
+    ) -> rpb.VerifyAuditLogResponse:
+        self.auth.admin("verify the audit log")
+        result = await self.service.verify_audit()
+        return rpb.VerifyAuditLogResponse(
+            intact=result.intact,
+            entries=result.entries,
+            first_broken_seq=result.first_broken_seq,
+            reason=result.reason,
+        )
+
+
+def _audit_entry(entry: AuditEntry) -> rpb.AuditEntry:
+    return rpb.AuditEntry(**entry.as_dict())

@@ -125,6 +125,21 @@ class RuntimeApi:
         cmds.append(f"commit map @{version} {path}")
         await self.commands(cmds)
 
+    async def set_ssl_cert(self, path: str, pem: str) -> None:
+        """Replace a loaded certificate (chain and key) at run time: new handshakes
+        get it, established connections keep theirs. Raises when HAProxy refuses
+        it (unreadable, key and certificate do not match), leaving the old one."""
+        # The payload ends at the first empty line.
+        payload = "\n".join(line for line in pem.splitlines() if line.strip())
+        answer = await self.execute(f"set ssl cert {path} <<\n{payload}\n")
+        if "Transaction created" not in answer and "Transaction updated" not in answer:
+            raise RuntimeError(f"set ssl cert {path}: {answer.strip()}")
+        answer = await self.execute(f"commit ssl cert {path}")
+        if "Success!" not in answer:
+            with contextlib.suppress(Exception):
+                await self.execute(f"abort ssl cert {path}")
+            raise RuntimeError(f"commit ssl cert {path}: {answer.strip()}")
+
     async def show_stat(self) -> list[dict[str, str]]:
         text = await self.execute("show stat")
         text = text.lstrip("# ")

@@ -6,6 +6,11 @@ loaded by a seamless reload; otherwise only maps and server slots change, throug
 the runtime API. A render that HAProxy refuses leaves the last good configuration
 serving, and says why (log, ``matrixinfer_gateway_dataplane_config_errors_total``,
 ``last_error`` on /readyz's body).
+
+With TLS at the edge, the certificate and key files are watched: a change is
+loaded into the running worker with ``set ssl cert`` and ``commit ssl cert`` (new
+handshakes get it, established connections keep theirs; no reload), then written
+to the data plane's folder for later reloads and restarts.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from matrixinfer.gateway.adapters.dataplane.haproxy import (
     check_config,
 )
 from matrixinfer.gateway.adapters.dataplane.render import (
+    CLIENT_CA,
+    EDGE_CERT,
     ApiKey,
     JwtPlan,
     Options,
@@ -49,6 +56,23 @@ log = logging.getLogger(__name__)
 SLOT_COOLING_S = 30.0
 
 Source = Callable[[], tuple[RoutingTable, dict[str, ApiKeyRecord], JwtPlan | None]]
+
+
+@dataclass(frozen=True)
+class EdgeFiles:
+    """The operator's files for TLS at the edge (copied into the data plane's
+    folder, which HAProxy may see from another container)."""
+
+    cert: pathlib.Path
+    key: pathlib.Path
+    client_ca: pathlib.Path | None = None
+    #: seconds between checks of the certificate and key for a change
+    reload_s: float = 2.0
+
+    def edge_pem(self) -> str:
+        """The chain and the key as HAProxy loads them (one file, no blank line)."""
+        text = self.cert.read_text() + "\n" + self.key.read_text()
+        return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
 
 @dataclass
@@ -72,8 +96,15 @@ class DataPlane:
         on_applied: Callable[[RoutingTable, dict[str, ApiKeyRecord]], None] = (
             lambda *_: None
         ),
+        edge: EdgeFiles | None = None,
     ) -> None:
         self._on_applied = on_applied
+        self.edge = edge
+        #: the certificate HAProxy serves (and the last one it refused)
+        self._edge_pem = ""
+        self._edge_refused = ""
+        self.cert_updates = 0
+        self._tls_task: asyncio.Task[None] | None = None
         self.directory = directory
         self.ports = ports
         self.options = options
@@ -110,6 +141,11 @@ class DataPlane:
             "Routing changes applied through HAProxy's runtime API without a reload",
             registry=metrics,
         )
+        self._cert_updates = Counter(
+            "matrixinfer_gateway_dataplane_cert_updates_total",
+            "Public TLS certificates loaded into HAProxy at run time (rotations)",
+            registry=metrics,
+        )
         self._healthy = Gauge(
             "matrixinfer_gateway_dataplane_config_ok",
             "1 while the last rendered configuration is the one HAProxy runs",
@@ -122,6 +158,13 @@ class DataPlane:
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
+        if self.edge is not None:
+            self._edge_pem = self.edge.edge_pem()
+            _atomic_write(self.directory / EDGE_CERT, self._edge_pem)
+            if self.edge.client_ca is not None:
+                _atomic_write(
+                    self.directory / CLIENT_CA, self.edge.client_ca.read_text()
+                )
         table, keys, plan = self._source()
         first = self._render(table, dataplane_keys(keys, time.time()), plan)
         self._write(first)
@@ -132,9 +175,11 @@ class DataPlane:
         self._on_applied(table, keys)
         self._task = asyncio.get_running_loop().create_task(self._loop())
         self._stats_task = asyncio.get_running_loop().create_task(self._poll_stats())
+        if self.edge is not None:
+            self._tls_task = asyncio.get_running_loop().create_task(self._watch_tls())
 
     async def stop(self, grace_s: float = 0.0) -> None:
-        for task in (self._task, self._stats_task):
+        for task in (self._task, self._stats_task, self._tls_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -283,6 +328,50 @@ class DataPlane:
             await api.commands(commands)
             self._updates.inc()
 
+    # -- TLS at the edge --------------------------------------------------------
+
+    async def _watch_tls(self) -> None:
+        assert self.edge is not None
+        while True:
+            await asyncio.sleep(self.edge.reload_s)
+            try:
+                await self.update_certificate()
+            except Exception as e:
+                log.error("public TLS certificate not updated: %s", e)
+
+    async def update_certificate(self) -> bool:
+        """Load the certificate files into HAProxy if they changed (polled; tests
+        call it directly). True when a new certificate was loaded."""
+        assert self.edge is not None
+        try:
+            pem = await asyncio.to_thread(self.edge.edge_pem)
+        except OSError as e:  # being replaced: the next check sees the new one
+            log.debug("certificate files unreadable for now: %s", e)
+            return False
+        if pem in (self._edge_pem, self._edge_refused):
+            return False
+        path = self.directory / EDGE_CERT
+        async with self._lock:
+            try:
+                await self.process.runtime.set_ssl_cert(str(path), pem)
+            except RuntimeError as e:
+                # E.g. the certificate written before its key: a later check sees
+                # the pair; the served certificate stays meanwhile.
+                self._edge_refused = pem
+                self._errors.inc()
+                self.last_error = f"haproxy refused the new TLS certificate: {e}"
+                log.error("%s; the current certificate keeps serving", self.last_error)
+                return False
+            # Reloads and restarts read the file.
+            _atomic_write(path, pem)
+        self._edge_pem, self._edge_refused = pem, ""
+        self.cert_updates += 1
+        self._cert_updates.inc()
+        if self.last_error.startswith("haproxy refused the new TLS certificate"):
+            self.last_error = ""
+        log.info("public TLS certificate updated (no reload)")
+        return True
+
     # -- counters ---------------------------------------------------------------
 
     async def _poll_stats(self) -> None:
@@ -358,7 +447,10 @@ def _int(value: str | None) -> int:
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    # Owner only: the folder holds the edge certificate's private key.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 

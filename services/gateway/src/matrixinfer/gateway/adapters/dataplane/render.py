@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from google.rpc import error_details_pb2, status_pb2
 
+from matrixinfer.gateway.domain.auth import CLIENT_CERT_HEADER
 from matrixinfer.gateway.domain.routing import HeaderMatch, Route, RoutingTable, Server
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
@@ -65,6 +66,26 @@ MIN_SLOTS = 4
 #: HAProxy's Lua: the tensor checks (gRPC and REST binary) and the filter that
 #: rewrites a gRPC message's head (rename, priority).
 LUA_SCRIPT = "matrixinfer.lua"
+#: TLS at the edge: the certificate chain and key HAProxy serves (one PEM file in
+#: the data plane's folder, replaced at run time by ``set ssl cert``) and the CAs
+#: that sign client certificates.
+EDGE_CERT = "edge.pem"
+CLIENT_CA = "client-ca.pem"
+#: Mozilla's "intermediate" profile: forward secrecy and AEAD only; TLS 1.3 suites
+#: as OpenSSL orders them. No RC4, 3DES, CBC, NULL or export ciphers.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+TLS13_SUITES = ":".join(
+    ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+)
 
 
 def lua_source() -> str:
@@ -104,6 +125,28 @@ class JwtPlan:
 
 
 @dataclass(frozen=True)
+class ClientCert:
+    """A client certificate subject HAProxy accepts: the hex sha256 of its CN, the
+    models it may call ("*" for all) and its tenant ("" for none)."""
+
+    cn_sha256_hex: str
+    models: frozenset[str]
+    tenant: str
+
+
+@dataclass(frozen=True)
+class EdgeTls:
+    """TLS on the public ports (``EDGE_CERT`` in the data plane's folder); with
+    ``client_ca``, an optional client certificate signed by ``CLIENT_CA`` is a
+    credential, mapped to scopes by ``clients``. ``header_secret`` proves to the
+    slow path that the client-certificate header it reads was set by HAProxy."""
+
+    client_ca: bool = False
+    clients: tuple[ClientCert, ...] = ()
+    header_secret: str = ""
+
+
+@dataclass(frozen=True)
 class Options:
     auth: bool = True
     default_timeout_ms: int = 30_000
@@ -113,6 +156,7 @@ class Options:
     peers: tuple[tuple[str, str], ...] = ()
     peer_name: str = ""
     jwt: JwtPlan | None = None
+    tls: EdgeTls | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +209,16 @@ def api_keys_maps(keys: Iterable[ApiKey]) -> dict[str, dict[str, str]]:
         for model in key.models:
             scopes[f"{key.sha256_hex}:{model}"] = "1"
     return {"keys.map": known, "scopes.map": scopes}
+
+
+def client_cert_maps(clients: Iterable[ClientCert]) -> dict[str, dict[str, str]]:
+    known: dict[str, str] = {}
+    scopes: dict[str, str] = {}
+    for client in clients:
+        known[client.cn_sha256_hex] = client.tenant or "-"
+        for model in client.models:
+            scopes[f"{client.cn_sha256_hex}:{model}"] = "1"
+    return {"certs.map": known, "certscopes.map": scopes}
 
 
 def thresholds(weights: list[int]) -> list[int]:
@@ -329,6 +383,8 @@ def render(
     ctx = _Ctx({LUA_SCRIPT: lua_source()}, directory)
     maps: dict[str, dict[str, str]] = {"routes.map": {}, "weights.map": {}}
     maps.update(api_keys_maps(keys))
+    if options.tls is not None and options.tls.client_ca:
+        maps.update(client_cert_maps(options.tls.clients))
     if options.jwt is not None:
         maps["jwks.map"], maps["jwks-alg.map"] = {}, {}
         for kid, alg, pem in options.jwt.keys:
@@ -525,7 +581,28 @@ def _global(ports: Ports, options: Options, directory: str) -> str:
         lines.append(f"    nbthread {options.threads}")
     if options.peer_name:
         lines.append(f"    localpeer {options.peer_name}")
+    if options.tls is not None:
+        lines += [
+            f"    ssl-default-bind-ciphers {TLS12_CIPHERS}",
+            f"    ssl-default-bind-ciphersuites {TLS13_SUITES}",
+            # No TLS 1.0/1.1; no session tickets (their key never rotates here).
+            "    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _bind(proto: str, ports: Ports, options: Options, directory: str) -> str:
+    grpc = proto == "grpc"
+    line = f"    bind {ports.host}:{ports.grpc if grpc else ports.http}"
+    tls = options.tls
+    if tls is not None:
+        line += f" ssl crt {directory}/{EDGE_CERT}"
+        line += " alpn h2" if grpc else " alpn h2,http/1.1"
+        if tls.client_ca:
+            # optional: a caller may present a certificate; one that does not
+            # verify against the CA fails the handshake.
+            line += f" ca-file {directory}/{CLIENT_CA} verify optional"
+    return line + (" proto h2" if grpc else "")
 
 
 def _defaults(options: Options) -> str:
@@ -552,13 +629,19 @@ def _frontend(
 ) -> str:
     grpc = proto == "grpc"
     error = _grpc_error if grpc else _rest_error
-    port = ports.grpc if grpc else ports.http
     out = [f"frontend {proto}"]
-    out.append(f"    bind {ports.host}:{port}" + (" proto h2" if grpc else ""))
+    out.append(_bind(proto, ports, options, directory))
     out.append("    acl slow var(txn.slow) -m found")
     out.extend(_generated_errors(grpc))
     out.append(f"    acl is_grpc always_{'true' if grpc else 'false'}")
     if not grpc:
+        # An h2 request HAProxy refuses itself (401, 403, 404, 429) before reading
+        # its body ends with RST_STREAM(CANCEL) after the answer, which curl (7.88)
+        # reports as an error instead of the answer: read a body that fits the
+        # buffer first (curl speaks h2 wherever TLS offers it).
+        out.append(
+            "    http-request wait-for-body time 1s if METH_POST { req.ver -m str 2.0 }"
+        )
         # Triton answers a body it cannot parse ("Unable to parse 'data': ...",
         # "failed to parse the request JSON buffer: ...") with 500: the client's
         # error, a 400 as Triton's other request errors are. Only 500s are read.
@@ -757,6 +840,16 @@ def _auth_rules(
         "    http-request set-var(txn.cred) req.fhdr(authorization),word(2,' ') "
         "if !slow key_bearer",
     ]
+    certs = options.tls is not None and options.tls.client_ca
+    if certs:
+        # A verified client certificate is the credential only when the request
+        # carries no credential header (a header credential takes precedence).
+        out += [
+            "    acl cert var(txn.cert) -m found",
+            "    http-request set-var(txn.cert) ssl_c_s_dn(CN),sha2(256),hex,lower "
+            "if !slow !has_xkey !has_authz { ssl_c_used } { ssl_c_verify 0 } "
+            "{ ssl_c_s_dn(CN) -m found }",
+        ]
     plan = options.jwt
     if plan is None or not plan.keys:
         out.append(
@@ -769,9 +862,24 @@ def _auth_rules(
         error(
             UNAUTHENTICATED,
             "missing credentials",
-            "if !slow !key !jwt",
+            "if !slow !key !jwt" + (" !cert" if certs else ""),
         )
     )
+    if certs:
+        out += [
+            "    http-request set-var(txn.tenant) "
+            f"var(txn.cert),map({directory}/certs.map) if !slow cert",
+            error(
+                UNAUTHENTICATED,
+                "client certificate not accepted",
+                "if !slow cert !{ var(txn.tenant) -m found }",
+            ),
+            "    http-request set-var(txn.allowed) var(txn.cert),concat(:,txn.model,),"
+            f"map({directory}/certscopes.map) if !slow cert",
+            "    http-request set-var(txn.allowed) var(txn.cert),concat(:*,,),"
+            f"map({directory}/certscopes.map) if !slow cert "
+            "!{ var(txn.allowed) -m found }",
+        ]
     out += [
         "    http-request set-var(txn.kh) var(txn.cred),sha2(256),hex,lower "
         "if !slow key",
@@ -1011,11 +1119,24 @@ def _with_slots(structure: str, slots: Mapping[str, list[Replica | None]]) -> st
 
 
 def _slow_backends(ports: Ports, options: Options) -> str:
+    # Who a verified client certificate names, for the slow path's authenticator:
+    # never what the client sent, and with a secret only HAProxy and the gateway
+    # know (the slow path's ports are reachable from this machine).
+    cert = f"    http-request del-header {CLIENT_CERT_HEADER}\n"
+    tls = options.tls
+    if tls is not None and tls.client_ca and tls.header_secret:
+        cert += (
+            f"    http-request set-header {CLIENT_CERT_HEADER} "
+            f"{tls.header_secret}:%[ssl_c_s_dn(CN),sha2(256),hex,lower] "
+            "if { ssl_c_used } { ssl_c_verify 0 } { ssl_c_s_dn(CN) -m found }\n"
+        )
     return (
         "backend slow_grpc\n"
         f"    timeout server {options.max_timeout_ms}ms\n"
-        f"    server gateway 127.0.0.1:{ports.slow_grpc} proto h2\n"
+        + cert
+        + f"    server gateway 127.0.0.1:{ports.slow_grpc} proto h2\n"
         "backend slow_rest\n"
         f"    timeout server {options.max_timeout_ms}ms\n"
-        f"    server gateway 127.0.0.1:{ports.slow_http}\n"
+        + cert
+        + f"    server gateway 127.0.0.1:{ports.slow_http}\n"
     )

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -39,11 +39,14 @@ from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import InvalidArgument, Unavailable
 from matrixinfer.registry.adapters.db.migrate import upgrade_to_head
 from matrixinfer.registry.adapters.db.tables import (
+    audit_log,
     counters,
     events,
     resources,
     revisions,
 )
+from matrixinfer.registry.domain import audit
+from matrixinfer.registry.domain.audit import AuditEntry, AuditQuery, AuditRecord
 from matrixinfer.registry.domain.store import Change, Event, Revision, StoreConflict
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,33 @@ def _body(resource: pb.Resource) -> bytes:
         meta.resource_version = rv
 
 
+# Appending to the audit log: take the "audit" counter row (its lock, held to commit,
+# serializes appends of every process; taken after any resource_version lock, so the
+# order of locks is the same in every transaction), then read the previous hash in a
+# new statement, which sees what the previous holder committed.
+_AUDIT_RESERVE = (
+    update(counters)
+    .where(counters.c.name == "audit")
+    .values(value=counters.c.value + bindparam("n"))
+    .returning(counters.c.value)
+)
+_AUDIT_HASH = select(audit_log.c.hash).where(audit_log.c.seq == bindparam("seq"))
+_AUDIT_COLUMNS = (
+    audit_log.c.seq,
+    audit_log.c.time,
+    audit_log.c.actor,
+    audit_log.c.action,
+    audit_log.c.kind,
+    audit_log.c.namespace,
+    audit_log.c.name,
+    audit_log.c.diff,
+    audit_log.c.result,
+    audit_log.c.message,
+    audit_log.c.previous_hash,
+    audit_log.c.hash,
+)
+
+
 class SqlTransaction:
     def __init__(self, conn: AsyncConnection, postgres: bool, channel: str) -> None:
         self.conn = conn
@@ -188,6 +218,29 @@ class SqlTransaction:
         )
         self.events.append(event)
         return event
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        if not records:
+            return []
+        conn = self.conn
+        newest = int(
+            (await conn.execute(_AUDIT_RESERVE, {"n": len(records)})).scalar_one()
+        )
+        first = newest - len(records) + 1
+        previous = audit.GENESIS
+        if first > 1:
+            found = (await conn.execute(_AUDIT_HASH, {"seq": first - 1})).first()
+            # A missing predecessor (removed behind our back) stays visible to
+            # verification: the chain breaks right there.
+            previous = found[0] if found else ""
+        time = audit.timestamp()
+        entries: list[AuditEntry] = []
+        for seq, record in enumerate(records, start=first):
+            entry = audit.seal(record, seq, time, previous)
+            entries.append(entry)
+            previous = entry.hash
+        await conn.execute(insert(audit_log), [e.as_dict() for e in entries])
+        return entries
 
     async def _write_postgres(
         self, change: Change, meta: Any, body: bytes
@@ -450,6 +503,45 @@ class SqlStore:
             .order_by(revisions.c.revision)
         )
         return [Revision(int(r[0]), _decode(r[1]), float(r[2])) for r in rows]
+
+    async def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
+        statement = select(*_AUDIT_COLUMNS).where(audit_log.c.seq > query.after)
+        if query.through:
+            statement = statement.where(audit_log.c.seq <= query.through)
+        for column, value in (
+            (audit_log.c.kind, query.kind),
+            (audit_log.c.namespace, query.namespace),
+            (audit_log.c.name, query.name),
+            (audit_log.c.actor, query.actor),
+        ):
+            if value:
+                statement = statement.where(column == value)
+        if query.since:
+            statement = statement.where(audit_log.c.time >= query.since)
+        statement = statement.order_by(audit_log.c.seq).limit(query.limit)
+        return [
+            AuditEntry(
+                int(r[0]),
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                r[11],
+            )  # fmt: skip
+            for r in await self._read(statement)
+        ]
+
+    async def audit_head(self) -> int:
+        rows = await self._read(
+            select(counters.c.value).where(counters.c.name == "audit")
+        )
+        return int(rows[0][0])
 
     async def changes(self) -> AsyncIterator[int]:
         """PostgreSQL: one LISTEN connection per process. SQLite: nothing to follow."""

@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -71,3 +72,26 @@ revisions = Table(
 )
 
 Index("ix_events_created_s", events.c.created_s)
+
+# The audit log (domain/audit.py): append-only, a hash chain in seq order. The
+# "audit" counter row holds the newest seq; its row lock serializes appends.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("time", String(32), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("diff", Text, nullable=False),
+    Column("result", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("previous_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+Index("ix_audit_log_object", audit_log.c.kind, audit_log.c.namespace, audit_log.c.name)
+Index("ix_audit_log_actor", audit_log.c.actor)
+Index("ix_audit_log_time", audit_log.c.time)

@@ -1,0 +1,119 @@
+"""The local CA `matrixinfer up` makes: created once with private keys only the owner
+can read, reused on later starts, certificates reissued near expiry, identity in the
+subjectAltName only; and the CLI settings that carry certificates."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import stat
+
+import pytest
+from cryptography import x509
+
+from matrixinfer.cli.config import ConfigError, local_up_path, resolve
+from matrixinfer.cli.up import forget_local_up, local_pki, record_local_up, tls_env
+from matrixinfer.core import pki
+
+
+def mode(path: pathlib.Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def sans(path: pathlib.Path) -> list[str]:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return [str(v) for v in ext.value.get_values_for_type(x509.DNSName)] + [
+        str(v) for v in ext.value.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def test_up_creates_the_pki_once_with_private_keys_0600(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    first = local_pki(state)
+    assert sorted(first) == ["admin", "autoscaler", "controller", "gateway", "registry"]
+    directory = state / "pki"
+    assert mode(directory) == 0o700
+    assert mode(directory / "ca.key") == 0o600
+    assert [mode(f.key) for f in first.values()] == [0o600] * 5
+    contents = {p.name: p.read_bytes() for p in directory.iterdir()}
+
+    second = local_pki(state)  # the next `up`
+    assert second == first
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == contents
+
+
+def test_identity_is_the_service_name_not_an_address(tmp_path: pathlib.Path) -> None:
+    files = pki.ensure_pki(tmp_path)
+    assert sans(files["registry"].cert) == ["registry.matrixinfer.internal"]
+    assert sans(files["admin"].cert) == ["admin.matrixinfer.internal"]
+    assert pki.service_of("controller.matrixinfer.internal") == "controller"
+    assert pki.service_of("a.controller.matrixinfer.internal") is None
+    assert pki.service_of("localhost") is None
+
+
+def test_a_certificate_near_expiry_is_reissued(tmp_path: pathlib.Path) -> None:
+    files = pki.ensure_pki(tmp_path)
+    authority = pki.Authority(tmp_path / "ca.crt", tmp_path / "ca.key")
+    pki.issue(authority, "gateway", tmp_path, days=10)  # inside the 30-day window
+    short = files["gateway"].cert.read_bytes()
+    kept = files["registry"].cert.read_bytes()
+
+    again = pki.ensure_pki(tmp_path)
+    renewed = x509.load_pem_x509_certificate(again["gateway"].cert.read_bytes())
+    assert again["gateway"].cert.read_bytes() != short
+    left = renewed.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert left > datetime.timedelta(days=80)
+    assert again["registry"].cert.read_bytes() == kept
+
+
+def test_a_certificate_of_another_ca_is_reissued(tmp_path: pathlib.Path) -> None:
+    pki.ensure_pki(tmp_path)
+    other = pki.create_ca(tmp_path / "other")
+    pki.issue(other, "controller", tmp_path)
+    again = pki.ensure_pki(tmp_path)
+    cert = x509.load_pem_x509_certificate(again["controller"].cert.read_bytes())
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)  # raises if not
+
+
+def test_up_passes_each_service_its_files(tmp_path: pathlib.Path) -> None:
+    files = local_pki(tmp_path)
+    env = tls_env("CONTROLLER", files["controller"])
+    assert env == {
+        "MATRIXINFER_CONTROLLER_TLS_CERT_FILE": str(tmp_path / "pki/controller.crt"),
+        "MATRIXINFER_CONTROLLER_TLS_KEY_FILE": str(tmp_path / "pki/controller.key"),
+        "MATRIXINFER_CONTROLLER_TLS_CA_FILE": str(tmp_path / "pki/ca.crt"),
+    }
+
+
+def test_cli_takes_all_three_tls_files_or_none(tmp_path: pathlib.Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "MATRIXINFER_TLS_CA": "/ca.crt"}
+    with pytest.raises(ConfigError, match="set all of tls_ca, tls_cert and tls_key"):
+        resolve({}, env)
+    env |= {"MATRIXINFER_TLS_CERT": "/c.crt", "MATRIXINFER_TLS_KEY": "/c.key"}
+    config = resolve({}, env)
+    assert config.tls == (
+        pathlib.Path("/ca.crt"),
+        pathlib.Path("/c.crt"),
+        pathlib.Path("/c.key"),
+    )
+
+
+def test_cli_uses_the_admin_certificate_of_a_running_up(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    files = local_pki(tmp_path / "state")
+    assert resolve({}, env).tls is None  # no `up` running
+
+    record_local_up("127.0.0.1:50051", files["admin"])
+    admin = files["admin"]
+    assert resolve({}, env).tls == (admin.ca, admin.cert, admin.key)
+    # Another registry than the one `up` serves: nothing borrowed.
+    assert resolve({"server": "10.0.0.1:50051"}, env).tls is None
+
+    forget_local_up()  # `up` stopped
+    assert not local_up_path(env).exists()
+    assert resolve({}, env).tls is None
