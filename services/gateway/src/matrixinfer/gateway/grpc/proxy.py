@@ -1,31 +1,35 @@
 """The KServe v2 gRPC front door: ``inference.GRPCInferenceService`` served with
 generic handlers on raw bytes, so tensors are never decoded. Model-scoped calls are
-routed by the model name read from the wire (:mod:`matrixinfer.gateway.domain.wire`)
-to a replica chosen by the balancer, on a persistent channel per replica
-(:mod:`matrixinfer.gateway.adapters.upstreams`); ``UNAVAILABLE`` is retried on
-another replica. Repository, shared-memory, trace and log APIs are
+routed by the model name read from the wire (:mod:`matrixinfer.gateway.domain.wire`);
+what happens to them (who may call, where they go, how long they may take, waiting
+at zero, mirroring, retrying ``UNAVAILABLE`` on another replica) is decided by
+:mod:`matrixinfer.gateway.domain.dispatch`; this module carries the bytes on a
+persistent channel per replica (:mod:`matrixinfer.gateway.adapters.upstreams`) and
+turns statuses into answers. Repository, shared-memory, trace and log APIs are
 refused: clients must never change what is served or reach Triton internals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+)
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
 from matrixinfer.core.errors import (
-    DeadlineExceeded,
     InvalidArgument,
     PermissionDenied,
-    ResourceExhausted,
     Unavailable,
 )
 from matrixinfer.core.grpc.errors import abort_for, status_code_for
@@ -34,12 +38,12 @@ from matrixinfer.gateway.adapters.upstreams import Upstreams
 from matrixinfer.gateway.domain.auth import (
     CLIENT_CERT_HEADER,
     Authenticator,
-    authorize_infer,
 )
 from matrixinfer.gateway.domain.balancer import Balancer
+from matrixinfer.gateway.domain.dispatch import Dispatcher, UpstreamError
 from matrixinfer.gateway.domain.load import LoadTracker
 from matrixinfer.gateway.domain.ports import Activator
-from matrixinfer.gateway.domain.routing import Route, RoutingTable, Rule, Server
+from matrixinfer.gateway.domain.routing import RoutingTable, Server
 from matrixinfer.gateway.domain.tensors import check_infer_request
 from matrixinfer.gateway.domain.wire import peek_model, with_model, with_priority
 from matrixinfer.triton.protocol import service_pb2
@@ -101,7 +105,7 @@ def _mapped(
         try:
             return await fn(request, context)
         except UpstreamError as e:
-            await context.abort(e.code, e.message)
+            await context.abort(grpc.StatusCode[e.code], e.message)
         except grpc.aio.AbortError:
             raise
         except Exception as e:
@@ -109,15 +113,6 @@ def _mapped(
         raise AssertionError("unreachable")
 
     return call
-
-
-class UpstreamError(Exception):
-    """Triton answered with an error status; it goes to the caller as is (cleaned)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def grpc_headers(context: grpc.aio.ServicerContext) -> dict[str, list[str]]:
@@ -148,23 +143,21 @@ class InferenceProxy:
     ) -> None:
         self._metrics = metrics if metrics is not None else ProxyMetrics(None)
         self._tracer = tracer if tracer is not None else ProxyTracer(None)
-        self._activator = activator
-        self._tracker = tracker
-        self._table_changed = table_changed
-        self._max_held_per_model = max_held_per_model
-        self._authenticator = authenticator
-        # Mirrored copies run beside the real traffic; bounded, so a slow mirror
-        # target can never pile up work in the gateway.
-        self._mirrors: set[asyncio.Task[None]] = set()
-        # Activations in flight, one per ModelInfer (held requests share it).
-        self._activations: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._max_mirrors = 64
-        self._rng = random.Random()
+        self._dispatch = Dispatcher(
+            table,
+            authenticator,
+            activator,
+            tracker,
+            table_changed,
+            balancer,
+            default_timeout_s,
+            max_timeout_s,
+            max_held_per_model,
+        )
         self._table = table
-        self._upstreams = upstreams
+        self._tracker = tracker
         self._balancer = balancer
-        self._default_timeout_s = default_timeout_s
-        self._max_timeout_s = max_timeout_s
+        self._upstreams = upstreams
         self._ready = ready
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -198,7 +191,7 @@ class InferenceProxy:
             ):
                 yield response
         except UpstreamError as e:
-            await context.abort(e.code, e.message)
+            await context.abort(grpc.StatusCode[e.code], e.message)
         except grpc.aio.AbortError:
             raise
         except Exception as e:
@@ -234,13 +227,6 @@ class InferenceProxy:
 
     # ------------------------------------------------------------------ routed calls
 
-    def _timeout_s(
-        self, remaining: float | None, server: Server, rule_ms: int
-    ) -> float:
-        cap = (rule_ms or server.timeout_ms) / 1000.0
-        wanted = remaining if remaining is not None else self._default_timeout_s
-        return max(0.0, min(wanted, cap, self._max_timeout_s))
-
     @staticmethod
     def _forwarded_metadata(
         headers: dict[str, list[str]],
@@ -251,88 +237,6 @@ class InferenceProxy:
             if k not in _DROPPED and not k.startswith(":") and not k.endswith("-bin")
             for v in values
         )
-
-    async def _admit(
-        self, all_headers: dict[str, list[str]], name: str, version: str
-    ) -> tuple[Route, Rule, Server, str | None, dict[str, str]]:
-        """Authenticate, authorize and route one call (in that order: nothing about
-        a model is revealed to a caller who may not use it; HAProxy has applied the
-        route's rate limit before handing the call over). Also returns the
-        sticky-routing key when the ModelServer asks for one."""
-        principal = self._authenticator.authenticate(all_headers)
-        authorize_infer(principal, name)
-        headers = {k: v[-1] for k, v in all_headers.items()}
-        route, rule, server = self._table().resolve(
-            name, version, headers, principal.tenant
-        )
-        affinity = headers.get(server.hash_header) if server.hash_header else None
-        return route, rule, server, affinity, headers
-
-    async def _hold(
-        self,
-        name: str,
-        version: str,
-        headers: dict[str, str],
-        server: Server,
-        deadline: float,
-    ) -> Server:
-        """Wait for a replica of a model scaled to zero, asking for one first."""
-        load = self._tracker.load((server.namespace, server.model_infer))
-        if load.held >= self._max_held_per_model:
-            raise ResourceExhausted(
-                f"too many requests are waiting for model {name!r} to start",
-                retry_after_s=1.0,
-            )
-        load.held += 1
-        key = (server.namespace, server.model_infer)
-        if key not in self._activations:  # one activation at a time per model
-            activation = asyncio.create_task(
-                self._activator.activate(server.namespace, server.model_infer)
-            )
-            self._activations[key] = activation
-            activation.add_done_callback(lambda _: self._activations.pop(key, None))
-        try:
-            while not server.replicas:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded(
-                        f"model {name!r} had no ready replica before the deadline"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await self._table_changed()
-                _, _, server = self._table().resolve(name, version, headers)
-            return server
-        finally:
-            load.held -= 1
-
-    def _mirror(
-        self, path: str, request: bytes, name: str, mirror: tuple[Server, int]
-    ) -> None:
-        target, percent = mirror
-        if (
-            self._rng.uniform(0, 100) >= percent
-            or len(self._mirrors) >= self._max_mirrors
-        ):
-            return
-        address = self._balancer.pick(
-            target.replicas, set(), target.max_concurrent_per_replica
-        )
-        if address is None:
-            return
-        if target.triton_model and target.triton_model != name:
-            request = with_model(request, name=target.triton_model)
-
-        async def send() -> None:
-            try:
-                stub = self._upstreams.unary(address, path)
-                await stub(request, timeout=target.timeout_ms / 1000.0)
-            except grpc.aio.AioRpcError as e:
-                log.debug("mirror to %s failed: %s", address, e.code().name)
-
-        task = asyncio.create_task(send())
-        self._mirrors.add(task)
-        task.add_done_callback(self._mirrors.discard)
 
     def _routed(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -389,24 +293,25 @@ class InferenceProxy:
         time_remaining_s: float | None,
     ) -> bytes:
         path = PATHS[method]
-        route, rule, server, affinity, flat = await self._admit(headers, name, version)
+        call = self._dispatch.admit(headers, name, version)
+        rule, server = call.rule, call.server
         if method == "ModelInfer":
             problem = check_infer_request(request)
             if problem is not None:
                 raise InvalidArgument(problem)
         if method == "ModelReady" and not server.replicas:
             return b""  # ModelReadyResponse{ready: false}
-        deadline = time.monotonic() + self._timeout_s(
-            time_remaining_s, server, rule.timeout_ms
-        )
+        deadline = self._dispatch.deadline(time_remaining_s, server, rule.timeout_ms)
         load = self._tracker.load((server.namespace, server.model_infer))
         if method == "ModelInfer":
             load.arrivals += 1
         if not server.replicas and method in HOLDING:
             # Metadata and config wait too: clients often ask for them first.
-            server = await self._hold(name, version, flat, server, deadline)
-        if method == "ModelInfer" and rule.mirror is not None:
-            self._mirror(path, request, name, rule.mirror)
+            server = await self._dispatch.hold(
+                name, version, call.headers, server, deadline
+            )
+        if method == "ModelInfer":
+            self._dispatch.mirror(rule.mirror, self._mirror_sender(path, request, name))
         if server.triton_model and server.triton_model != name:
             request = with_model(request, name=server.triton_model)
         if rule.priority and method == "ModelInfer":
@@ -414,77 +319,54 @@ class InferenceProxy:
         metadata = self._forwarded_metadata(headers)
         load.in_flight += 1
         try:
-            with self._tracer.span(method, name, flat) as trace_headers:
+            with self._tracer.span(method, name, call.headers) as trace_headers:
                 if trace_headers:
                     metadata = tuple(
                         (k, v) for k, v in metadata if k not in trace_headers
                     ) + tuple(trace_headers.items())
-                return await self._forward(
-                    method, path, request, metadata, name, server, affinity,
+                return await self._dispatch.forward(
+                    method,
+                    name,
+                    server,
+                    call.affinity,
                     deadline,
-                )  # fmt: skip
+                    self._unary_sender(path, request, metadata),
+                )
         finally:
             load.in_flight -= 1
 
-    async def _forward(
-        self,
-        method: str,
-        path: str,
-        request: bytes,
-        metadata: tuple[tuple[str, str], ...],
-        name: str,
-        server: Server,
-        affinity: str | None,
-        deadline: float,
-    ) -> bytes:
-        tried: set[str] = set()
-        attempts = 1 + max(0, server.retry_attempts)
-        last: grpc.aio.AioRpcError | None = None
-        for _ in range(attempts):
-            address = self._balancer.pick(
-                server.replicas, tried, server.max_concurrent_per_replica, affinity
-            )
-            if address is None:
-                break
-            tried.add(address)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"{method} for model {name!r} ran out of time")
-            self._balancer.started(address)
-            failed = False
+    def _unary_sender(
+        self, path: str, request: bytes, metadata: tuple[tuple[str, str], ...]
+    ) -> Callable[[str, float], Awaitable[bytes]]:
+        """One attempt of a unary call on a replica; its error status as an
+        UpstreamError."""
+
+        async def send(address: str, timeout_s: float) -> bytes:
             try:
                 stub = self._upstreams.unary(address, path)
                 response: bytes = await stub(
-                    request, timeout=remaining, metadata=metadata
+                    request, timeout=timeout_s, metadata=metadata
                 )
                 return response
             except grpc.aio.AioRpcError as e:
-                failed = e.code() in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.INTERNAL,
-                )
-                # Only UNAVAILABLE is safe to retry: the request never ran.
-                if (
-                    e.code() == grpc.StatusCode.UNAVAILABLE
-                    and "UNAVAILABLE" in server.retry_on
-                ):
-                    last = e
-                    continue
-                raise UpstreamError(e.code(), _clean(e.details())) from None
-            finally:
-                self._balancer.finished(
-                    address, failed, server.consecutive_errors, server.ejection_s
-                )
-        if last is not None:
-            raise Unavailable(
-                f"no replica of model {name!r} answered: {_clean(last.details())}"
-            )
-        if server.replicas and server.max_concurrent_per_replica:
-            raise ResourceExhausted(
-                f"every replica of model {name!r} is at its concurrency limit",
-                retry_after_s=0.1,
-            )
-        raise Unavailable(f"model {name!r} has no ready replica")
+                raise UpstreamError(e.code().name, _clean(e.details())) from None
+
+        return send
+
+    def _mirror_sender(
+        self, path: str, request: bytes, name: str
+    ) -> Callable[[str, Server], Coroutine[Any, Any, None]]:
+        async def send(address: str, target: Server) -> None:
+            copy = request
+            if target.triton_model and target.triton_model != name:
+                copy = with_model(request, name=target.triton_model)
+            try:
+                stub = self._upstreams.unary(address, path)
+                await stub(copy, timeout=target.timeout_ms / 1000.0)
+            except grpc.aio.AioRpcError as e:
+                log.debug("mirror to %s failed: %s", address, e.code().name)
+
+        return send
 
     async def stream(
         self,
@@ -501,14 +383,17 @@ class InferenceProxy:
         except StopAsyncIteration:
             return
         name, version = peek_model(first)
-        _, rule, server, affinity, flat = await self._admit(headers, name, version)
+        call = self._dispatch.admit(headers, name, version)
+        rule, server = call.rule, call.server
         if not server.replicas:
-            deadline = time.monotonic() + self._timeout_s(
+            deadline = self._dispatch.deadline(
                 time_remaining_s, server, rule.timeout_ms
             )
-            server = await self._hold(name, version, flat, server, deadline)
+            server = await self._dispatch.hold(
+                name, version, call.headers, server, deadline
+            )
         address = self._balancer.pick(
-            server.replicas, set(), server.max_concurrent_per_replica, affinity
+            server.replicas, set(), server.max_concurrent_per_replica, call.affinity
         )
         if address is None:
             raise Unavailable(f"model {name!r} has no ready replica")
@@ -547,7 +432,7 @@ class InferenceProxy:
                 yield response
         except grpc.aio.AioRpcError as e:
             failed = e.code() == grpc.StatusCode.UNAVAILABLE
-            raise UpstreamError(e.code(), _clean(e.details())) from None
+            raise UpstreamError(e.code().name, _clean(e.details())) from None
         finally:
             load.in_flight -= 1
             self._balancer.finished(

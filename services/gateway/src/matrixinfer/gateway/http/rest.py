@@ -26,7 +26,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from matrixinfer.core.errors import InvalidArgument, MatrixInferError, ResourceExhausted
 from matrixinfer.core.grpc.errors import http_status_for, status_code_for
 from matrixinfer.gateway.domain import generate as gen
-from matrixinfer.gateway.grpc.proxy import InferenceProxy, UpstreamError
+from matrixinfer.gateway.domain.dispatch import UpstreamError
+from matrixinfer.gateway.grpc.proxy import InferenceProxy
 from matrixinfer.gateway.http import openapi
 from matrixinfer.gateway.http.admin import AdminApi
 from matrixinfer.gateway.http.webutil import Handler, request_headers
@@ -262,7 +263,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except UpstreamError as e:
-        return _error(e.code, e.message)
+        return _error(grpc.StatusCode[e.code], e.message)
     except ResourceExhausted as e:
         return _error(
             grpc.StatusCode.RESOURCE_EXHAUSTED, e.message, e.retry_after_s or 1.0
