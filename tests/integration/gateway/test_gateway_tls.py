@@ -6,10 +6,8 @@ curl over REST, ``openssl s_client`` for the protocol scan."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import http.client
-import ipaddress
 import json
 import pathlib
 import shutil
@@ -25,12 +23,10 @@ import pytest
 import pytest_asyncio
 import tritonclient.grpc as grpcclient
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tritonclient.utils import InferenceServerException
 
 from matrixinfer.api.v1 import registry_pb2 as rpb
+from matrixinfer.core import pki
 from matrixinfer.gateway.domain.auth import CLIENT_CERT_HEADER
 from matrixinfer.gateway.main import GatewayApp
 from tests.integration.conftest import (
@@ -53,91 +49,30 @@ class Issued:
 
 
 class Ca:
+    """A CA of its own (core's pki) in ``folder/<name>``."""
+
     def __init__(self, folder: pathlib.Path, name: str) -> None:
-        self.folder = folder
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.path = folder / f"{name}-ca.pem"
-        self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.folder = folder / name
+        self.authority = pki.create_ca(self.folder, name)
+        self.path = self.authority.cert_path
+        self._issued = 0
 
     def issue(self, cn: str, server: bool = False) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        serial = x509.random_serial_number()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tests"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                    ]
-                )
-            )
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [
-                        ExtendedKeyUsageOID.SERVER_AUTH
-                        if server
-                        else ExtendedKeyUsageOID.CLIENT_AUTH
-                    ]
-                ),
-                False,
-            )
+        """A client certificate naming ``cn`` (no SAN), or a server one for
+        localhost and 127.0.0.1."""
+        self._issued += 1
+        files = pki.issue(
+            self.authority,
+            f"{cn.replace(' ', '_')}-{self._issued}",
+            self.folder,
+            sans=["localhost", "127.0.0.1"] if server else [],
+            ip_addresses=True,
+            common_name=cn,
+            usage="server" if server else "client",
+            days=1,
         )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
-                False,
-            )
-        cert = builder.sign(self.key, hashes.SHA256())
-        name = f"{cn.replace(' ', '_')}-{serial % 10_000}"
-        cert_path, key_path = self.folder / f"{name}.crt", self.folder / f"{name}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return Issued(cert_path, key_path, serial)
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        return Issued(files.cert, files.key, cert.serial_number)
 
 
 @dataclass

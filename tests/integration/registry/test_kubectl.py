@@ -26,6 +26,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, UnprocessibleEntityError
 
 from matrixinfer.cli import render
+from matrixinfer.core import pki
 from matrixinfer.registry.kube.resources import proto_json
 from matrixinfer.registry.main import RegistryApp
 from tests.conftest import ROOT, registry_settings
@@ -651,34 +652,12 @@ def test_the_kubernetes_dynamic_client(kube: Kube) -> None:
 
 
 def self_signed(tmp: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    """A server certificate for 127.0.0.1 (core's PKI; kubectl is not told its CA)."""
+    authority = pki.create_ca(tmp / "ca")
+    files = pki.issue(
+        authority, "kube", tmp, sans=["127.0.0.1"], ip_addresses=True, usage="server"
     )
-    cert_file, key_file = tmp / "tls.crt", tmp / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
+    return files.cert, files.key
 
 
 def test_kubectl_over_https(tmp_path: pathlib.Path) -> None:

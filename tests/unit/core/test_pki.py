@@ -52,6 +52,40 @@ def test_identity_is_the_service_name_not_an_address(tmp_path: pathlib.Path) -> 
     assert pki.service_of("localhost") is None
 
 
+def test_issue_names_ip_addresses_only_when_asked(tmp_path: pathlib.Path) -> None:
+    authority = pki.create_ca(tmp_path, "other")
+    names = ["localhost", "127.0.0.1", "::1"]
+
+    server = pki.issue(
+        authority, "edge", tmp_path, sans=names, ip_addresses=True, usage="server"
+    )
+    plain = pki.issue(authority, "plain", tmp_path, sans=names)
+    client = pki.issue(authority, "user", tmp_path, sans=[], common_name="billing")
+
+    def load(files: pki.CertFiles) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(files.cert.read_bytes())
+
+    ext = load(server).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert ext.value == pki.subject_alt_name(names, ip_addresses=True)
+    assert [str(ip) for ip in ext.value.get_values_for_type(x509.IPAddress)] == [
+        "127.0.0.1",
+        "::1",
+    ]
+    assert (
+        load(plain)
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value.get_values_for_type(x509.DNSName)
+        == names
+    )
+    usage = load(server).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert list(usage.value) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    # A client certificate of another CA: its CN, no subjectAltName.
+    cert = load(client)
+    assert cert.subject.rfc4514_string() == "CN=billing"
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
 def test_a_certificate_near_expiry_is_reissued(tmp_path: pathlib.Path) -> None:
     files = pki.ensure_pki(tmp_path)
     authority = pki.Authority(tmp_path / "ca.crt", tmp_path / "ca.key")

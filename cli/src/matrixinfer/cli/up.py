@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import fcntl
 import ipaddress
 import json
@@ -499,9 +498,6 @@ def edge_certificate(state: pathlib.Path, host: str) -> tuple[pathlib.Path, ...]
     import socket as sockets
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     from matrixinfer.core import pki
 
@@ -519,47 +515,17 @@ def edge_certificate(state: pathlib.Path, host: str) -> tuple[pathlib.Path, ...]
     files = pki.CertFiles(
         folder / "gateway.crt", folder / "gateway.key", authority.cert_path
     )
-
-    def san(name: str) -> x509.GeneralName:
-        try:
-            return x509.IPAddress(ipaddress.ip_address(name))
-        except ValueError:
-            return x509.DNSName(name)
-
-    wanted = x509.SubjectAlternativeName([san(n) for n in names])
+    wanted = pki.subject_alt_name(names, ip_addresses=True)
     with contextlib.suppress(OSError, ValueError, x509.ExtensionNotFound):
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         if ext.value == wanted and not pki.needs_renewal(files, authority):
             return authority.cert_path, files.cert, files.key
-    ca_cert, ca_key = authority.load()
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=pki.CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(wanted, critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    # issue writes the key first: the gateway reloads a changed pair, and refuses
+    # a mismatched one.
+    files = pki.issue(
+        authority, "gateway", folder, sans=names, ip_addresses=True, usage="server"
     )
-    # Key first: the gateway reloads a changed pair, and refuses a mismatched one.
-    _write_private(
-        files.key,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
     return authority.cert_path, files.cert, files.key
 
 
@@ -713,6 +679,24 @@ class EdgeAccess:
         )
 
 
+def _kubectl_credentials(
+    client: CertFiles | None, key_file: pathlib.Path | None
+) -> str:
+    """kubectl's options for the registry's HTTPS port: trust the local CA, expect
+    the registry's identity name (kubectl dials 127.0.0.1), and present the admin
+    API key of `up --auth`, else the admin client certificate."""
+    if client is None:
+        return ""
+    from matrixinfer.core.pki import identity_name
+
+    out = f" --certificate-authority {shlex.quote(str(client.ca))}"
+    out += f" --tls-server-name {identity_name('registry')}"
+    if key_file is not None:
+        return out + f' --token "$(cat {shlex.quote(str(key_file))})"'
+    out += f" --client-certificate {shlex.quote(str(client.cert))}"
+    return out + f" --client-key {shlex.quote(str(client.key))}"
+
+
 def print_endpoints(
     console: Console,
     grpc_port: int,
@@ -722,7 +706,11 @@ def print_endpoints(
     quickstart: bool = True,
     kube_port: int | None = None,
     edge: EdgeAccess | None = None,
+    kube_client: CertFiles | None = None,
 ) -> None:
+    """What `up` started and how to reach it. ``kube_client``: the admin client
+    certificate, when the registry's Kubernetes API port speaks HTTPS with its
+    mTLS files (and wants an identity)."""
     edge = edge or EdgeAccess()
     body = json.dumps(
         {
@@ -761,23 +749,24 @@ def print_endpoints(
     console.print(f"  Registry (matrixinfer CLI):       {HOST}:{registry_port}")
     kubectl = ""
     if kube_port is not None:
-        kube = f"http://{HOST}:{kube_port}"
+        kube = f"{'https' if kube_client else 'http'}://{HOST}:{kube_port}"
         console.print(f"  Kubernetes API (kubectl):         {kube}")
         ours = (pathlib.Path(sys.executable).parent / "kubectl").exists()
         kubectl = f"{_command('kubectl') if ours else 'kubectl'} --server {kube}"
+        kubectl += _kubectl_credentials(kube_client, edge.key_file)
         kubectl += " get modelinfers"
     console.print(f"  State and logs:                   {state}")
     edge.describe(console)
     console.print()
     if not quickstart:
         if kubectl:
-            console.print(f"  {kubectl}", highlight=False, markup=False)
+            console.print(f"  {kubectl}", highlight=False, markup=False, soft_wrap=True)
             console.print()
         console.print("Press Ctrl-C to stop everything.")
         return
     console.print("Try it:", highlight=False)
     if kubectl:
-        console.print(f"  {kubectl}", highlight=False, markup=False)
+        console.print(f"  {kubectl}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"  {curl}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"  {cli}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"  {_command('python')} - <<'EOF'", highlight=False, markup=False)
@@ -812,7 +801,7 @@ def print_endpoints(
     default=50053,
     show_default=True,
     type=int,
-    help="The registry's Kubernetes API (kubectl --server http://127.0.0.1:PORT).",
+    help="The registry's Kubernetes API (kubectl --server https://127.0.0.1:PORT).",
 )
 @click.option("--controller-port", default=50052, show_default=True, type=int)
 @click.option("--autoscaler-port", default=50054, show_default=True, type=int)
@@ -1047,6 +1036,7 @@ def up(
                 quickstart=bool(paths) and not manifests,
                 kube_port=kube_port,
                 edge=access,
+                kube_client=pki["admin"],
             )
             while True:
                 supervisor.check()

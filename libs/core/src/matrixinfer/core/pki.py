@@ -5,7 +5,8 @@ folder, with the ``cryptography`` library. A service's identity is the DNS name 
 its certificate's subjectAltName, ``<service>.matrixinfer.internal``: clients check
 that name (``grpc.ssl_target_name_override``), servers read it from the peer's
 certificate. ``localhost`` and IP addresses are deliberately absent, so nothing is
-trusted for merely sitting on loopback.
+trusted for merely sitting on loopback. (:func:`issue` can name them, for the
+certificates of other CAs: `up --tls` makes the gateway's public one with it.)
 
 Keys are ECDSA P-256 and written with mode 0600; certificates are reissued when they
 come within ``renew_before`` of expiry, or when the CA changed under them.
@@ -14,10 +15,12 @@ come within ``renew_before`` of expiry, or when the CA changed under them.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import pathlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -141,52 +144,77 @@ def create_ca(
     return authority
 
 
+def subject_alt_name(
+    names: Iterable[str], *, ip_addresses: bool = False
+) -> x509.SubjectAlternativeName:
+    """The subjectAltName of ``names``: DNS names, and with ``ip_addresses`` the
+    names that parse as IP addresses as IP addresses (what a client dialing
+    ``127.0.0.1`` checks)."""
+
+    def general_name(name: str) -> x509.GeneralName:
+        if ip_addresses:
+            try:
+                return x509.IPAddress(ipaddress.ip_address(name))
+            except ValueError:
+                pass
+        return x509.DNSName(name)
+
+    return x509.SubjectAlternativeName([general_name(n) for n in names])
+
+
+#: What a certificate may be used for: ``both`` (the services' mTLS), ``server``
+#: or ``client`` only.
+Usage = Literal["both", "server", "client"]
+_USAGES: dict[str, list[x509.ObjectIdentifier]] = {
+    "both": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    "server": [ExtendedKeyUsageOID.SERVER_AUTH],
+    "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+}
+
+
 def issue(
     authority: Authority,
     name: str,
     directory: pathlib.Path,
     *,
     sans: Iterable[str] | None = None,
+    ip_addresses: bool = False,
+    common_name: str | None = None,
+    usage: Usage = "both",
     days: float = CERT_DAYS,
     not_before: datetime.datetime | None = None,
 ) -> CertFiles:
     """A certificate and key for ``name`` (``<name>.crt``, ``<name>.key``), signed
-    by ``authority``, usable as both server and client certificate. ``sans``
-    defaults to the identity name; ``not_before`` and ``days`` let tests make an
-    expired one."""
+    by ``authority``, usable as both server and client certificate unless
+    ``usage`` says otherwise. ``sans`` defaults to the identity name (empty: no
+    subjectAltName); with ``ip_addresses`` those that parse as IP addresses are
+    IP address SANs. The subject's CN is ``common_name``, else the first SAN,
+    else ``name``. ``not_before`` and ``days`` let tests make an expired one."""
     ca_cert, ca_key = authority.load()
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or (_now() - datetime.timedelta(minutes=5))
     names = list(sans) if sans is not None else [identity_name(name)]
-    cert = (
+    cn = common_name or (names[0] if names else name)
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else name)]
-            )
-        )
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(_USAGES[usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
     )
+    if names:
+        builder = builder.add_extension(
+            subject_alt_name(names, ip_addresses=ip_addresses), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
     files = CertFiles(
         directory / f"{name}.crt", directory / f"{name}.key", authority.cert_path
     )

@@ -27,6 +27,7 @@ from matrixinfer.registry.domain.service import RegistryService
 from matrixinfer.registry.domain.watch import WatchHub
 from matrixinfer.registry.grpc.auth import Authorizer, api_key_verifier
 from matrixinfer.registry.grpc.servicer import RegistryServicer
+from matrixinfer.registry.kube.auth import KubeAuth
 from matrixinfer.registry.kube.server import KubeServer, start_kube_server
 from matrixinfer.registry.settings import RegistrySettings
 
@@ -87,16 +88,13 @@ class RegistryApp:
             enforce = settings.auth_enforced()
             servicer = RegistryServicer(service, Authorizer(enforce))
             # Identities (for the audit log and the scope checks) whenever a
-            # caller can have one: with mTLS or with auth on.
+            # caller can have one: with mTLS or with auth on; the same on the
+            # Kubernetes API port.
+            identified = enforce or settings.tls_files() is not None
+            api_keys = api_key_verifier(service)
             auth = (
-                [
-                    CallerAuth(
-                        "registry",
-                        enforce=enforce,
-                        api_keys=api_key_verifier(service),
-                    )
-                ]
-                if enforce or settings.tls_files() is not None
+                [CallerAuth("registry", enforce=enforce, api_keys=api_keys)]
+                if identified
                 else []
             )
             if not enforce:
@@ -120,6 +118,7 @@ class RegistryApp:
                 settings.kube_port,
                 _kube_tls(settings),
                 settings.grace_period_s,
+                KubeAuth(enforce, api_keys) if identified else None,
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(
@@ -150,16 +149,26 @@ class RegistryApp:
 
 
 def _kube_tls(settings: RegistrySettings) -> ssl.SSLContext | None:
-    """HTTPS for the Kubernetes API port when a certificate and key are set."""
+    """HTTPS for the Kubernetes API port: on kube_tls_cert_file and
+    kube_tls_key_file when set, else on the registry's own certificate when it
+    has its TLS files. With those, client certificates signed by the registry's
+    CA are verified (optional: an API key is the other way in) and name the
+    caller."""
     cert, key = settings.kube_tls_cert_file, settings.kube_tls_key_file
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
+    if (cert is None) != (key is None):
         raise ValueError(
             "set both kube_tls_cert_file and kube_tls_key_file, or neither"
         )
+    files = settings.tls_files()
+    if cert is None or key is None:
+        if files is None:
+            return None
+        cert, key = files.cert, files.key
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    if files is not None:
+        context.load_verify_locations(cafile=str(files.ca))
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 

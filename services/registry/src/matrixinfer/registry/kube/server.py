@@ -36,6 +36,7 @@ from matrixinfer.registry.domain.manifest import parse_manifest
 from matrixinfer.registry.domain.selectors import parse_selector
 from matrixinfer.registry.domain.service import MAX_PAGE, RegistryService
 from matrixinfer.registry.kube import openapi
+from matrixinfer.registry.kube.auth import KubeAuth
 from matrixinfer.registry.kube.patch import merge_patch
 from matrixinfer.registry.kube.resources import (
     BY_RESOURCE,
@@ -160,16 +161,20 @@ class KubeApi:
         self,
         service: RegistryService,
         now: Callable[[], datetime.datetime] | None = None,
+        auth: KubeAuth | None = None,
     ) -> None:
         self.service = service
+        self.auth = auth
         self.now = now or (lambda: datetime.datetime.now(datetime.UTC))
         self.openapi = openapi.documents()
         self.openapi_root = openapi.root(self.openapi)
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=MAX_BODY_BYTES, middlewares=[self._errors]
-        )
+        # Errors outermost: a refused caller gets a Status object too.
+        middlewares: list[Any] = [self._errors]
+        if self.auth is not None:
+            middlewares.append(self.auth.middleware)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         r = app.router
         r.add_get("/version", self.version)
         r.add_get("/api", self.core_versions)
@@ -771,12 +776,14 @@ async def start_kube_server(
     port: int,
     ssl_context: ssl.SSLContext | None = None,
     shutdown_timeout_s: float = 10.0,
+    auth: KubeAuth | None = None,
 ) -> KubeServer:
     """Serve the Kubernetes API of ``service`` on ``host:port`` (0: a free port).
     A client that goes away cancels its request (a watch ends at once); on stop,
-    requests in flight get ``shutdown_timeout_s``."""
+    requests in flight get ``shutdown_timeout_s``. ``auth``: who may call (None:
+    anyone, as anonymous)."""
     runner = web.AppRunner(
-        KubeApi(service).app(),
+        KubeApi(service, auth=auth).app(),
         access_log=None,
         handler_cancellation=True,
         shutdown_timeout=shutdown_timeout_s,

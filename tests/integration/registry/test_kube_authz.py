@@ -1,0 +1,387 @@
+"""Authentication and authorization of the registry's Kubernetes API port
+(docs/security.md, "Control-plane authorization"): the identities and scopes of
+the gRPC API, checked with the real kubectl and raw HTTP against a real registry
+with auth on (plain HTTP and API keys), and with the registry's mTLS files (HTTPS,
+client certificates of its CA)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import pathlib
+import shlex
+import ssl
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from rich.console import Console
+
+from matrixinfer.cli.up import EdgeAccess, print_endpoints
+from matrixinfer.core import pki
+from matrixinfer.registry.main import RegistryApp
+from tests.conftest import registry_settings
+from tests.integration.registry.test_kubectl import Kube, iris_manifests
+
+pytestmark = pytest.mark.timeout(180)
+
+MODELS = "/apis/registry.matrixinfer.ai/v1alpha1/namespaces/default/models"
+REGISTRY_NAME = pki.identity_name("registry")
+
+
+def started(tmp: pathlib.Path, **settings: Any) -> Iterator[Kube]:
+    (tmp / "kubeconfig").write_text("")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = asyncio.run_coroutine_threadsafe(
+        RegistryApp.start(
+            registry_settings(f"sqlite+aiosqlite:///{tmp}/registry.db", **settings)
+        ),
+        loop,
+    ).result(60)
+    try:
+        yield Kube(app, loop, tmp)
+    finally:
+        asyncio.run_coroutine_threadsafe(app.stop(0), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def kube(tmp_path: pathlib.Path) -> Iterator[Kube]:
+    """Auth on, plain HTTP: API keys are the only way in."""
+    yield from started(tmp_path, auth_mode="on")
+
+
+@pytest.fixture
+def certs(tmp_path: pathlib.Path) -> dict[str, pki.CertFiles]:
+    return pki.ensure_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def kube_tls(tmp_path: pathlib.Path, certs: dict[str, pki.CertFiles]) -> Iterator[Kube]:
+    """The registry's mTLS files, as `matrixinfer up` starts it: auth on, HTTPS."""
+    files = certs["registry"]
+    yield from started(
+        tmp_path,
+        tls_cert_file=files.cert,
+        tls_key_file=files.key,
+        tls_ca_file=files.ca,
+    )
+
+
+def new_key(kube: Kube, *scopes: str) -> str:
+    _, secret = kube.call(
+        kube.app.service.create_api_key("default", "someone", list(scopes), "", "")
+    )
+    return str(secret)
+
+
+def key_id(secret: str) -> str:
+    return secret.split("_")[1]
+
+
+def http(
+    kube: Kube,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        kube.url + path, data=data, method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
+
+
+def yaml_model() -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(iris_manifests()) if d]
+    return next(d for d in docs if d["kind"] == "Model")
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def tls_options(certs: dict[str, pki.CertFiles], client: str = "admin") -> list[str]:
+    files = certs[client]
+    return [
+        "--certificate-authority",
+        str(files.ca),
+        "--client-certificate",
+        str(files.cert),
+        "--client-key",
+        str(files.key),
+        "--tls-server-name",
+        REGISTRY_NAME,
+    ]
+
+
+def token_options(certs: dict[str, pki.CertFiles], secret: str) -> list[str]:
+    """kubectl sends credentials over HTTPS only: trust the registry's CA."""
+    return [
+        "--certificate-authority",
+        str(certs["admin"].ca),
+        "--tls-server-name",
+        REGISTRY_NAME,
+        "--token",
+        secret,
+    ]
+
+
+# ------------------------------------------------------------------ API keys
+
+
+def test_no_credentials_is_unauthorized(kube: Kube) -> None:
+    for path in ("/version", "/apis", MODELS):
+        code, body = http(kube, "GET", path)
+        assert code == 401, path
+        assert body["kind"] == "Status"
+        assert body["reason"] == "Unauthorized"
+        assert body["code"] == 401
+    code, body = http(kube, "GET", MODELS, headers=bearer("mi_nope_nope"))
+    assert (code, body["reason"]) == (401, "Unauthorized")
+
+    # kubectl's words for a 401: from discovery, whose body it does not read
+    # (kubectl sends credentials over HTTPS only), then with the message of the
+    # Status of a request it does read.
+    result = kube.run("get", "models")
+    assert result.returncode != 0
+    assert "error: You must be logged in to the server" in result.stderr
+    result = kube.run("get", "--raw", MODELS)
+    assert result.returncode != 0
+    assert result.stderr == (
+        "error: You must be logged in to the server (the registry needs a client "
+        "certificate or a credential (Authorization: Bearer <API key>))\n"
+    )
+
+
+def test_a_read_key_gets_but_cannot_apply(
+    kube_tls: Kube, certs: dict[str, pki.CertFiles]
+) -> None:
+    kube = kube_tls
+    admin, read = new_key(kube, "admin"), new_key(kube, "read")
+    as_admin, as_reader = token_options(certs, admin), token_options(certs, read)
+    kube.ok(*as_admin, "apply", "-f", "-", stdin=iris_manifests())
+
+    listed = kube.ok(*as_reader, "get", "models", "-o", "name")
+    assert listed.split() == ["model.registry.matrixinfer.ai/iris"]
+    assert "iris" in kube.ok(*as_reader, "get", "mi", "--all-namespaces")
+
+    changed = iris_manifests().replace("replicas: 1", "replicas: 2")
+    result = kube.run(*as_reader, "apply", "-f", "-", stdin=changed)
+    assert result.returncode != 0
+    assert "Forbidden" in result.stderr
+    assert (
+        f"key:{key_id(read)} may not patch ModelInfer in namespace default: needs "
+        "scope admin or admin:ns/default"
+    ) in result.stderr
+
+
+def test_the_status_subresource_needs_the_status_scope(kube: Kube) -> None:
+    admin, read = new_key(kube, "admin"), new_key(kube, "read")
+    code, _ = http(kube, "POST", MODELS, yaml_model(), bearer(admin))
+    assert code == 201
+    code, body = http(kube, "GET", "/apis", headers=bearer(read))
+    assert code == 200 and body["kind"] == "APIGroupList"
+    code, body = http(kube, "GET", f"{MODELS}/iris/status", headers=bearer(read))
+    assert (code, body["kind"]) == (200, "Model")
+
+    # The status subresource needs the status scope (or write).
+    code, body = http(
+        kube,
+        "PATCH",
+        f"{MODELS}/iris/status",
+        {"status": {}},
+        {**bearer(read), "Content-Type": "application/merge-patch+json"},
+    )
+    assert (code, body["reason"]) == (403, "Forbidden")
+    assert body["message"] == (
+        f"key:{key_id(read)} may not update the status of Model in namespace "
+        "default: needs scope admin or admin:ns/default"
+    )
+    code, body = http(
+        kube,
+        "PATCH",
+        f"{MODELS}/iris/status",
+        {"status": {}},
+        {**bearer(admin), "Content-Type": "application/merge-patch+json"},
+    )
+    assert (code, body["kind"]) == (200, "Model")
+
+
+def test_a_namespace_key_reads_only_its_namespace(kube: Kube) -> None:
+    team = new_key(kube, "read:ns/team-a")
+    code, body = http(
+        kube,
+        "GET",
+        MODELS.replace("/default/", "/team-a/"),
+        headers=bearer(team),
+    )
+    assert (code, body["kind"]) == (200, "ModelList")
+    code, body = http(kube, "GET", MODELS, headers=bearer(team))
+    assert (code, body["reason"]) == (403, "Forbidden")
+    code, body = http(
+        kube,
+        "GET",
+        "/apis/registry.matrixinfer.ai/v1alpha1/models",
+        headers=bearer(team),
+    )
+    assert code == 403
+    assert "may not read Model in every namespace" in body["message"]
+
+
+def test_an_admin_key_applies_and_the_audit_log_names_it(
+    kube_tls: Kube, certs: dict[str, pki.CertFiles]
+) -> None:
+    kube = kube_tls
+    admin = new_key(kube, "admin")
+
+    out = kube.ok(
+        *token_options(certs, admin), "apply", "-f", "-", stdin=iris_manifests()
+    )
+
+    assert "model.registry.matrixinfer.ai/iris created" in out
+    entries, _ = kube.call(kube.app.service.list_audit(kind="Model", name="iris"))
+    assert [(e.action, e.actor) for e in entries] == [
+        ("create", f"key:{key_id(admin)}")
+    ]
+
+
+# ------------------------------------------------------------------ certificates
+
+
+def test_kubectl_with_the_admin_client_certificate(
+    kube_tls: Kube, certs: dict[str, pki.CertFiles]
+) -> None:
+    assert kube_tls.url.startswith("https://")
+    options = tls_options(certs)
+
+    applied = kube_tls.ok(*options, "apply", "-f", "-", stdin=iris_manifests())
+    listed = kube_tls.ok(*options, "get", "models", "-o", "name")
+
+    assert "model.registry.matrixinfer.ai/iris created" in applied
+    assert listed.split() == ["model.registry.matrixinfer.ai/iris"]
+    entries, _ = kube_tls.call(
+        kube_tls.app.service.list_audit(kind="Model", name="iris")
+    )
+    assert {e.actor for e in entries} == {"cert:admin"}
+
+    # Neither a client certificate nor a key: no one.
+    context = ssl.create_default_context(cafile=str(certs["admin"].ca))
+    context.check_hostname = False
+    code, body = http(kube_tls, "GET", "/version", context=context)
+    assert (code, body["reason"]) == (401, "Unauthorized")
+
+
+def test_a_controller_certificate_writes_status_only(
+    kube_tls: Kube, certs: dict[str, pki.CertFiles]
+) -> None:
+    kube_tls.ok(*tls_options(certs), "apply", "-f", "-", stdin=iris_manifests())
+    context = ssl.create_default_context(cafile=str(certs["controller"].ca))
+    context.check_hostname = False
+    context.load_cert_chain(certs["controller"].cert, certs["controller"].key)
+    patch = {"Content-Type": "application/merge-patch+json"}
+
+    status = http(
+        kube_tls, "PATCH", f"{MODELS}/iris/status", {"status": {}}, patch, context
+    )
+    spec = http(
+        kube_tls,
+        "PATCH",
+        f"{MODELS}/iris",
+        {"metadata": {"labels": {"a": "b"}}},
+        patch,
+        context,
+    )
+
+    assert (status[0], status[1]["kind"]) == (200, "Model")
+    assert (spec[0], spec[1]["reason"]) == (403, "Forbidden")
+    assert spec[1]["message"] == (
+        "service:controller may not patch Model in namespace default: needs scope "
+        "admin or admin:ns/default"
+    )
+
+
+def test_a_certificate_of_another_ca_is_refused(
+    kube_tls: Kube, certs: dict[str, pki.CertFiles], tmp_path: pathlib.Path
+) -> None:
+    other = pki.ensure_pki(tmp_path / "other")
+
+    result = kube_tls.run(
+        "--certificate-authority",
+        str(certs["admin"].ca),
+        "--client-certificate",
+        str(other["admin"].cert),
+        "--client-key",
+        str(other["admin"].key),
+        "--tls-server-name",
+        REGISTRY_NAME,
+        "get",
+        "models",
+    )
+
+    assert result.returncode != 0
+    assert "model" not in result.stdout
+    # Refused in the TLS handshake: the CA is not the registry's.
+    context = ssl.create_default_context(cafile=str(certs["admin"].ca))
+    context.check_hostname = False
+    context.load_cert_chain(other["admin"].cert, other["admin"].key)
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        http(kube_tls, "GET", "/version", context=context)
+
+
+def printed_kubectl(kube: Kube, certs: dict[str, pki.CertFiles], **edge: Any) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=400, highlight=False, color_system=None)
+    print_endpoints(
+        console,
+        8001,
+        8000,
+        50051,
+        "/state",
+        quickstart=False,
+        kube_port=kube.app.kube_port,
+        kube_client=certs["admin"],
+        edge=EdgeAccess(**edge),
+    )
+    (line,) = [line for line in out.getvalue().splitlines() if "--server" in line]
+    return line.strip()
+
+
+def test_the_kubectl_line_up_prints_works_as_printed(
+    kube_tls: Kube, certs: dict[str, pki.CertFiles], tmp_path: pathlib.Path
+) -> None:
+    kube_tls.ok(*tls_options(certs), "apply", "-f", "-", stdin=iris_manifests())
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(new_key(kube_tls, "admin") + "\n")
+
+    for line in (
+        printed_kubectl(kube_tls, certs),
+        printed_kubectl(kube_tls, certs, key_file=key_file),
+    ):
+        assert line.endswith(" get modelinfers")
+        result = subprocess.run(
+            ["bash", "-c", line],
+            capture_output=True,
+            text=True,
+            env=kube_tls.env(),
+            timeout=60,
+        )
+        assert result.returncode == 0, (shlex.split(line), result.stderr)
+        assert result.stdout.splitlines()[1].startswith("iris ")
