@@ -395,3 +395,7 @@ async def test_the_cli_uses_its_client_certificate(
     code, output = await asyncio.to_thread(run_cli, plain, "get", "models")
     assert code == 3
     assert "If it requires mTLS, set tls_ca, tls_cert and tls_key" in output
+    # `version` asks for health over mTLS too.
+    code, output = await asyncio.to_thread(run_cli, with_cert, "version")
+    assert code == 0
+    assert f"registry         {registry.address}: SERVING" in output

@@ -99,8 +99,8 @@ cli.add_command(audit)
 cli.add_command(up)
 
 
-def _health(address: str, timeout_s: float) -> str:
-    state = health(address, timeout_s)
+def _health(app: App, address: str, service: str, timeout_s: float) -> str:
+    state = health(address, timeout_s, app.config.tls, service)
     return state if state.startswith("unreachable") else f"{state} (reports no version)"
 
 
@@ -112,13 +112,10 @@ def version(app: App) -> None:
 
     click.echo(f"matrixinfer-cli  {importlib.metadata.version('matrixinfer-cli')}")
     timeout_s = min(app.timeout_s, 3.0)
-    click.echo(
-        f"registry         {app.config.server}: {_health(app.config.server, timeout_s)}"
-    )
-    click.echo(
-        f"controller       {app.config.controller}: "
-        f"{_health(app.config.controller, timeout_s)}"
-    )
+    registry = _health(app, app.config.server, "registry", timeout_s)
+    click.echo(f"registry         {app.config.server}: {registry}")
+    controller = _health(app, app.config.controller, "controller", timeout_s)
+    click.echo(f"controller       {app.config.controller}: {controller}")
     try:
         response = app.gateway.request("/v2")
         meta = response.json() if response.status == 200 else {}
