@@ -140,11 +140,13 @@ class RegistryApp:
         await self.hub.stop()
         if self.kube_server is not None:
             await self.kube_server.stop()
-        await self.server.stop(
-            self.settings.grace_period_s if grace_s is None else grace_s
-        )
+        grace = self.settings.grace_period_s if grace_s is None else grace_s
+        await self.server.stop(grace)
         if self.metrics_server is not None:
             self.metrics_server.close()
+        # Writes whose callers were cancelled by the stop still commit or roll
+        # back whole before the database connections close.
+        await self.service.drain(timeout_s=max(grace, 5.0))
         await self.store.close()
 
 

@@ -310,7 +310,7 @@ class InferenceProxy:
             server = await self._dispatch.hold(
                 name, version, call.headers, server, deadline
             )
-        if method == "ModelInfer":
+        if rule.mirror and method == "ModelInfer":
             self._dispatch.mirror(rule.mirror, self._mirror_sender(path, request, name))
         if server.triton_model and server.triton_model != name:
             request = with_model(request, name=server.triton_model)

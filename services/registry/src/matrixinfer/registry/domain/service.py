@@ -38,6 +38,7 @@ from matrixinfer.core.errors import (
     NotFound,
     ViolationCollector,
 )
+from matrixinfer.core.tasks import Uninterrupted
 from matrixinfer.registry.domain import admission, audit
 from matrixinfer.registry.domain.audit import AuditEntry, AuditQuery, Verification
 from matrixinfer.registry.domain.kinds import resolve_kind
@@ -115,6 +116,7 @@ class RegistryService:
         self.store = store
         self.hub = hub
         self.bookmark_interval_s = bookmark_interval_s
+        self._work = Uninterrupted()
 
     # ------------------------------------------------------------------ writes
 
@@ -125,7 +127,17 @@ class RegistryService:
         kind: WriteKind,
     ) -> T:
         """Run ``fn`` in a transaction, again on StoreConflict when ``retry``. Each
-        write ``fn`` makes gets its audit entry in the same transaction."""
+        write ``fn`` makes gets its audit entry in the same transaction. A write
+        whose caller goes away meanwhile still commits or rolls back whole
+        (core/tasks.py)."""
+        return await self._work.run(self._write_now(fn, retry, kind))
+
+    async def _write_now(
+        self,
+        fn: Callable[[Transaction], Awaitable[T]],
+        retry: bool,
+        kind: WriteKind,
+    ) -> T:
         for attempt in range(MAX_WRITE_ATTEMPTS):
             try:
                 async with self.store.transaction() as tx:
@@ -153,13 +165,22 @@ class RegistryService:
             for k, ns, name in targets
         ]
         try:
-            async with self.store.transaction() as tx:
-                entries = await tx.append_audit(records)
+            entries = await self._work.run(self._append_audit(records))
         except Exception:
             audit.log.warning("could not record a refused write", exc_info=True)
             return
         for entry in entries:
             audit.log_entry(entry)
+
+    async def _append_audit(
+        self, records: Sequence[audit.AuditRecord]
+    ) -> list[AuditEntry]:
+        async with self.store.transaction() as tx:
+            return await tx.append_audit(records)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for writes still in flight (their callers may be gone)."""
+        await self._work.drain(timeout_s)
 
     async def _audited(
         self,

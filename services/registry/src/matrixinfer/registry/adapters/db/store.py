@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from matrixinfer.api.envelope import metadata_of
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.core.errors import InvalidArgument, Unavailable
+from matrixinfer.core.tasks import Uninterrupted
 from matrixinfer.registry.adapters.db.migrate import upgrade_to_head
 from matrixinfer.registry.adapters.db.tables import (
     audit_log,
@@ -350,6 +351,9 @@ class SqlStore:
         self.channel = channel
         self._write_lock = asyncio.Lock()  # SQLite: one writer at a time
         self._callbacks: list[Callable[[list[Event]], None]] = []
+        # Reads and compaction finish even when their caller is cancelled
+        # (core/tasks.py says why); close() waits for them.
+        self._work = Uninterrupted()
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10) -> SqlStore:
@@ -386,6 +390,7 @@ class SqlStore:
         return cls(engine, url, channel)
 
     async def close(self) -> None:
+        await self._work.drain(timeout_s=5.0)
         await self.engine.dispose()
 
     def on_commit(self, callback: Callable[[list[Event]], None]) -> None:
@@ -409,6 +414,11 @@ class SqlStore:
 
     async def _read(
         self, statement: Any, params: dict[str, Any] | None = None
+    ) -> list[Any]:
+        return await self._work.run(self._read_now(statement, params))
+
+    async def _read_now(
+        self, statement: Any, params: dict[str, Any] | None
     ) -> list[Any]:
         try:
             # Autocommit: a single read needs no transaction, and a connection that
@@ -468,6 +478,9 @@ class SqlStore:
     async def compact(self, keep_events: int, older_than_s: float) -> int:
         """Drop events that are both beyond the newest ``keep_events`` and older than
         ``older_than_s``; remember the newest dropped resourceVersion."""
+        return await self._work.run(self._compact(keep_events, older_than_s))
+
+    async def _compact(self, keep_events: int, older_than_s: float) -> int:
         async with self.transaction() as tx:
             conn = tx.conn
             newest = (
