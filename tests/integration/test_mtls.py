@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from click.testing import CliRunner
 from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from matrixinfer.api.v1 import autoscaler_pb2 as apb
 from matrixinfer.api.v1 import (
@@ -399,3 +400,37 @@ async def test_the_cli_uses_its_client_certificate(
     code, output = await asyncio.to_thread(run_cli, with_cert, "version")
     assert code == 0
     assert f"registry         {registry.address}: SERVING" in output
+
+
+async def test_probes_reach_a_plaintext_health_port_that_serves_nothing_else(
+    tmp_path: pathlib.Path, certs: Pki
+) -> None:
+    """The kubelet's gRPC probe has no client certificate: health_port answers it
+    in plaintext with the main port's health, and offers no other method."""
+    app = await RegistryApp.start(
+        registry_settings(
+            f"sqlite+aiosqlite:///{tmp_path}/health.db",
+            health_port=0,
+            **tls_settings(certs.files["registry"]),
+        )
+    )
+    try:
+        assert app.server.health_port is not None
+        health_address = f"127.0.0.1:{app.server.health_port}"
+        async with create_channel(health_address, retry_attempts=1) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            answer = await check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            error = await refused(list_models(channel))
+            assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        # The main port still takes mTLS only.
+        async with create_channel(app.address, retry_attempts=1) as channel:
+            error = await refused(list_models(channel))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        await app.server.health.enter_graceful_shutdown()
+        async with create_channel(health_address, retry_attempts=1) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            answer = await check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await app.stop(0)

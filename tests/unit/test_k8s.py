@@ -62,6 +62,7 @@ from matrixinfer.controller.adapters.kubernetes import PodSettings
 from matrixinfer.controller.adapters.kubernetes import objects as replica_objects
 from matrixinfer.controller.domain.runtime import ReplicaSpec
 from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.core import pki
 from matrixinfer.core.settings import ServiceSettings
 from matrixinfer.gateway.settings import GatewaySettings
 from matrixinfer.registry.settings import RegistrySettings
@@ -73,7 +74,8 @@ K8S = ROOT / "deploy" / "k8s"
 DOCKER = ROOT / "deploy" / "docker"
 TARGETS = ("base", "overlays/dev", "overlays/gpu")
 #: Folders an overlay adds by choice (not a platform on their own).
-OPT_IN = ("kube-api",)
+OPT_IN = ("kube-api", "cert-manager")
+CERT_MANAGER = "cert-manager.io/"
 #: The namespace each target sets ("": the one `kubectl apply` is given).
 NS = {"base": "", "overlays/dev": "matrixinfer-dev", "overlays/gpu": ""}
 SETTINGS: dict[str, type[ServiceSettings]] = {
@@ -135,6 +137,11 @@ FLOWS: dict[tuple[str, int], frozenset[str]] = {
     # server may (API aggregation), whose addresses an overlay adds (the README's
     # ipBlock rule).
     (REGISTRY, 50053): frozenset(),
+    # Plaintext grpc.health.v1 for the kubelet's probes: no pod (probes come from
+    # the node, which NetworkPolicies do not restrict).
+    (REGISTRY, 50061): frozenset(),
+    (CONTROLLER, 50062): frozenset(),
+    (AUTOSCALER, 50064): frozenset(),
     # Scale, GetReplicas.
     (CONTROLLER, 50052): frozenset({AUTOSCALER}),
     (CONTROLLER, 9092): frozenset({PROMETHEUS}),
@@ -595,6 +602,8 @@ def bound_ports(service: str, settings: ServiceSettings) -> dict[str, int]:
         ports["kube-api"] = settings.kube_port
     if settings.metrics_port is not None:
         ports["metrics"] = settings.metrics_port
+    if settings.health_port is not None:
+        ports["health"] = settings.health_port
     return ports
 
 
@@ -708,6 +717,8 @@ def test_objects_match_the_kubernetes_schema(target: str, version: str) -> None:
     )
     errors = []
     for doc in build(target):
+        if doc["apiVersion"].startswith(CERT_MANAGER):
+            continue  # not Kubernetes' own: test_cert_manager_issues_each_identity
         try:
             validator.validate(doc, version, strict=True)
         except validator.ValidationError as error:
@@ -1041,8 +1052,10 @@ def test_matrixinfer_probes_are_grpc_health_or_gateway_http(
                 assert http["path"] == expected, f"gateway {name}"
                 assert f'"{expected}"' in gateway_source, f"no {expected} route"
             else:
-                # grpc.health.v1 is served on the gRPC port (core.grpc.server).
-                assert probe["grpc"] == {"port": settings.grpc_port}, (service, name)
+                # The gRPC port takes mTLS only; grpc.health.v1 is also served in
+                # plaintext on the health port (core.grpc.server), for the kubelet.
+                assert settings.health_port is not None, service
+                assert probe["grpc"] == {"port": settings.health_port}, (service, name)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -1287,6 +1300,86 @@ def test_no_secret_is_written_in_the_manifests(target: str) -> None:
                     assert password is None, f"{item['name']}: a password"
 
 
+TLS_MOUNT = pathlib.PurePosixPath("/etc/matrixinfer/tls")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_service_speaks_mtls_with_its_own_secret(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each service's TLS settings name the files of the Secret
+    matrixinfer-<service>-tls, mounted read-only and readable by its group only."""
+    docs = build(target)
+    found = set()
+    for workload, container, service, settings in services_ports(docs, monkeypatch):
+        files = settings.tls_files()
+        assert files is not None, f"{service}: no TLS files: plaintext"
+        assert (files.cert, files.key, files.ca) == (
+            TLS_MOUNT / "tls.crt",
+            TLS_MOUNT / "tls.key",
+            TLS_MOUNT / "ca.crt",
+        ), service
+        pod = workload["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        mount = mounts[str(TLS_MOUNT)]
+        assert mount.get("readOnly") is True, service
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"] == {
+            "secretName": f"matrixinfer-{service}-tls",
+            "defaultMode": 0o440,
+        }
+        assert pod["securityContext"]["fsGroup"] == container_group(pod, container)
+        found.add(service)
+    assert found == {"registry", "controller", "gateway", "autoscaler"}
+
+
+def container_group(pod: Doc, container: Doc) -> int:
+    group: int = container.get("securityContext", {}).get(
+        "runAsGroup", pod["securityContext"]["runAsGroup"]
+    )
+    return group
+
+
+def test_cert_manager_issues_each_identity() -> None:
+    """deploy/k8s/cert-manager issues, from one CA of the namespace, a certificate
+    per service into the Secret the base mounts, naming the identity clients check
+    (core.pki.identity_name), for both ends of mTLS; and the CLI's admin one."""
+    docs = build("cert-manager")
+    by_kind: dict[str, dict[str, Doc]] = {}
+    for doc in docs:
+        assert doc["apiVersion"] == "cert-manager.io/v1", key(doc)
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    assert set(by_kind) == {"Issuer", "Certificate"}
+    ca = by_kind["Certificate"].pop("matrixinfer-ca")["spec"]
+    assert ca["isCA"] is True
+    (ca_issuer,) = [
+        name
+        for name, issuer in by_kind["Issuer"].items()
+        if issuer["spec"].get("ca") == {"secretName": ca["secretName"]}
+    ]
+    assert by_kind["Issuer"][ca["issuerRef"]["name"]]["spec"] == {"selfSigned": {}}
+    mounted = {
+        volume["secret"]["secretName"]
+        for workload in workloads(build("base"))
+        for volume in workload["spec"]["template"]["spec"]["volumes"]
+        if "secret" in volume and volume["secret"]["secretName"].endswith("-tls")
+    }
+    issued = {}
+    for cert in by_kind["Certificate"].values():
+        spec = cert["spec"]
+        service = spec["secretName"].removeprefix("matrixinfer-").removesuffix("-tls")
+        assert spec["dnsNames"] == [pki.identity_name(service)], service
+        assert spec["issuerRef"] == {"name": ca_issuer, "kind": "Issuer"}
+        assert spec["privateKey"]["rotationPolicy"] == "Always"
+        usages = set(spec["usages"])
+        assert usages == ({"client auth"} if service == "admin" else both), service
+        issued[spec["secretName"]] = service
+    assert set(issued) == mounted | {"matrixinfer-admin-tls"}
+
+
+both = {"server auth", "client auth"}
+
+
 def test_secrets_the_base_expects_are_documented() -> None:
     docs = build("base")
     readme = (ROOT / "deploy" / "README.md").read_text()
@@ -1456,6 +1549,12 @@ def test_readme_production_walkthrough_matches_the_manifests() -> None:
         if "secretKeyRef" in item.get("valueFrom", {})
     }
     assert set(re.findall(r"create secret generic ([\w-]+)", section)) == referenced
+    # The Secrets the base mounts come from deploy/k8s/cert-manager
+    # (test_cert_manager_issues_each_identity), which it applies and waits for.
+    assert "kubectl -n matrixinfer apply -k matrixinfer/deploy/k8s/cert-manager" in (
+        section
+    )
+    assert "wait --for=condition=Ready certificate --all" in section
     # The gateway is reached on its Service's ports.
     gateway = find(base, "Service", "matrixinfer-gateway")
     assert gateway is not None

@@ -83,6 +83,11 @@ class ServiceSettings(BaseSettings):
     """Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled; well
     under Kubernetes' default 30 s terminationGracePeriodSeconds."""
 
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """A second, plaintext port that serves grpc.health.v1 only (nothing else is
+    registered on it): for the kubelet's gRPC probes, which cannot present a client
+    certificate to an mTLS port. None: no such port (health stays on grpc_port)."""
+
     tls_cert_file: Path | None = None
     """PEM certificate of this service (its subjectAltName is its identity,
     ``<service>.matrixinfer.internal``). With tls_key_file and tls_ca_file set, the

@@ -88,6 +88,9 @@ class RunningServer:
     service_names: tuple[str, ...]
     #: The mTLS credentials' source when the server speaks mTLS (None: plaintext).
     tls: ServerTls | None = None
+    #: The plaintext health-only server and its port (settings.health_port).
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def stop(self, grace_s: float | None) -> None:
         """Report NOT_SERVING, then let in-flight RPCs finish for ``grace_s``."""
@@ -95,6 +98,8 @@ class RunningServer:
         # while the RPCs already running complete.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
     async def wait(self) -> None:
         """Return when the server has terminated."""
@@ -165,10 +170,14 @@ async def start_server(
         tls=tls,
     )
     try:
+        if settings.health_port is not None:
+            running.health_server, running.health_port = await _start_health_server(
+                settings, health_servicer
+            )
         if settings.port_file is not None:
             await asyncio.to_thread(write_port_file, settings.port_file, port)
     except BaseException:
-        await server.stop(None)
+        await running.stop(None)
         raise
     logger.info(
         "%s serving gRPC on %s%s",
@@ -183,6 +192,31 @@ async def start_server(
         extra={"grpc_port": port},
     )
     return running
+
+
+async def _start_health_server(
+    settings: ServiceSettings, health_servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with the same health servicer and nothing else: what
+    it says is what the main port's health says, and no other method is there."""
+    assert settings.health_port is not None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = _bind_address(settings.host, settings.health_port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind the health port to {address}: {exc}") from exc
+    if not port:
+        raise OSError(f"cannot bind the health port to {address}")
+    await server.start()
+    logger.info(
+        "%s serving grpc.health.v1 (only) on %s in plaintext, for probes",
+        settings.service_name,
+        _bind_address(settings.host, port),
+        extra={"health_port": port},
+    )
+    return server, port
 
 
 async def serve_forever(running: RunningServer, grace_s: float) -> None:
