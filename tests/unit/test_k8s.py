@@ -1300,7 +1300,7 @@ def test_no_secret_is_written_in_the_manifests(target: str) -> None:
                     assert password is None, f"{item['name']}: a password"
 
 
-TLS_MOUNT = pathlib.PurePosixPath("/etc/matrixinfer/tls")
+TLS_MOUNT = pathlib.Path("/etc/matrixinfer/tls")
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -27,6 +27,7 @@ from matrixinfer.cli.up import EdgeAccess, print_endpoints
 from matrixinfer.core import pki
 from matrixinfer.registry.main import RegistryApp
 from tests.conftest import registry_settings
+from tests.idp import Provider, registry_jwt_settings
 from tests.integration.registry.test_kubectl import Kube, iris_manifests
 
 pytestmark = pytest.mark.timeout(180)
@@ -66,16 +67,42 @@ def certs(tmp_path: pathlib.Path) -> dict[str, pki.CertFiles]:
     return pki.ensure_pki(tmp_path / "pki")
 
 
+def tls_settings(certs: dict[str, pki.CertFiles]) -> dict[str, Any]:
+    """The settings that name the registry's own certificate, key and CA."""
+    files = certs["registry"]
+    return {
+        "tls_cert_file": files.cert,
+        "tls_key_file": files.key,
+        "tls_ca_file": files.ca,
+    }
+
+
 @pytest.fixture
 def kube_tls(tmp_path: pathlib.Path, certs: dict[str, pki.CertFiles]) -> Iterator[Kube]:
     """The registry's mTLS files, as `matrixinfer up` starts it: auth on, HTTPS."""
-    files = certs["registry"]
-    yield from started(
-        tmp_path,
-        tls_cert_file=files.cert,
-        tls_key_file=files.key,
-        tls_ca_file=files.ca,
-    )
+    yield from started(tmp_path, **tls_settings(certs))
+
+
+@pytest.fixture(scope="module")
+def idp() -> Provider:
+    """The identity provider whose JWTs the kube_jwt registries take."""
+    return Provider()
+
+
+@pytest.fixture
+def kube_jwt(tmp_path: pathlib.Path, idp: Provider) -> Iterator[Kube]:
+    """Auth on, plain HTTP, JWTs of ``idp`` (its JWKS in a file)."""
+    jwks = idp.write_jwks(tmp_path / "jwks.json")
+    yield from started(tmp_path, auth_mode="on", **registry_jwt_settings(jwks))
+
+
+@pytest.fixture
+def kube_tls_jwt(
+    tmp_path: pathlib.Path, certs: dict[str, pki.CertFiles], idp: Provider
+) -> Iterator[Kube]:
+    """The registry's mTLS files (HTTPS, so kubectl sends a token) and JWTs."""
+    jwks = idp.write_jwks(tmp_path / "jwks.json")
+    yield from started(tmp_path, **tls_settings(certs), **registry_jwt_settings(jwks))
 
 
 def new_key(kube: Kube, *scopes: str) -> str:
@@ -261,6 +288,71 @@ def test_an_admin_key_applies_and_the_audit_log_names_it(
     assert [(e.action, e.actor) for e in entries] == [
         ("create", f"key:{key_id(admin)}")
     ]
+
+
+# ------------------------------------------------------------------ JWTs
+
+
+def test_jwts_get_401_and_403_status_objects(kube_jwt: Kube, idp: Provider) -> None:
+    kube = kube_jwt
+    admin = idp.token("admin", subject="alice")
+    read = idp.token("read", subject="bob")
+    code, body = http(kube, "POST", MODELS, yaml_model(), bearer(admin))
+    assert (code, body["kind"]) == (201, "Model")
+    code, body = http(kube, "GET", MODELS, headers=bearer(read))
+    assert (code, [m["metadata"]["name"] for m in body["items"]]) == (200, ["iris"])
+
+    other = yaml_model()
+    other["metadata"]["name"] = "iris-2"
+    code, body = http(kube, "POST", MODELS, other, bearer(read))
+    assert (code, body["kind"], body["reason"]) == (403, "Status", "Forbidden")
+    assert body["message"] == (
+        "jwt:bob may not create Model in namespace default: needs scope admin or "
+        "admin:ns/default"
+    )
+    for token, message in [
+        (idp.token("admin", exp=1_000_000, iat=999_000), "token expired"),
+        (idp.token("admin", aud="someone-else"), "token audience not accepted"),
+        (idp.token("admin", iss="https://evil.example/"), "token issuer not accepted"),
+        (Provider(kid="other").token("admin"), "unknown signing key"),
+    ]:
+        code, body = http(kube, "GET", MODELS, headers=bearer(token))
+        assert (code, body["kind"], body["reason"]) == (401, "Status", "Unauthorized")
+        assert body["message"] == message
+
+    entries, _ = kube.call(kube.app.service.list_audit(kind="Model", name="iris"))
+    assert [(e.action, e.actor) for e in entries] == [("create", "jwt:alice")]
+
+
+def test_a_jwt_where_jwts_are_not_configured(kube: Kube, idp: Provider) -> None:
+    code, body = http(kube, "GET", MODELS, headers=bearer(idp.token("admin")))
+    assert (code, body["reason"]) == (401, "Unauthorized")
+    assert body["message"] == (
+        "JWTs are not configured at the registry: use an API key or a client "
+        "certificate"
+    )
+
+
+def test_kubectl_with_a_jwt(
+    kube_tls_jwt: Kube, certs: dict[str, pki.CertFiles], idp: Provider
+) -> None:
+    kube = kube_tls_jwt
+    as_admin = token_options(certs, idp.token("admin", subject="alice"))
+    as_reader = token_options(certs, idp.token("read", subject="bob"))
+
+    out = kube.ok(*as_admin, "apply", "-f", "-", stdin=iris_manifests())
+    assert "model.registry.matrixinfer.ai/iris created" in out
+    listed = kube.ok(*as_reader, "get", "models", "-o", "name")
+    assert listed.split() == ["model.registry.matrixinfer.ai/iris"]
+
+    changed = iris_manifests().replace("replicas: 1", "replicas: 2")
+    result = kube.run(*as_reader, "apply", "-f", "-", stdin=changed)
+    assert result.returncode != 0
+    assert "Forbidden" in result.stderr
+    assert (
+        "jwt:bob may not patch ModelInfer in namespace default: needs scope admin "
+        "or admin:ns/default"
+    ) in result.stderr
 
 
 # ------------------------------------------------------------------ certificates

@@ -15,7 +15,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from matrixinfer.core.errors import Unauthenticated
-from matrixinfer.gateway.adapters.jwks import JwksFetcher, check_jwks_url
+from matrixinfer.core.jwks import JwksFetcher, check_jwks_url
 from matrixinfer.gateway.domain.auth import Authenticator, JwtSettings
 
 ISSUER, AUDIENCE = "https://idp.example", "matrixinfer"

@@ -4,9 +4,9 @@ the config file, which overrides the built-in defaults.
 The file is ``$MATRIXINFER_CONFIG`` or ``~/.config/matrixinfer/config.yaml``
 (``$XDG_CONFIG_HOME`` when set), a YAML mapping of the keys in :data:`DEFAULTS`.
 
-Credentials: ``token`` (an API key, sent as ``authorization: Bearer``) and, for
-services that speak mTLS, ``tls_ca``, ``tls_cert`` and ``tls_key`` (PEM files; the
-CLI checks that each server's certificate names the service it calls, e.g.
+Credentials: ``token`` (an API key or a JWT, sent as ``authorization: Bearer``)
+and, for services that speak mTLS, ``tls_ca``, ``tls_cert`` and ``tls_key`` (PEM
+files; the CLI checks that each server's certificate names the service it calls, e.g.
 ``registry.matrixinfer.internal``). When none of the three is set and a running
 ``matrixinfer up`` serves the registry address in use, the CLI takes the admin
 client certificate ``up`` made (``up`` records where in :func:`local_up_path`).

@@ -13,12 +13,15 @@ is deliberately no module-level instance.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from matrixinfer.core.jwts import JwtSettings
 from matrixinfer.core.pki import CertFiles
 
 _MIB = 1024 * 1024
@@ -127,3 +130,42 @@ class ServiceSettings(BaseSettings):
         if level not in logging.getLevelNamesMapping():
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+
+class JwtServiceSettings(ServiceSettings):
+    """The settings of a service that takes JWTs (the gateway, the registry): the
+    identity provider's issuer, audience and keys."""
+
+    jwt_issuer: str | None = None
+    """Expected `iss` of JWTs; JWTs are accepted only when issuer, audience and JWKS
+    are all set."""
+
+    jwt_audience: str | None = None
+    """Expected `aud` of JWTs."""
+
+    jwks_path: Path | None = None
+    """A JWKS document (JSON) with the public keys JWTs are verified against."""
+
+    jwks_url: str | None = None
+    """The identity provider's JWKS URL (https; http only to loopback), fetched at
+    start, every `jwks_refresh_s` and early when a token names an unknown key id.
+    Takes precedence over `jwks_path`."""
+
+    jwks_refresh_s: float = Field(default=300.0, gt=0)
+    """Seconds between JWKS refreshes from `jwks_url`."""
+
+    def jwt_settings(self) -> JwtSettings | None:
+        """How JWTs are verified, or None (JWTs refused) unless issuer, audience and
+        a JWKS source are all set. With `jwks_url` the keys start empty (the fetcher
+        brings them); else they are read from `jwks_path` now."""
+        if not (self.jwt_issuer and self.jwt_audience):
+            return None
+        if self.jwks_url:
+            jwks: dict[str, Any] = {"keys": []}
+        elif self.jwks_path is not None:
+            jwks = json.loads(self.jwks_path.read_text())
+        else:
+            return None
+        return JwtSettings(
+            issuer=self.jwt_issuer, audience=self.jwt_audience, jwks=jwks
+        )

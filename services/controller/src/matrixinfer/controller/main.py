@@ -208,7 +208,7 @@ def _caller_auth(
             "controller",
             enforce=enforce,
             policy=POLICY,
-            api_keys=ApiKeyVerifier(keys),
+            credentials=ApiKeyVerifier(keys),
         )
     ]
 

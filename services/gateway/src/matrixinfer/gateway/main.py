@@ -9,7 +9,6 @@ REST/admin HTTP app on the slow-path ports (grpc/, http/), behind HAProxy.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import pathlib
 import secrets
@@ -32,6 +31,7 @@ from matrixinfer.core.grpc.server import (
     write_port_file,
 )
 from matrixinfer.core.grpc.tls import client_tls
+from matrixinfer.core.jwks import JwksFetcher
 from matrixinfer.core.metrics import GrpcServerMetrics
 from matrixinfer.core.ports import free_ports
 from matrixinfer.core.registry.client import RegistryClient
@@ -51,14 +51,12 @@ from matrixinfer.gateway.adapters.dataplane.render import (
     Options,
     Ports,
 )
-from matrixinfer.gateway.adapters.jwks import JwksFetcher
 from matrixinfer.gateway.adapters.registry import KINDS, Routes
 from matrixinfer.gateway.adapters.telemetry import ProxyMetrics, ProxyTracer
 from matrixinfer.gateway.adapters.upstreams import Upstreams
 from matrixinfer.gateway.domain.auth import (
     Authenticator,
     InMemoryApiKeyStore,
-    JwtSettings,
     client_cert_principals,
     next_key_expiry,
 )
@@ -120,16 +118,7 @@ def _authenticator(
     keys: InMemoryApiKeyStore,
     tls: EdgeTls | None = None,
 ) -> tuple[Authenticator, JwksFetcher | None]:
-    jwt = None
-    jwks_source = settings.jwks_url or settings.jwks_path
-    if settings.jwt_issuer and settings.jwt_audience and jwks_source:
-        jwt = JwtSettings(
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            jwks=json.loads(settings.jwks_path.read_text())
-            if settings.jwks_path and not settings.jwks_url
-            else {"keys": []},
-        )
+    jwt = settings.jwt_settings()
     if settings.auth_mode == "off":
         log.warning("authentication is OFF: every caller may use every model")
     fetcher: JwksFetcher | None = None

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from matrixinfer.core.settings import ServiceSettings
+from matrixinfer.core.settings import JwtServiceSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(JwtServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="MATRIXINFER_GATEWAY_", use_attribute_docstrings=True, extra="ignore"
     )
@@ -106,24 +106,6 @@ class GatewaySettings(ServiceSettings):
     auth_mode: Literal["required", "off"] = "required"
     """required: every inference call needs an API key (x-api-key or Bearer) or a JWT.
     off: anyone may call every model; only for local development (`make run`)."""
-
-    jwt_issuer: str | None = None
-    """Expected `iss` of JWTs; JWTs are accepted only when issuer, audience and JWKS
-    are all set."""
-
-    jwt_audience: str | None = None
-    """Expected `aud` of JWTs."""
-
-    jwks_path: pathlib.Path | None = None
-    """A JWKS document (JSON) with the public keys JWTs are verified against."""
-
-    jwks_url: str | None = None
-    """The identity provider's JWKS URL (https; http only to loopback), fetched at
-    start, every `jwks_refresh_s` and early when a token names an unknown key id.
-    Takes precedence over `jwks_path`."""
-
-    jwks_refresh_s: float = Field(default=300.0, gt=0)
-    """Seconds between JWKS refreshes from `jwks_url`."""
 
     autoscaler_address: str | None = None
     """host:port of the autoscaler: load reports go there every second and models at

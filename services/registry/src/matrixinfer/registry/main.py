@@ -14,8 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import registry_pb2
 from matrixinfer.api.v1 import registry_pb2_grpc as rpb_grpc
-from matrixinfer.core.grpc.auth import CallerAuth
+from matrixinfer.core.grpc.auth import CallerAuth, Credentials
 from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
+from matrixinfer.core.jwks import JwksFetcher
+from matrixinfer.core.jwts import JwtVerifier
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
     MetricsServer,
@@ -44,6 +46,7 @@ class RegistryApp:
     server: RunningServer
     metrics_server: MetricsServer | None
     kube_server: KubeServer | None = None
+    jwks: JwksFetcher | None = None
 
     @property
     def port(self) -> int:
@@ -80,7 +83,11 @@ class RegistryApp:
         metrics_server: MetricsServer | None = None
         kube_server: KubeServer | None = None
         server: RunningServer | None = None
+        jwks: JwksFetcher | None = None
         try:
+            jwts, jwks = _jwt_verifier(settings)
+            if jwks is not None:
+                await jwks.start()
             await hub.start()
             service = RegistryService(store, hub, settings.bookmark_interval_s)
             metrics_registry = CollectorRegistry()
@@ -91,9 +98,11 @@ class RegistryApp:
             # caller can have one: with mTLS or with auth on; the same on the
             # Kubernetes API port.
             identified = enforce or settings.tls_files() is not None
-            api_keys = api_key_verifier(service)
+            credentials = Credentials(
+                api_key_verifier(service), jwts, service="registry"
+            )
             auth = (
-                [CallerAuth("registry", enforce=enforce, api_keys=api_keys)]
+                [CallerAuth("registry", enforce=enforce, credentials=credentials)]
                 if identified
                 else []
             )
@@ -118,13 +127,15 @@ class RegistryApp:
                 settings.kube_port,
                 _kube_tls(settings),
                 settings.grace_period_s,
-                KubeAuth(enforce, api_keys) if identified else None,
+                KubeAuth(enforce, credentials) if identified else None,
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(
                     settings.metrics_port, metrics_registry, settings.host
                 )
         except BaseException:
+            if jwks is not None:
+                await jwks.stop()
             await hub.stop()
             if kube_server is not None:
                 await kube_server.stop()
@@ -132,7 +143,9 @@ class RegistryApp:
                 await server.stop(0)
             await store.close()
             raise
-        return cls(settings, store, hub, service, server, metrics_server, kube_server)
+        return cls(
+            settings, store, hub, service, server, metrics_server, kube_server, jwks
+        )
 
     async def stop(self, grace_s: float | None = None) -> None:
         # Watches are endless streams: end them first so the grace period is spent
@@ -144,10 +157,31 @@ class RegistryApp:
         await self.server.stop(grace)
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if self.jwks is not None:
+            await self.jwks.stop()
         # Writes whose callers were cancelled by the stop still commit or roll
         # back whole before the database connections close.
         await self.service.drain(timeout_s=max(grace, 5.0))
         await self.store.close()
+
+
+def _jwt_verifier(
+    settings: RegistrySettings,
+) -> tuple[JwtVerifier | None, JwksFetcher | None]:
+    """JWTs are taken only with jwt_issuer, jwt_audience and a JWKS (file or URL);
+    with the URL the keys are fetched at start, then refreshed (early when a token
+    names an unknown key id)."""
+    jwt = settings.jwt_settings()
+    if jwt is None:
+        return None, None
+    verifier = JwtVerifier(jwt)
+    if not settings.jwks_url:
+        return verifier, None
+    fetcher = JwksFetcher(
+        settings.jwks_url, verifier, refresh_s=settings.jwks_refresh_s
+    )
+    verifier.on_unknown_kid = fetcher.poke
+    return verifier, fetcher
 
 
 def _kube_tls(settings: RegistrySettings) -> ssl.SSLContext | None:

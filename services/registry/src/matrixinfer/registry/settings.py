@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from matrixinfer.core.settings import ServiceSettings
+from matrixinfer.core.settings import JwtServiceSettings
 
 
-class RegistrySettings(ServiceSettings):
+class RegistrySettings(JwtServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="MATRIXINFER_REGISTRY_",
         use_attribute_docstrings=True,
@@ -63,8 +63,9 @@ class RegistrySettings(ServiceSettings):
     """PEM private key of kube_tls_cert_file."""
 
     auth_mode: Literal["auto", "on", "off"] = "auto"
-    """Authorization of the gRPC API (docs/security.md): on: every call needs a
-    service certificate or an API key (Bearer or x-api-key) with the scope the
+    """Authorization of the gRPC API and the Kubernetes port (docs/security.md): on:
+    every call needs a service certificate, an API key (Bearer or x-api-key) or a
+    JWT (Bearer; with jwt_issuer, jwt_audience and a JWKS set) with the scope the
     method needs (anonymous: UNAUTHENTICATED, a missing scope: PERMISSION_DENIED).
     off: anyone who reaches the port may do anything. auto (default): on when the
     tls_* files are set (as `matrixinfer up` does), off on plaintext."""

@@ -3,9 +3,11 @@
 :class:`CallerAuth` is a server interceptor that sets the caller's
 :class:`~matrixinfer.core.identity.Identity` for each call (``acting_as``):
 
-* a credential in the metadata (``authorization: Bearer <API key>`` or
+* a credential in the metadata (``authorization: Bearer <API key or JWT>`` or
   ``x-api-key``) wins: it names a user, checked by :class:`ApiKeyVerifier`
-  against the keys stored in the registry;
+  against the keys stored in the registry (``key:<key id>``), or, where the
+  service takes JWTs (:class:`Credentials`), by core's
+  :class:`~matrixinfer.core.jwts.JwtVerifier` (``jwt:<subject>``);
 * otherwise the client certificate's name: ``service:<name>`` for
   ``<name>.matrixinfer.internal`` with that service's scopes
   (:data:`~matrixinfer.core.scopes.SERVICE_SCOPES`), ``cert:<name>`` with none for
@@ -27,18 +29,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from matrixinfer.api.v1 import resources_pb2 as pb
-from matrixinfer.core.apikeys import api_key_id, hash_api_key
+from matrixinfer.core.apikeys import API_KEY_PREFIX, api_key_id, hash_api_key
 from matrixinfer.core.errors import PermissionDenied, Unauthenticated
 from matrixinfer.core.grpc._handlers import split_method, wrap_handler
 from matrixinfer.core.grpc.tls import peer_names
 from matrixinfer.core.identity import ANONYMOUS, Identity, acting_as
+from matrixinfer.core.jwts import JwtVerifier, looks_like_jwt
 from matrixinfer.core.pki import service_of
-from matrixinfer.core.scopes import SERVICE_SCOPES
+from matrixinfer.core.scopes import GRANTABLE_SCOPE, SERVICE_SCOPES
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,41 @@ class ApiKeyVerifier:
         return Identity(f"key:{key_id}", record.scopes)
 
 
+class CredentialVerifier(Protocol):
+    """Who a bearer credential names (:class:`ApiKeyVerifier`, :class:`Credentials`)."""
+
+    async def verify(self, token: str) -> Identity: ...
+
+
+class Credentials:
+    """API keys and JWTs: a token with the API key prefix (``mik_``) is checked by
+    ``api_keys``; any other that parses as a JWT by ``jwts``, and names the caller
+    ``jwt:<sub>`` with the scopes of its scope claim that a key could be given
+    (:data:`~matrixinfer.core.scopes.GRANTABLE_SCOPE`: ``read``, ``admin``,
+    ``read:ns/<ns>``, ``admin:ns/<ns>``, ``infer:...``; a service's own scopes such
+    as ``registry:status`` grant nothing in a token). Without ``jwts`` a JWT is
+    refused UNAUTHENTICATED saying JWTs are not configured at ``service``."""
+
+    def __init__(
+        self, api_keys: ApiKeyVerifier, jwts: JwtVerifier | None, *, service: str
+    ) -> None:
+        self._api_keys = api_keys
+        self._jwts = jwts
+        self._service = service
+
+    async def verify(self, token: str) -> Identity:
+        if token.startswith(f"{API_KEY_PREFIX}_") or not looks_like_jwt(token):
+            return await self._api_keys.verify(token)
+        if self._jwts is None:
+            raise Unauthenticated(
+                f"JWTs are not configured at the {self._service}: use an API key or "
+                "a client certificate"
+            )
+        claims = self._jwts.verify(token)
+        scopes = frozenset(s for s in claims.scopes if GRANTABLE_SCOPE.fullmatch(s))
+        return Identity(f"jwt:{claims.subject}", scopes)
+
+
 def certificate_identity(names: Iterable[str]) -> Identity | None:
     """The identity a verified client certificate's names give, or None."""
     names = list(names)
@@ -173,22 +211,22 @@ class CallerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignor
         *,
         enforce: bool,
         policy: Mapping[str, frozenset[str]] | None = None,
-        api_keys: ApiKeyVerifier | None = None,
+        credentials: CredentialVerifier | None = None,
     ) -> None:
         self._service = service
         self._enforce = enforce
         self._policy = policy or {}
-        self._api_keys = api_keys
+        self._credentials = credentials
 
     async def identify(self, metadata: Any, context: Any) -> Identity:
         token = credential(metadata)
         if token is not None:
-            if self._api_keys is None:
+            if self._credentials is None:
                 raise Unauthenticated(
                     f"the {self._service} takes no API keys or tokens; use a client "
                     "certificate"
                 )
-            return await self._api_keys.verify(token)
+            return await self._credentials.verify(token)
         return certificate_identity(peer_names(context)) or ANONYMOUS
 
     async def intercept_service(

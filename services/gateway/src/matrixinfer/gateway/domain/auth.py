@@ -7,8 +7,9 @@ tests. It accepts two credentials:
 
 * API keys (``mik_<key id>_<secret>``) issued by the registry. The key id is public and
   selects one stored record; only a hash of the whole key is stored.
-* JWTs signed by an identity provider whose JWKS another adapter has already fetched.
-  Only asymmetric algorithms are accepted, because we hold public keys only.
+* JWTs signed by an identity provider whose JWKS another adapter has already fetched,
+  verified by core's :class:`~matrixinfer.core.jwts.JwtVerifier` (the registry's
+  too). Only asymmetric algorithms are accepted, because we hold public keys only.
 * Client certificates, when TLS at the edge asks for them: HAProxy verifies the
   certificate and passes the sha256 of its subject CN in ``CLIENT_CERT_HEADER``,
   with a secret that proves the header is HAProxy's; the CN maps to scopes by
@@ -28,10 +29,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-# Imported under another name: the Authenticator's ``jwt`` parameter (JwtSettings)
-# would otherwise shadow the library.
-import jwt as pyjwt
-
 from matrixinfer.core.apikeys import (
     API_KEY_PREFIX,
     api_key_id,
@@ -39,6 +36,7 @@ from matrixinfer.core.apikeys import (
     hash_api_key,
 )
 from matrixinfer.core.errors import PermissionDenied, Unauthenticated
+from matrixinfer.core.jwts import JwtSettings, JwtVerifier
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -73,27 +71,6 @@ _CREDENTIAL_HEADERS = frozenset({_AUTHORIZATION, _X_API_KEY})
 _UNKNOWN_KEY_HASH = "sha256:" + "0" * 64
 
 _INVALID_API_KEY = "invalid API key"
-
-# The NumericDate claims PyJWT checks against the clock (RFC 7519 4.1.4-4.1.6).
-_TIME_CLAIMS = ("exp", "nbf", "iat")
-
-# Algorithms that verify with a public key. HS* is deliberately absent: with an HMAC
-# algorithm the "public" key would become the shared secret, so anyone who can read
-# the JWKS could mint tokens (the HS/RS confusion attack). "none" is absent too.
-_ASYMMETRIC_ALGORITHMS = frozenset(
-    {
-        "RS256",
-        "RS384",
-        "RS512",
-        "PS256",
-        "PS384",
-        "PS512",
-        "ES256",
-        "ES384",
-        "ES512",
-        "EdDSA",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -172,41 +149,6 @@ def next_key_expiry(store: InMemoryApiKeyStore, now_s: float) -> float | None:
     return min(times) if times else None
 
 
-@dataclass(frozen=True)
-class JwtSettings:
-    """How JWTs from one identity provider are verified."""
-
-    issuer: str
-    audience: str
-    #: The provider's JWKS document, already fetched; fetching is another adapter's
-    #: job so this module does no I/O.
-    jwks: dict[str, Any]
-    #: Asymmetric algorithms only; see _ASYMMETRIC_ALGORITHMS for why.
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    #: Clock skew tolerated between the provider and us on exp, nbf and iat.
-    leeway_s: float = 30.0
-    #: Larger tokens are refused before any parsing; real ones are 1-2 KiB.
-    max_token_bytes: int = 8192
-    #: A space-separated string (OAuth 2) or a list of strings.
-    scope_claim: str = "scope"
-    tenant_claim: str = "tenant"
-
-    def __post_init__(self) -> None:
-        # Fail at startup, not on the first request, when the policy is unsafe.
-        if not self.algorithms:
-            raise ValueError("JwtSettings.algorithms must not be empty")
-        unsafe = [a for a in self.algorithms if a not in _ASYMMETRIC_ALGORITHMS]
-        if unsafe:
-            raise ValueError(
-                f"JwtSettings.algorithms allows {unsafe}; only asymmetric "
-                "algorithms are accepted (HS* and none enable token forgery)"
-            )
-        if not 0 <= self.leeway_s <= 300:
-            raise ValueError("JwtSettings.leeway_s must be between 0 and 300 seconds")
-        if self.max_token_bytes <= 0:
-            raise ValueError("JwtSettings.max_token_bytes must be positive")
-
-
 class Authenticator:
     """Turns request headers into a :class:`Principal`, or raises Unauthenticated.
 
@@ -225,7 +167,6 @@ class Authenticator:
         client_certs: Mapping[str, Principal] | None = None,
         client_cert_secret: str = "",
     ) -> None:
-        self._on_unknown_kid = on_unknown_kid
         #: hex sha256 of a certificate's subject CN → its principal (see
         #: client_cert_principals); only with a secret HAProxy shares.
         self._client_certs = dict(client_certs or {}) if client_cert_secret else {}
@@ -233,32 +174,24 @@ class Authenticator:
         #: Told when the keys change (the data plane renders them).
         self.on_jwks_change: list[Callable[[], None]] = []
         self._api_keys = api_keys
-        self._jwt = jwt
+        self._jwt = JwtVerifier(jwt, on_unknown_kid) if jwt is not None else None
         self._allow_anonymous = allow_anonymous
         self._api_key_prefix = api_key_prefix
-        self._jwks_by_kid = _index_jwks(jwt.jwks) if jwt is not None else {}
-        # Parsed keys per (kid, alg); bounded by the JWKS size times the allowed
-        # algorithms because only kids present in the JWKS are ever added.
-        self._parsed_keys: dict[tuple[str, str], pyjwt.PyJWK] = {}
 
     @property
     def jwt_settings(self) -> JwtSettings | None:
-        return self._jwt
+        return self._jwt.settings if self._jwt is not None else None
 
     @property
     def jwks_by_kid(self) -> Mapping[str, Mapping[str, Any]]:
-        return self._jwks_by_kid
+        return self._jwt.jwks_by_kid if self._jwt is not None else {}
 
     def replace_jwks(self, jwks: Mapping[str, Any]) -> None:
         """Swap in a newly fetched JWKS (key rotation); raises ValueError when the
         document is unusable, leaving the current keys in place."""
-        if not isinstance(jwks.get("keys"), list):
-            raise ValueError("a JWKS document needs a 'keys' list")
-        index = _index_jwks(jwks)
-        changed = index != self._jwks_by_kid
-        self._jwks_by_kid = index
-        self._parsed_keys = {}
-        if changed:
+        if self._jwt is None:
+            raise ValueError("this authenticator takes no JWTs")
+        if self._jwt.replace_jwks(jwks):
             for callback in self.on_jwks_change:
                 callback()
 
@@ -322,101 +255,10 @@ class Authenticator:
         return Principal(record.subject, record.scopes, record.tenant, "api_key")
 
     def _authenticate_jwt(self, token: str) -> Principal:
-        settings = self._jwt
-        if settings is None:
+        if self._jwt is None:
             raise Unauthenticated("bearer tokens are not accepted")
-        # Before any parsing: base64 and JSON decoding cost grows with the input.
-        if len(token.encode("utf-8")) > settings.max_token_bytes:
-            raise Unauthenticated("token too large")
-        try:
-            header = pyjwt.get_unverified_header(token)
-        except pyjwt.PyJWTError as e:
-            raise Unauthenticated("malformed token") from e
-        alg = header.get("alg")
-        # Checked against our allow-list, never taken from the token: the token's
-        # own alg is what the none and HS/RS confusion attacks forge.
-        if not isinstance(alg, str) or alg not in settings.algorithms:
-            raise Unauthenticated("token algorithm not allowed")
-        key = self._signing_key(header.get("kid"), alg)
-        try:
-            claims = pyjwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=settings.audience,
-                issuer=settings.issuer,
-                # PyJWT checks exp, nbf and iat against the wall clock, this much
-                # skew allowed.
-                leeway=settings.leeway_s,
-                options={
-                    "require": ["exp", "iss", "aud", "sub"],
-                    # Refuse, rather than warn about, a weak key in the JWKS.
-                    "enforce_minimum_key_length": True,
-                },
-            )
-        except pyjwt.InvalidSignatureError as e:
-            raise Unauthenticated("token signature invalid") from e
-        except pyjwt.ExpiredSignatureError as e:
-            raise Unauthenticated("token expired") from e
-        except pyjwt.ImmatureSignatureError as e:
-            # One exception for a future nbf and a future iat; PyJWT's message
-            # names the claim.
-            if _time_claim_named(e) == "iat":
-                raise Unauthenticated("token issued in the future") from e
-            raise Unauthenticated("token not yet valid") from e
-        except pyjwt.InvalidIssuedAtError as e:
-            raise Unauthenticated("token claim iat is not a number") from e
-        except pyjwt.InvalidAudienceError as e:
-            raise Unauthenticated("token audience not accepted") from e
-        except pyjwt.InvalidIssuerError as e:
-            raise Unauthenticated("token issuer not accepted") from e
-        except pyjwt.MissingRequiredClaimError as e:
-            # The claim name is ours to say; it comes from the require list.
-            raise Unauthenticated(f"token missing claim {e.claim}") from e
-        except pyjwt.InvalidAlgorithmError as e:
-            raise Unauthenticated("token algorithm not allowed") from e
-        except pyjwt.InvalidKeyError as e:
-            # enforce_minimum_key_length: e.g. a 1024-bit RSA key in the JWKS.
-            raise Unauthenticated("signing key rejected") from e
-        except pyjwt.DecodeError as e:
-            # Also raised when exp or nbf is not a number (e.g. NaN or a string).
-            claim = _time_claim_named(e)
-            if claim is not None:
-                raise Unauthenticated(f"token claim {claim} is not a number") from e
-            raise Unauthenticated("invalid token") from e
-        except pyjwt.PyJWTError as e:
-            raise Unauthenticated("invalid token") from e
-        # PyJWT takes anything int() takes ("123", true); RFC 7519 wants a number.
-        for name in _TIME_CLAIMS:
-            _require_number(claims, name)
-        return Principal(
-            subject=claims["sub"],
-            scopes=_scopes(claims.get(settings.scope_claim)),
-            tenant=_tenant(claims.get(settings.tenant_claim)),
-            via="jwt",
-        )
-
-    def _signing_key(self, kid: object, alg: str) -> pyjwt.PyJWK:
-        # The kid is only ever a dict key here, so values such as "../../dev/null"
-        # simply match nothing; no file, URL or cache path is built from it.
-        if not isinstance(kid, str) or kid not in self._jwks_by_kid:
-            if self._on_unknown_kid is not None:
-                self._on_unknown_kid()  # the provider may have rotated its keys
-            raise Unauthenticated("unknown signing key")
-        cached = self._parsed_keys.get((kid, alg))
-        if cached is not None:
-            return cached
-        jwk = self._jwks_by_kid[kid]
-        declared_alg = jwk.get("alg")
-        if declared_alg is not None and declared_alg != alg:
-            raise Unauthenticated("signing key does not match token algorithm")
-        try:
-            key = pyjwt.PyJWK(jwk, algorithm=alg)
-        except (pyjwt.PyJWTError, KeyError, TypeError, ValueError) as e:
-            # E.g. an ES256 token naming an RSA key, or a malformed JWKS entry.
-            raise Unauthenticated("signing key does not match token algorithm") from e
-        self._parsed_keys[(kid, alg)] = key
-        return key
+        claims = self._jwt.verify(token)
+        return Principal(claims.subject, claims.scopes, claims.tenant, "jwt")
 
 
 def authorize_infer(principal: Principal, model_name: str) -> None:
@@ -471,55 +313,3 @@ def _bearer_token(value: str) -> str:
     if any(c.isspace() for c in token):
         raise Unauthenticated("malformed bearer token")
     return token
-
-
-def _index_jwks(jwks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """JWKs usable for signatures, by kid; the first wins if a kid repeats."""
-    keys = jwks.get("keys")
-    index: dict[str, dict[str, Any]] = {}
-    if not isinstance(keys, list):
-        return index
-    for jwk in keys:
-        if not isinstance(jwk, dict):
-            continue
-        kid = jwk.get("kid")
-        # Keys published for encryption must not verify signatures (RFC 7517 4.2).
-        if not isinstance(kid, str) or jwk.get("use", "sig") != "sig":
-            continue
-        index.setdefault(kid, jwk)
-    return index
-
-
-def _time_claim_named(error: pyjwt.PyJWTError) -> str | None:
-    """The time claim a PyJWT claim-validation error is about, or None.
-
-    PyJWT has no attribute for it, but its messages name the claim as "(exp)".
-    """
-    message = str(error)
-    return next((name for name in _TIME_CLAIMS if f"({name})" in message), None)
-
-
-def _require_number(claims: Mapping[str, Any], name: str) -> None:
-    value = claims.get(name)
-    # bool is an int subclass, and int() also takes digit strings. NaN and infinity
-    # never get here: PyJWT refuses them.
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float)
-    ):
-        raise Unauthenticated(f"token claim {name} is not a number")
-
-
-def _scopes(value: object) -> frozenset[str]:
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return frozenset(value)
-    raise Unauthenticated("token scope claim is malformed")
-
-
-def _tenant(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise Unauthenticated("token tenant claim is malformed")

@@ -1,13 +1,15 @@
 """Who calls the Kubernetes API port, and may they (docs/security.md,
 "Control-plane authorization"): the same identities and scopes as the gRPC API.
 
-An identity comes from ``Authorization: Bearer <API key>`` (or ``x-api-key``),
-checked by the registry's :class:`~matrixinfer.core.grpc.auth.ApiKeyVerifier`, or
-from the verified client certificate of an HTTPS connection (its subjectAltName,
-read as the gRPC side reads it). With ``enforce`` a request with neither is 401
-Unauthorized; the :class:`~matrixinfer.registry.grpc.auth.Authorizer` then needs
-``read`` for GET (get, list, watch), ``write`` for other verbs and the ``status``
-scope (or write) for the status subresource, else 403 Forbidden naming the scope.
+An identity comes from ``Authorization: Bearer <API key or JWT>`` (or
+``x-api-key``), checked by the registry's
+:class:`~matrixinfer.core.grpc.auth.Credentials` (its API keys, and JWTs when it is
+configured for them), or from the verified client certificate of an HTTPS
+connection (its subjectAltName, read as the gRPC side reads it). With ``enforce``
+a request with neither is 401 Unauthorized; the
+:class:`~matrixinfer.registry.grpc.auth.Authorizer` then needs ``read`` for GET
+(get, list, watch), ``write`` for other verbs and the ``status`` scope (or write)
+for the status subresource, else 403 Forbidden naming the scope.
 Discovery, /version and /openapi need only an identity.
 """
 
@@ -20,7 +22,11 @@ from typing import Any
 from aiohttp import web
 
 from matrixinfer.core.errors import Unauthenticated
-from matrixinfer.core.grpc.auth import ApiKeyVerifier, certificate_identity, credential
+from matrixinfer.core.grpc.auth import (
+    CredentialVerifier,
+    certificate_identity,
+    credential,
+)
 from matrixinfer.core.identity import ANONYMOUS, Identity, acting_as
 from matrixinfer.registry.grpc.auth import Authorizer
 from matrixinfer.registry.kube.resources import BY_RESOURCE
@@ -47,7 +53,7 @@ class KubeAuth:
     """Identities for every request; with ``enforce``, the scope checks too."""
 
     enforce: bool
-    api_keys: ApiKeyVerifier | None = None
+    credentials: CredentialVerifier | None = None
 
     @property
     def authorizer(self) -> Authorizer:
@@ -57,9 +63,9 @@ class KubeAuth:
         headers = [(key.lower(), value) for key, value in request.headers.items()]
         token = credential(headers)
         if token is not None:
-            if self.api_keys is None:
+            if self.credentials is None:
                 raise Unauthenticated("this registry takes no API keys")
-            return await self.api_keys.verify(token)
+            return await self.credentials.verify(token)
         return certificate_identity(peer_names(request)) or ANONYMOUS
 
     def authorize(self, request: web.Request) -> None:

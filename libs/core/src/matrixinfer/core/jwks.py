@@ -1,4 +1,5 @@
-"""Keeps the JWT verification keys current from the identity provider's JWKS URL.
+"""Keeps the JWT verification keys current from the identity provider's JWKS URL
+(the gateway's and the registry's; :mod:`matrixinfer.core.jwts` verifies with them).
 
 Fetched at start, then every ``refresh_s``, and early (at most once per
 ``min_interval_s``) when a token names a key id we do not know, which is how a key
@@ -15,12 +16,13 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from matrixinfer.core.http import read_capped
-from matrixinfer.gateway.domain.auth import Authenticator
 
 log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 1024 * 1024
@@ -41,17 +43,24 @@ def check_jwks_url(url: str) -> str:
     raise ValueError(f"jwks_url must be https (http only to loopback): {url!r}")
 
 
+class JwksHolder(Protocol):
+    """Whoever verifies with the keys: a :class:`~matrixinfer.core.jwts.JwtVerifier`,
+    or the gateway's authenticator around one."""
+
+    def replace_jwks(self, jwks: Mapping[str, Any]) -> object: ...
+
+
 class JwksFetcher:
     def __init__(
         self,
         url: str,
-        authenticator: Authenticator,
+        holder: JwksHolder,
         refresh_s: float = 300.0,
         min_interval_s: float = 10.0,
         timeout_s: float = 5.0,
     ) -> None:
         self._url = check_jwks_url(url)
-        self._authenticator = authenticator
+        self._holder = holder
         self._refresh_s = refresh_s
         self._min_interval_s = min_interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -75,7 +84,7 @@ class JwksFetcher:
                     raise ValueError(f"HTTP {response.status}")
                 body = await read_capped(response, MAX_JWKS_BYTES)
                 document = await asyncio.to_thread(_parse, body)
-            self._authenticator.replace_jwks(document)
+            self._holder.replace_jwks(document)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             log.warning("could not fetch the JWKS from %s: %s", self._url, e)
             return False
