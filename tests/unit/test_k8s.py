@@ -1662,6 +1662,12 @@ def test_readme_api_aggregation_step(
             assert path is not None
             volume = volumes[mounts[str(path.parent)]]
             assert volume["secret"]["secretName"] == secret
+        # The API server's front-proxy CA, from the ConfigMap the README creates.
+        (config_map,) = re.findall(r"create configmap ([\w-]+)", section)
+        ca = settings.kube_requestheader_ca_file
+        assert ca is not None
+        volume = volumes[mounts[str(ca.parent)]]
+        assert volume["configMap"]["name"] == config_map
         apis = [d for d in docs if d["kind"] == "APIService"]
         assert len(apis) == 3
         for api in apis:

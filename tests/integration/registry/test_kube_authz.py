@@ -477,3 +477,141 @@ def test_the_kubectl_line_up_prints_works_as_printed(
         )
         assert result.returncode == 0, (shlex.split(line), result.stderr)
         assert result.stdout.splitlines()[1].startswith("iris ")
+
+
+# ------------------------------------------------- the API server (aggregation)
+
+
+@pytest.fixture
+def front_proxy(tmp_path: pathlib.Path) -> pki.Authority:
+    """The cluster's front-proxy CA (requestheader-client-ca-file): not ours."""
+    return pki.create_ca(tmp_path / "front-proxy", "front-proxy-ca")
+
+
+@pytest.fixture
+def kube_aggregated(
+    tmp_path: pathlib.Path, certs: dict[str, pki.CertFiles], front_proxy: pki.Authority
+) -> Iterator[Kube]:
+    """HTTPS with the registry's mTLS files, and the API server's front proxy."""
+    yield from started(
+        tmp_path,
+        **tls_settings(certs),
+        kube_requestheader_ca_file=front_proxy.cert_path,
+        kube_requestheader_scopes={
+            "group:system:masters": ["admin"],
+            "user:viewer": ["read"],
+        },
+    )
+
+
+def client_context(
+    certs: dict[str, pki.CertFiles], client: pki.CertFiles
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certs["registry"].ca))
+    context.check_hostname = False
+    context.load_cert_chain(client.cert, client.key)
+    return context
+
+
+def forwarded(user: str, *groups: str) -> dict[str, str]:
+    """What the API server adds when it forwards a user's request (one
+    X-Remote-Group header per group is what it sends; urllib sends one value)."""
+    headers = {"X-Remote-User": user}
+    if groups:
+        headers["X-Remote-Group"] = groups[0]
+    return headers
+
+
+def test_the_api_server_forwards_its_users_with_their_scopes(
+    kube_aggregated: Kube,
+    certs: dict[str, pki.CertFiles],
+    front_proxy: pki.Authority,
+    tmp_path: pathlib.Path,
+) -> None:
+    kube = kube_aggregated
+    proxy = pki.issue(
+        front_proxy,
+        "front-proxy-client",
+        tmp_path / "front-proxy",
+        sans=[],
+        usage="client",
+    )
+    context = client_context(certs, proxy)
+    model = yaml_model()
+
+    created = http(
+        kube, "POST", MODELS, model, forwarded("alice", "system:masters"), context
+    )
+    listed = http(kube, "GET", MODELS, None, forwarded("viewer"), context)
+    refused = http(kube, "DELETE", f"{MODELS}/iris", None, forwarded("viewer"), context)
+    stranger = http(kube, "GET", MODELS, None, forwarded("mallory"), context)
+    no_user = http(kube, "GET", MODELS, None, {}, context)
+
+    assert created[0] == 201
+    assert [item["metadata"]["name"] for item in listed[1]["items"]] == ["iris"]
+    assert (refused[0], refused[1]["message"]) == (
+        403,
+        "kube:viewer may not delete Model in namespace default: needs scope admin "
+        "or admin:ns/default",
+    )
+    assert (stranger[0], stranger[1]["reason"]) == (403, "Forbidden")
+    assert (no_user[0], no_user[1]["message"]) == (
+        401,
+        "the API server's front proxy sent no X-Remote-User: it forwards for no one",
+    )
+    entries, _ = kube.call(kube.app.service.list_audit(kind="Model", name="iris"))
+    assert [(e.action, e.actor) for e in entries] == [("create", "kube:alice")]
+
+
+def test_only_the_front_proxy_may_say_who_it_forwards_for(
+    kube_aggregated: Kube,
+    certs: dict[str, pki.CertFiles],
+    front_proxy: pki.Authority,
+    tmp_path: pathlib.Path,
+) -> None:
+    kube = kube_aggregated
+    model = yaml_model()
+    masters = forwarded("alice", "system:masters")
+    # A service certificate of our CA with the headers: the headers mean nothing.
+    controller = client_context(certs, certs["controller"])
+    as_controller = http(kube, "POST", MODELS, model, masters, controller)
+    # The front-proxy CA's certificate with another name than the allowed one.
+    other = pki.issue(
+        front_proxy, "someone", tmp_path / "front-proxy", sans=[], usage="client"
+    )
+    as_other = http(kube, "POST", MODELS, model, masters, client_context(certs, other))
+    # Or one that claims to be our admin: its names are never read.
+    posing = pki.issue(
+        front_proxy,
+        "front-proxy-client",
+        tmp_path / "posing",
+        sans=[pki.identity_name("admin")],
+        common_name="front-proxy-client",
+        usage="client",
+    )
+    as_posing = http(kube, "POST", MODELS, model, {}, client_context(certs, posing))
+
+    assert (as_controller[0], as_controller[1]["message"]) == (
+        403,
+        "service:controller may not create Model in namespace default: needs scope "
+        "admin or admin:ns/default",
+    )
+    assert (as_other[0], as_other[1]["message"]) == (
+        401,
+        "a front-proxy certificate named 'someone': not one of "
+        "kube_requestheader_allowed_names",
+    )
+    assert as_posing[0] == 401
+
+
+def test_the_front_proxy_ca_must_not_be_the_registry_s_own(
+    tmp_path: pathlib.Path, certs: dict[str, pki.CertFiles]
+) -> None:
+    with pytest.raises(ValueError, match="is the registry's own CA"):
+        next(
+            started(
+                tmp_path,
+                **tls_settings(certs),
+                kube_requestheader_ca_file=certs["registry"].ca,
+            )
+        )

@@ -10,6 +10,8 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from prometheus_client import CollectorRegistry
 
 from matrixinfer.api.v1 import registry_pb2
@@ -29,7 +31,7 @@ from matrixinfer.registry.domain.service import RegistryService
 from matrixinfer.registry.domain.watch import WatchHub
 from matrixinfer.registry.grpc.auth import Authorizer, api_key_verifier
 from matrixinfer.registry.grpc.servicer import RegistryServicer
-from matrixinfer.registry.kube.auth import KubeAuth
+from matrixinfer.registry.kube.auth import FrontProxy, KubeAuth
 from matrixinfer.registry.kube.server import KubeServer, start_kube_server
 from matrixinfer.registry.settings import RegistrySettings
 
@@ -86,6 +88,7 @@ class RegistryApp:
         jwks: JwksFetcher | None = None
         try:
             jwts, jwks = _jwt_verifier(settings)
+            front_proxy = _front_proxy(settings)
             if jwks is not None:
                 await jwks.start()
             await hub.start()
@@ -127,7 +130,9 @@ class RegistryApp:
                 settings.kube_port,
                 _kube_tls(settings),
                 settings.grace_period_s,
-                KubeAuth(enforce, credentials) if identified else None,
+                KubeAuth(enforce, credentials, front_proxy)
+                if identified or front_proxy is not None
+                else None,
             )
             if settings.metrics_port is not None:
                 metrics_server = start_metrics_server(
@@ -202,10 +207,40 @@ def _kube_tls(settings: RegistrySettings) -> ssl.SSLContext | None:
         cert, key = files.cert, files.key
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    if files is not None:
-        context.load_verify_locations(cafile=str(files.ca))
+    cas = [files.ca] if files is not None else []
+    if settings.kube_requestheader_ca_file is not None:
+        cas.append(settings.kube_requestheader_ca_file)
+    for ca in cas:
+        context.load_verify_locations(cafile=str(ca))
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def _front_proxy(settings: RegistrySettings) -> FrontProxy | None:
+    """The API server's front proxy as a caller of the Kubernetes port, when its
+    CA is configured (API aggregation with authorization: docs/kubernetes-api.md)."""
+    path = settings.kube_requestheader_ca_file
+    if path is None:
+        return None
+    if settings.kube_tls_cert_file is None and settings.tls_files() is None:
+        raise ValueError(
+            "kube_requestheader_ca_file needs HTTPS on the Kubernetes port: set "
+            "kube_tls_cert_file and kube_tls_key_file, or the registry's tls_* files"
+        )
+    ca = x509.load_pem_x509_certificate(path.read_bytes())
+    files = settings.tls_files()
+    if files is not None:
+        own = x509.load_pem_x509_certificate(files.ca.read_bytes())
+        if own.fingerprint(hashes.SHA256()) == ca.fingerprint(hashes.SHA256()):
+            raise ValueError(
+                "kube_requestheader_ca_file is the registry's own CA: a service "
+                "certificate would pass as the API server's front proxy"
+            )
+    return FrontProxy(
+        ca,
+        frozenset(settings.kube_requestheader_allowed_names),
+        {k: frozenset(v) for k, v in settings.kube_requestheader_scopes.items()},
+    )
 
 
 def main() -> None:

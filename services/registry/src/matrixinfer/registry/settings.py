@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from matrixinfer.core.scopes import GRANTABLE_SCOPE
 from matrixinfer.core.settings import JwtServiceSettings
 
 
@@ -62,6 +63,27 @@ class RegistrySettings(JwtServiceSettings):
     kube_tls_key_file: Path | None = None
     """PEM private key of kube_tls_cert_file."""
 
+    kube_requestheader_ca_file: Path | None = None
+    """PEM CA of the cluster API server's front-proxy client certificate (API
+    aggregation: `requestheader-client-ca-file` of the ConfigMap
+    kube-system/extension-apiserver-authentication). A request on the Kubernetes
+    port whose client certificate this CA signed is the API server forwarding for
+    the user in X-Remote-User (groups in X-Remote-Group), who gets the scopes of
+    kube_requestheader_scopes. Must not be the registry's own CA. Needs HTTPS."""
+
+    kube_requestheader_allowed_names: list[str] = ["front-proxy-client"]
+    """Common names the front-proxy certificate may have (the ConfigMap's
+    `requestheader-allowed-names`); empty: any certificate that CA signed."""
+
+    kube_requestheader_scopes: dict[str, list[str]] = {
+        "group:system:masters": ["admin"]
+    }
+    """Scopes of the users the API server forwards, by `user:<name>` and
+    `group:<name>` (JSON in the environment): a user gets the union of their own
+    and their groups' entries; nobody listed gets none (401 is not used: they are
+    authenticated, and every request they make is 403). The cluster's RBAC is not
+    consulted."""
+
     auth_mode: Literal["auto", "on", "off"] = "auto"
     """Authorization of the gRPC API and the Kubernetes port (docs/security.md): on:
     every call needs a service certificate, an API key (Bearer or x-api-key) or a
@@ -75,3 +97,17 @@ class RegistrySettings(JwtServiceSettings):
         if self.auth_mode == "auto":
             return self.tls_files() is not None
         return self.auth_mode == "on"
+
+    @field_validator("kube_requestheader_scopes")
+    @classmethod
+    def _known_subjects_and_scopes(
+        cls, value: dict[str, list[str]]
+    ) -> dict[str, list[str]]:
+        for subject, scopes in value.items():
+            kind, _, name = subject.partition(":")
+            if kind not in ("user", "group") or not name:
+                raise ValueError(f"{subject!r}: a key is user:<name> or group:<name>")
+            for scope in scopes:
+                if not GRANTABLE_SCOPE.fullmatch(scope):
+                    raise ValueError(f"{subject}: {scope!r} is not a scope")
+        return value
