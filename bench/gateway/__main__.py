@@ -356,7 +356,9 @@ def report(
         f"process with HAProxy 2.6 (its data plane, {args.threads or 'default'} "
         "thread(s)) carrying the "
         "requests; **auth on (API key), a per-tenant rate limit checked on every "
-        "request, metrics on**. Direct = the same load at the replica's own port, "
+        "request, metrics on**; HAProxy to the replica in plaintext (the platform "
+        "runs without TLS files here, so without mTLS to the replicas). Direct = "
+        "the same load at the replica's own port, "
         "in the same run. Data-plane CPU = HAProxy's master and worker processes; "
         "the gateway's Python process (control plane, not on the path) separately; "
         "both per request HAProxy counted.",

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import pathlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +19,8 @@ from matrixinfer.api.v1 import registry_pb2_grpc
 from matrixinfer.api.v1 import resources_pb2 as pb
 from matrixinfer.controller.main import ControllerApp
 from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.core.grpc.channel import create_channel
+from matrixinfer.core.grpc.tls import ClientTls
 from matrixinfer.gateway.main import GatewayApp
 from matrixinfer.gateway.settings import GatewaySettings
 from matrixinfer.registry.main import RegistryApp
@@ -80,12 +82,19 @@ class Platform:
 
 @contextlib.asynccontextmanager
 async def running_platform(
-    tmp_path: pathlib.Path, **controller_settings: object
+    tmp_path: pathlib.Path,
+    registry_tls: Mapping[str, object] | None = None,
+    admin: ClientTls | None = None,
+    **controller_settings: object,
 ) -> AsyncIterator[Platform]:
     """A registry (SQLite under ``tmp_path``) and a controller with quick drains;
-    ``controller_settings`` add to or replace the controller's settings."""
+    ``controller_settings`` add to or replace the controller's settings.
+    ``registry_tls``: the registry's tls_* settings; ``admin``: what the
+    platform's own registry client presents (mTLS)."""
     registry = await RegistryApp.start(
-        registry_settings(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+        registry_settings(
+            f"sqlite+aiosqlite:///{tmp_path}/registry.db", **(registry_tls or {})
+        )
     )
     values: dict[str, object] = {
         "registry_address": registry.address,
@@ -100,8 +109,12 @@ async def running_platform(
     controller = await ControllerApp.start(
         ControllerSettings(**values)  # type: ignore[arg-type]
     )
-    channel = grpc.aio.insecure_channel(
-        registry.address, options=[("grpc.use_local_subchannel_pool", 1)]
+    channel = (
+        create_channel(registry.address, tls=admin)
+        if admin is not None
+        else grpc.aio.insecure_channel(
+            registry.address, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
     )
     try:
         yield Platform(registry, controller, registry_pb2_grpc.RegistryStub(channel))

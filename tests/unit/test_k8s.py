@@ -109,6 +109,12 @@ SECRET_PLACEHOLDER = "value-of-a-secret-created-outside"
 SECRET_NAME = re.compile(
     r"PASSWORD|SECRET|TOKEN|CREDENTIAL|_KEY$|DATABASE_URL|REDIS_URL"
 )
+#: Settings whose value is the *name* of a Secret (an object name, no content).
+NAMES_A_SECRET = {
+    "MATRIXINFER_CONTROLLER_KUBE_ARTIFACT_SECRET",
+    "MATRIXINFER_CONTROLLER_KUBE_REPLICA_TLS_SECRET",
+}
+OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 Doc = dict[str, Any]
 
@@ -939,6 +945,7 @@ def replica_deployment(settings: ControllerSettings, gpus: int) -> Doc:
         fetcher_image=settings.kube_fetcher_image,
         gpu_node_selector=dict(settings.kube_gpu_node_selector),
         gpu_tolerations=tuple(settings.kube_gpu_tolerations),
+        replica_tls_secret=settings.kube_replica_tls_secret,
     )
     owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "iris", "uid": "1"}
     return replica_objects.deployment(spec, 1, pods, {**owner, "controller": True})
@@ -971,6 +978,27 @@ def test_gpu_nodes_are_for_replicas_only(
             for field in ("requests", "limits"):
                 wanted = container["resources"].get(field, {})
                 assert "nvidia.com/gpu" not in wanted, key(workload)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_replicas_take_grpc_over_mtls_from_the_gateway(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica pods mount the Secret cert-manager issues for
+    replica.matrixinfer.internal and Triton's gRPC port demands a client
+    certificate; the gateway, with its own, speaks mTLS to them."""
+    docs = build(target)
+    _, _, settings = controller_of(docs, monkeypatch)
+    assert settings.kube_replica_tls_secret == f"matrixinfer-{pki.REPLICA}-tls"
+    pod = replica_deployment(settings, gpus=0)["spec"]["template"]["spec"]
+    (triton,) = pod["containers"]
+    assert "--grpc-use-ssl-mutual=true" in triton["args"]
+    (gateway,) = [
+        s
+        for _, _, _, s in services_ports(docs, monkeypatch)
+        if isinstance(s, GatewaySettings)
+    ]
+    assert gateway.replica_tls_files() == gateway.tls_files() is not None
 
 
 def test_replica_pods_are_found_by_label_and_metrics_port_name(
@@ -1293,7 +1321,9 @@ def test_no_secret_is_written_in_the_manifests(target: str) -> None:
     for workload in workloads(docs):
         for container in all_containers(workload["spec"]["template"]["spec"]):
             for item in container.get("env", []):
-                if SECRET_NAME.search(item["name"]):
+                if item["name"] in NAMES_A_SECRET:
+                    assert OBJECT_NAME.match(item["value"]), item["name"]
+                elif SECRET_NAME.search(item["name"]):
                     assert "secretKeyRef" in item.get("valueFrom", {}), item["name"]
                 if "value" in item:
                     password = urlsplit(str(item["value"])).password
@@ -1372,9 +1402,12 @@ def test_cert_manager_issues_each_identity() -> None:
         assert spec["issuerRef"] == {"name": ca_issuer, "kind": "Issuer"}
         assert spec["privateKey"]["rotationPolicy"] == "Always"
         usages = set(spec["usages"])
-        assert usages == ({"client auth"} if service == "admin" else both), service
+        wanted = {"admin": {"client auth"}, pki.REPLICA: {"server auth"}}
+        assert usages == wanted.get(service, both), service
         issued[spec["secretName"]] = service
-    assert set(issued) == mounted | {"matrixinfer-admin-tls"}
+    # The replicas' Secret is mounted by the pods the controller creates.
+    replicas = f"matrixinfer-{pki.REPLICA}-tls"
+    assert set(issued) == mounted | {"matrixinfer-admin-tls", replicas}
 
 
 both = {"server auth", "client auth"}

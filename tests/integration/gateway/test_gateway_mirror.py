@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 
 from matrixinfer.api.v1 import resources_pb2 as pb
+from matrixinfer.gateway.main import GatewayApp
 from tests.integration.conftest import Platform, iris_manifests, start_gateway
 
 SHADOW = """
@@ -55,7 +56,8 @@ async def inference_count(endpoint: pb.Endpoint) -> int:
         await client.close()
 
 
-async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
+async def deploy_mirrored(platform: Platform) -> tuple[pb.ModelInfer, pb.ModelInfer]:
+    """iris, mirrored to the shadow ModelInfer; both ready."""
     manifests = iris_manifests().replace(
         "  rules:\n    - targets: [{modelServer: iris}]", MIRRORED_ROUTE
     )
@@ -63,21 +65,31 @@ async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
     primary = await platform.wait_for(ready, 90)
     shadow = await platform.wait_for(ready, 90, name="shadow")
     assert primary is not None and shadow is not None
+    return primary, shadow
+
+
+async def wait_mirror_routed(app: GatewayApp) -> None:
+    """Until the gateway routes iris to its replica and mirrors to the shadow's."""
+    for _ in range(100):
+        route = app.routes.table.routes.get("iris")
+        rule = route.rules[0] if route else None
+        if (
+            rule
+            and rule.targets[0][0].replicas
+            and rule.mirror
+            and rule.mirror[0].replicas
+        ):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_mirror_copies_traffic_to_the_shadow(platform: Platform) -> None:
+    primary, shadow = await deploy_mirrored(platform)
     exporter = InMemorySpanExporter()
     app = await start_gateway(platform, exporter)
     client = triton_aio.InferenceServerClient(app.address)
     try:
-        for _ in range(100):
-            route = app.routes.table.routes.get("iris")
-            rule = route.rules[0] if route else None
-            if (
-                rule
-                and rule.targets[0][0].replicas
-                and rule.mirror
-                and rule.mirror[0].replicas
-            ):
-                break
-            await asyncio.sleep(0.05)
+        await wait_mirror_routed(app)
         # Counted from here on: warmup requests count as inferences too.
         shadow_before = await inference_count(shadow.status.endpoints[0])
         primary_before = await inference_count(primary.status.endpoints[0])

@@ -6,6 +6,7 @@ refusal on the local runtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -26,8 +27,9 @@ from matrixinfer.controller.adapters.local_runtime import LocalRuntime
 from matrixinfer.controller.domain.reconciler import Reconciler
 from matrixinfer.controller.domain.runtime import Phase, ReplicaSpec
 from matrixinfer.controller.domain.serving import RepositoryPlan
-from matrixinfer.controller.main import kubernetes_runtime
+from matrixinfer.controller.main import kubernetes_runtime, replica_tls
 from matrixinfer.controller.settings import ControllerSettings
+from matrixinfer.core import pki
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from matrixinfer.registry.domain.admission import admit
 from tests.conftest import ROOT
@@ -145,6 +147,41 @@ def test_replica_pods_run_locked_down_with_a_memory_backed_dev_shm() -> None:
     mounts = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
     assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_a_replica_tls_secret_is_mounted_read_only_and_turns_on_grpc_mtls() -> None:
+    """With kube_replica_tls_secret the pod mounts the Secret (group-readable
+    only) and Triton's gRPC port demands a client certificate of its CA; without,
+    neither the volume nor the flags are there."""
+    spec = replica_spec(0)
+    tls = dataclasses.replace(SETTINGS, replica_tls_secret="matrixinfer-replica-tls")
+    deployment = ko.deployment(spec, 1, tls, OWNER_REF)
+    validate(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    (triton,) = pod["containers"]
+    (mount,) = [m for m in triton["volumeMounts"] if m["mountPath"] == ko.TLS_DIR]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"] == {
+        "secretName": "matrixinfer-replica-tls",
+        "defaultMode": 0o440,
+    }
+    assert pod["securityContext"]["fsGroup"] == ko.REPLICA_UID
+    flags = [a for a in triton["args"] if a.startswith("--grpc-")]
+    assert flags == [
+        f"--grpc-port={ko.GRPC_PORT}",
+        "--grpc-use-ssl-mutual=true",
+        "--grpc-server-cert=/etc/matrixinfer/tls/tls.crt",
+        "--grpc-server-key=/etc/matrixinfer/tls/tls.key",
+        "--grpc-root-cert=/etc/matrixinfer/tls/ca.crt",
+    ]
+    # The probes stay on Triton's HTTP port, which has no TLS.
+    assert triton["readinessProbe"]["httpGet"]["port"] == "http"
+    plain = ko.deployment(spec, 1, SETTINGS, OWNER_REF)["spec"]["template"]["spec"]
+    (plain_triton,) = plain["containers"]
+    assert not [a for a in plain_triton["args"] if "ssl" in a or "-cert" in a]
+    assert ko.TLS_DIR not in [m["mountPath"] for m in plain_triton["volumeMounts"]]
+    assert "tls" not in [v["name"] for v in plain["volumes"]]
 
 
 def test_the_owner_object_is_valid_and_long_names_stay_short() -> None:
@@ -511,6 +548,40 @@ def test_the_settings_deploy_uses_build_the_runtime(
         "MATRIXINFER_CONTROLLER_S3_ENDPOINT_URL",
         "http://minio:9000",
     ) in runtime.pods.fetcher_env
+
+
+def test_replica_tls_settings_reach_the_local_runtime_and_the_pods(
+    tmp_path: pathlib.Path,
+) -> None:
+    files = pki.ensure_pki(tmp_path)
+    own: dict[str, Any] = {
+        "tls_cert_file": files["controller"].cert,
+        "tls_key_file": files["controller"].key,
+        "tls_ca_file": files["controller"].ca,
+    }
+    replica: dict[str, Any] = {
+        "replica_tls_cert_file": files["replica"].cert,
+        "replica_tls_key_file": files["replica"].key,
+        "replica_tls_ca_file": files["replica"].ca,
+    }
+    settings = ControllerSettings(**own, **replica)
+    tls = replica_tls(settings)
+    assert tls is not None
+    assert (tls.server, tls.client) == (files["replica"], files["controller"])
+    assert tls.server_name == "replica.matrixinfer.internal"
+    assert ControllerSettings(**own).replica_tls_files() is None
+    assert replica_tls(ControllerSettings(**own)) is None
+    with pytest.raises(ValueError, match="set all of replica_tls_cert_file"):
+        ControllerSettings(**own, replica_tls_cert_file=files["replica"].cert)
+    # Locally the controller's own calls to Triton present its certificate.
+    with pytest.raises(ValueError, match="replica_tls_\\* needs tls_cert_file"):
+        ControllerSettings(**replica)
+    kube = ControllerSettings(
+        runtime="kubernetes",
+        kube_api_url="http://127.0.0.1:8001",
+        kube_replica_tls_secret="matrixinfer-replica-tls",
+    )
+    assert kubernetes_runtime(kube).pods.replica_tls_secret == "matrixinfer-replica-tls"
 
 
 def test_in_cluster_configuration(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,13 +7,27 @@ from __future__ import annotations
 import datetime
 import pathlib
 import stat
+from typing import IO
 
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 
 from matrixinfer.cli.config import ConfigError, local_up_path, resolve
-from matrixinfer.cli.up import forget_local_up, local_pki, record_local_up, tls_env
+from matrixinfer.cli.up import (
+    Service,
+    _lock_state,
+    forget_local_up,
+    local_pki,
+    record_local_up,
+    replica_tls_env,
+    tls_env,
+    up,
+)
+from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core import pki
+from matrixinfer.core.ports import free_ports
+from matrixinfer.gateway.settings import GatewaySettings
 
 
 def mode(path: pathlib.Path) -> int:
@@ -31,11 +45,18 @@ def sans(path: pathlib.Path) -> list[str]:
 def test_up_creates_the_pki_once_with_private_keys_0600(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "state"
     first = local_pki(state)
-    assert sorted(first) == ["admin", "autoscaler", "controller", "gateway", "registry"]
+    assert sorted(first) == [
+        "admin",
+        "autoscaler",
+        "controller",
+        "gateway",
+        "registry",
+        "replica",
+    ]
     directory = state / "pki"
     assert mode(directory) == 0o700
     assert mode(directory / "ca.key") == 0o600
-    assert [mode(f.key) for f in first.values()] == [0o600] * 5
+    assert [mode(f.key) for f in first.values()] == [0o600] * 6
     contents = {p.name: p.read_bytes() for p in directory.iterdir()}
 
     second = local_pki(state)  # the next `up`
@@ -47,6 +68,12 @@ def test_identity_is_the_service_name_not_an_address(tmp_path: pathlib.Path) -> 
     files = pki.ensure_pki(tmp_path)
     assert sans(files["registry"].cert) == ["registry.matrixinfer.internal"]
     assert sans(files["admin"].cert) == ["admin.matrixinfer.internal"]
+    # The replicas' (Triton's gRPC port) is a server certificate only: a replica's
+    # key is no client of the services.
+    assert sans(files["replica"].cert) == ["replica.matrixinfer.internal"]
+    replica = x509.load_pem_x509_certificate(files["replica"].cert.read_bytes())
+    usage = replica.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert list(usage.value) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
     assert pki.service_of("controller.matrixinfer.internal") == "controller"
     assert pki.service_of("a.controller.matrixinfer.internal") is None
     assert pki.service_of("localhost") is None
@@ -119,6 +146,70 @@ def test_up_passes_each_service_its_files(tmp_path: pathlib.Path) -> None:
         "MATRIXINFER_CONTROLLER_TLS_KEY_FILE": str(tmp_path / "pki/controller.key"),
         "MATRIXINFER_CONTROLLER_TLS_CA_FILE": str(tmp_path / "pki/ca.crt"),
     }
+
+
+class _Started(Exception):
+    """Raised instead of starting the services: the test reads what `up` built."""
+
+
+def test_up_starts_the_replicas_with_mtls_and_the_gateway_uses_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No extra step: the controller `up` starts gets the replica certificate (its
+    Triton processes then take mTLS only on gRPC), and the gateway, with its own
+    certificate, speaks mTLS to them (`replica_tls` auto)."""
+    built: list[Service] = []
+
+    def capture(services: list[Service], console: object) -> None:
+        built.extend(services)
+        raise _Started()
+
+    monkeypatch.setattr("matrixinfer.cli.up.Supervisor", capture)
+    locks: list[IO[str]] = []
+
+    def lock(state: pathlib.Path) -> IO[str]:
+        locks.append(_lock_state(state))
+        return locks[-1]
+
+    monkeypatch.setattr("matrixinfer.cli.up._lock_state", lock)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    ports = free_ports(6, "127.0.0.1")
+    options = (
+        "--grpc-port",
+        "--http-port",
+        "--registry-port",
+        "--kube-port",
+        "--controller-port",
+        "--autoscaler-port",
+    )
+    args = [a for pair in zip(options, map(str, ports), strict=True) for a in pair]
+    try:
+        result = CliRunner().invoke(
+            up, [*args, "--state-dir", str(tmp_path / "state"), "--no-examples"]
+        )
+    finally:
+        for handle in locks:
+            handle.close()
+    assert isinstance(result.exception, _Started), result.output
+    env = {s.name: s.env for s in built}
+    directory = tmp_path / "state" / "pki"
+    assert replica_tls_env(pki.CertFiles(*(directory / n for n in REPLICA_FILES))) == {
+        k: v for k, v in env["controller"].items() if "_REPLICA_TLS_" in k
+    }
+    for name, value in env["controller"].items():
+        monkeypatch.setenv(name, value)
+    controller = ControllerSettings()
+    assert controller.replica_tls_files() == pki.CertFiles(
+        directory / "replica.crt", directory / "replica.key", directory / "ca.crt"
+    )
+    for name, value in env["gateway"].items():
+        monkeypatch.setenv(name, value)
+    gateway = GatewaySettings()
+    assert gateway.replica_tls == "auto"
+    assert gateway.replica_tls_files() == gateway.tls_files() is not None
+
+
+REPLICA_FILES = ("replica.crt", "replica.key", "ca.crt")
 
 
 def test_cli_takes_all_three_tls_files_or_none(tmp_path: pathlib.Path) -> None:

@@ -11,13 +11,18 @@ import re
 
 import pytest
 
+from matrixinfer.core import pki
 from matrixinfer.gateway.adapters.dataplane.haproxy import ConfigRefused, check_config
+from matrixinfer.gateway.adapters.dataplane.manager import replica_client_pem
 from matrixinfer.gateway.adapters.dataplane.render import (
+    REPLICA_CA,
+    REPLICA_CLIENT_CERT,
     ApiKey,
     Options,
     Ports,
     Render,
     Replica,
+    ReplicaTls,
     api_keys_maps,
     assign_slots,
     render,
@@ -32,6 +37,7 @@ from matrixinfer.gateway.domain.routing import (
     Rule,
     Server,
 )
+from matrixinfer.gateway.settings import GatewaySettings
 
 PORTS = Ports("127.0.0.1", 18001, 18000, 18101, 18100)
 KEY = ApiKey("ab" * 32, frozenset({"iris"}), "team-a")
@@ -201,3 +207,87 @@ def test_a_broken_render_is_refused_with_haproxy_s_reason(
     )
     with pytest.raises(ConfigRefused, match="balance"):
         asyncio.run(check_config("haproxy", write(broken, tmp_path)))
+
+
+def server_lines(config: str, backend: str) -> list[str]:
+    """The `server` lines of one backend."""
+    lines, inside = [], False
+    for line in config.splitlines():
+        if line.startswith("backend "):
+            inside = line == f"backend {backend}"
+        elif inside and line.startswith("    server "):
+            lines.append(line)
+    return lines
+
+
+def test_grpc_to_the_replicas_is_mtls_when_asked_and_plaintext_otherwise(
+    tmp_path: pathlib.Path,
+) -> None:
+    """With replica TLS every gRPC server slot (empty or not) speaks TLS to the
+    replica with the gateway's certificate, verifies the replica's against the CA
+    and requires its identity; health checks and REST stay plaintext on Triton's
+    HTTP port. Without it nothing of this is rendered."""
+    tls = ReplicaTls(pki.identity_name(pki.REPLICA))
+    r = rendered(table(), tmp_path, replica_tls=tls)
+    files = pki.ensure_pki(tmp_path / "pki")
+    pem, ca = replica_client_pem(files["gateway"])
+    (tmp_path / REPLICA_CLIENT_CERT).write_text(pem)
+    (tmp_path / REPLICA_CA).write_text(ca)
+    asyncio.run(check_config("haproxy", write(r, tmp_path)))
+    wanted = (
+        f" ssl verify required ca-file {tmp_path}/{REPLICA_CA}"
+        f" crt {tmp_path}/{REPLICA_CLIENT_CERT} alpn h2"
+        " verifyhost replica.matrixinfer.internal no-check-ssl"
+    )
+    grpc = server_lines(r.config, "g:default:iris:iris")
+    assert grpc[0] == (
+        f"    server r1 127.0.0.1:5001 proto h2 check-proto h1{wanted} port 5002"
+    )
+    assert grpc[1:] == [
+        f"    server r{i} 127.0.0.1:1 proto h2 check-proto h1{wanted} disabled"
+        for i in (2, 3, 4)
+    ]
+    # REST (and the health checks, `port` and no-check-ssl) stay plaintext.
+    assert server_lines(r.config, "h:default:iris:iris")[0] == (
+        "    server r1 127.0.0.1:5002"
+    )
+    assert all(" ssl" not in line for line in server_lines(r.config, "slow_grpc"))
+    # The slots stay runtime state: replicas change without a reload.
+    more = rendered(
+        table(stable_replicas=("127.0.0.1:5001", "127.0.0.1:5005")),
+        tmp_path,
+        replica_tls=tls,
+    )
+    assert more.structure == r.structure
+    assert server_lines(more.config, "g:default:iris:iris")[1] == (
+        f"    server r2 127.0.0.1:5005 proto h2 check-proto h1{wanted} port 5006"
+    )
+    # Without: plaintext h2, as before.
+    plain = rendered(table(), tmp_path)
+    assert server_lines(plain.config, "g:default:iris:iris")[0] == (
+        "    server r1 127.0.0.1:5001 proto h2 check-proto h1 port 5002"
+    )
+    for word in (" ssl", "verify", "ca-file", "crt ", "alpn", REPLICA_CLIENT_CERT):
+        assert word not in plain.config
+    # The PEM HAProxy loads: the certificate, then its key, no blank line.
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert "-----BEGIN PRIVATE KEY-----" in pem and "\n\n" not in pem
+
+
+def test_the_gateway_speaks_mtls_to_the_replicas_with_its_own_certificate(
+    tmp_path: pathlib.Path,
+) -> None:
+    """`replica_tls` auto: on with the gateway's tls_* files, off without; `off`
+    keeps plaintext with them; `on` needs them."""
+    files = pki.ensure_pki(tmp_path)["gateway"]
+    own = {
+        "tls_cert_file": files.cert,
+        "tls_key_file": files.key,
+        "tls_ca_file": files.ca,
+    }
+    assert GatewaySettings(**own).replica_tls_files() == files  # type: ignore[arg-type]
+    assert GatewaySettings().replica_tls_files() is None
+    off = GatewaySettings(**own, replica_tls="off")  # type: ignore[arg-type]
+    assert off.replica_tls_files() is None
+    with pytest.raises(ValueError, match="replica_tls on needs tls_cert_file"):
+        GatewaySettings(replica_tls="on")

@@ -440,6 +440,16 @@ def tls_env(prefix: str, files: CertFiles) -> dict[str, str]:
     }
 
 
+def replica_tls_env(files: CertFiles) -> dict[str, str]:
+    """The controller's settings that start every replica's Triton with mTLS on
+    its gRPC port (the gateway, with its own files, then speaks mTLS to it)."""
+    return {
+        "MATRIXINFER_CONTROLLER_REPLICA_TLS_CERT_FILE": str(files.cert),
+        "MATRIXINFER_CONTROLLER_REPLICA_TLS_KEY_FILE": str(files.key),
+        "MATRIXINFER_CONTROLLER_REPLICA_TLS_CA_FILE": str(files.ca),
+    }
+
+
 def as_tls(files: CertFiles) -> Tls:
     return (files.ca, files.cert, files.key)
 
@@ -945,7 +955,8 @@ def up(
                 registry_address=registry_address,
                 state_dir=state / "controller",
             )
-            | tls_env("CONTROLLER", pki["controller"]),
+            | tls_env("CONTROLLER", pki["controller"])
+            | replica_tls_env(pki["replica"]),
             logs / "controller.log",
             health_tls=admin_tls,
         ),
@@ -989,8 +1000,9 @@ def up(
             console.print(f"state folder {state} (database {database.split('://')[0]})")
             record_local_up(registry_address, pki["admin"])
             console.print(
-                f"mTLS between the services, certificates in {state / 'pki'} "
-                "(the matrixinfer CLI uses the admin one while this runs)"
+                f"mTLS between the services and to the replicas' gRPC, certificates "
+                f"in {state / 'pki'} (the matrixinfer CLI uses the admin one while "
+                "this runs)"
             )
             for service in services:
                 supervisor.start(service, timeout_s)

@@ -32,6 +32,9 @@ IDENTITY_SUFFIX = ".matrixinfer.internal"
 #: The services that talk to each other (and the CLI's admin client certificate).
 SERVICES = ("registry", "controller", "autoscaler", "gateway")
 ADMIN = "admin"
+#: The Triton replicas' gRPC port (``replica.matrixinfer.internal``), which the
+#: gateway checks: a server certificate only (no clientAuth usage).
+REPLICA = "replica"
 
 CA_DAYS = 3650
 CERT_DAYS = 90
@@ -246,11 +249,12 @@ def needs_renewal(
 
 def ensure_pki(
     directory: pathlib.Path,
-    names: Iterable[str] = (*SERVICES, ADMIN),
+    names: Iterable[str] = (*SERVICES, ADMIN, REPLICA),
     renew_before: datetime.timedelta = RENEW_BEFORE,
 ) -> dict[str, CertFiles]:
     """The CA and one certificate per name in ``directory`` (mode 0700): made on
-    the first call, reused afterwards, reissued near expiry. A CA that is missing
+    the first call, reused afterwards, reissued near expiry. The replicas' one
+    (:data:`REPLICA`) is a server certificate only. A CA that is missing
     or itself near expiry is made anew (and every certificate with it)."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -268,6 +272,7 @@ def ensure_pki(
             directory / f"{name}.crt", directory / f"{name}.key", authority.cert_path
         )
         if needs_renewal(files, authority, renew_before):
-            files = issue(authority, name, directory)
+            usage: Usage = "server" if name == REPLICA else "both"
+            files = issue(authority, name, directory, usage=usage)
         out[name] = files
     return out

@@ -16,10 +16,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import grpc
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from matrixinfer.core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from matrixinfer.core.grpc.tls import read_files
+from matrixinfer.core.pki import CertFiles
 from matrixinfer.core.ports import free_ports
 from matrixinfer.core.process import die_with_parent
 from matrixinfer.triton.install import TritonInstall
@@ -41,6 +44,35 @@ def allocate_ports(host: str = "127.0.0.1") -> Ports:
     return Ports(grpc_port, http_port, metrics_port)
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """Mutual TLS on Triton's gRPC port (its HTTP port has no TLS option).
+
+    ``server``: the certificate and key Triton serves, and the CA whose client
+    certificates it demands (``--grpc-use-ssl-mutual``: a client without one is
+    refused in the handshake). ``client``: what our own calls (readiness, model
+    control) present, signed by that CA. ``server_name``: the identity (DNS SAN)
+    our calls require of Triton's certificate, whatever address they dial."""
+
+    server: CertFiles
+    client: CertFiles
+    server_name: str
+
+    def args(self) -> list[str]:
+        return [
+            "--grpc-use-ssl-mutual=true",
+            f"--grpc-server-cert={self.server.cert}",
+            f"--grpc-server-key={self.server.key}",
+            f"--grpc-root-cert={self.server.ca}",
+        ]
+
+    def client_credentials(self) -> grpc.ChannelCredentials:
+        cert, key, ca = read_files(self.client)
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
+
 @dataclass
 class TritonProcess:
     """A tritonserver on 127.0.0.1 with explicit model control."""
@@ -55,6 +87,8 @@ class TritonProcess:
     models: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    #: mTLS on the gRPC port; None: plaintext.
+    tls: GrpcTls | None = None
     shm_prefix: str = field(default_factory=lambda: f"mi{uuid.uuid4().hex[:12]}_")
     _process: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _client: triton_grpc.InferenceServerClient | None = field(default=None, repr=False)
@@ -93,6 +127,8 @@ class TritonProcess:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         args += [f"--load-model={m}" for m in self.models]
+        if self.tls is not None:
+            args += self.tls.args()
         return [*args, *self.extra_args]
 
     def environment(self) -> dict[str, str]:
@@ -115,8 +151,17 @@ class TritonProcess:
                 env=env,
                 start_new_session=True,
             )
-        self._client = triton_grpc.InferenceServerClient(self.grpc_address)
+        self._client = self._new_client()
         log.info("started tritonserver pid %s on %s", self.pid, self.grpc_address)
+
+    def _new_client(self) -> triton_grpc.InferenceServerClient:
+        if self.tls is None:
+            return triton_grpc.InferenceServerClient(self.grpc_address)
+        return triton_grpc.InferenceServerClient(
+            self.grpc_address,
+            creds=self.tls.client_credentials(),
+            channel_args=[("grpc.ssl_target_name_override", self.tls.server_name)],
+        )
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Until the server and every model it was started with are ready (after

@@ -44,10 +44,12 @@ from matrixinfer.core.metrics import (
     MetricsServer,
     start_metrics_server,
 )
+from matrixinfer.core.pki import REPLICA, identity_name
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
 from matrixinfer.core.tracing import setup_tracing
 from matrixinfer.triton.install import find_tritonserver, python_paths
+from matrixinfer.triton.server import GrpcTls
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name
@@ -107,6 +109,7 @@ class ControllerApp:
                 state_dir=state,
                 gpu_inventory=tuple(settings.gpus),
                 ready_timeout_s=settings.ready_timeout_s,
+                tls=replica_tls(settings),
             )
         queue = WorkQueue()
         informer = Informer(client, KINDS)
@@ -213,6 +216,15 @@ def _caller_auth(
     ]
 
 
+def replica_tls(settings: ControllerSettings) -> GrpcTls | None:
+    """mTLS on the local replicas' gRPC port, when the replica_tls_* files are set;
+    the controller's own calls to Triton present its certificate."""
+    server, client = settings.replica_tls_files(), settings.tls_files()
+    if server is None or client is None:
+        return None
+    return GrpcTls(server, client, identity_name(REPLICA))
+
+
 def kubernetes_runtime(settings: ControllerSettings) -> KubernetesRuntime:
     """The Kubernetes runtime the settings describe; the init containers get the
     controller's artifact settings."""
@@ -238,6 +250,7 @@ def kubernetes_runtime(settings: ControllerSettings) -> KubernetesRuntime:
                 if value
             ),
             artifact_secret=settings.kube_artifact_secret,
+            replica_tls_secret=settings.kube_replica_tls_secret,
             stop_grace_s=settings.stop_grace_s,
         ),
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from matrixinfer.core.pki import CertFiles
 from matrixinfer.core.settings import ServiceSettings
 
 
@@ -120,6 +121,28 @@ class ControllerSettings(ServiceSettings):
     """Name of a Secret in ``kube_namespace`` whose keys become the init container's
     environment (e.g. AWS_ACCESS_KEY_ID) for fetching artifacts. Empty: none."""
 
+    replica_tls_cert_file: pathlib.Path | None = None
+    """PEM certificate every local replica's Triton serves on its gRPC port (its
+    identity: ``replica.matrixinfer.internal``). With replica_tls_key_file and
+    replica_tls_ca_file set, Triton's gRPC port speaks only TLS and demands a
+    client certificate signed by that CA (``--grpc-use-ssl-mutual``); the
+    controller's own calls to it present the controller's certificate (tls_*
+    files, needed then). Triton's HTTP and metrics ports stay plaintext. Read at
+    each replica's start. All three unset: plaintext (local runtime)."""
+
+    replica_tls_key_file: pathlib.Path | None = None
+    """PEM private key of replica_tls_cert_file."""
+
+    replica_tls_ca_file: pathlib.Path | None = None
+    """PEM CA certificate(s) that sign the clients a replica's gRPC port accepts
+    (the gateway's and the controller's certificates)."""
+
+    kube_replica_tls_secret: str = ""
+    """Name of a Secret in ``kube_namespace`` (cert-manager's format: ``tls.crt``,
+    ``tls.key``, ``ca.crt``) each replica pod mounts read-only: its Triton then
+    serves gRPC over mutual TLS as replica_tls_* does locally. Empty: plaintext
+    (kubernetes runtime)."""
+
     auth_mode: Literal["auto", "on", "off"] = "auto"
     """Which callers the gRPC API takes (docs/security.md). on: only the
     autoscaler's certificate (Scale, GetReplicas) and admins (GetLogs: an API key
@@ -127,6 +150,35 @@ class ControllerSettings(ServiceSettings):
     any other service: PERMISSION_DENIED. off: anyone who reaches the port. auto
     (default): on when the tls_* files are set (as `matrixinfer up` does), off on
     plaintext."""
+
+    @model_validator(mode="after")
+    def _replica_tls_complete(self) -> ControllerSettings:
+        given = [
+            self.replica_tls_cert_file,
+            self.replica_tls_key_file,
+            self.replica_tls_ca_file,
+        ]
+        if any(f is None for f in given) and any(f is not None for f in given):
+            raise ValueError(
+                "set all of replica_tls_cert_file, replica_tls_key_file and "
+                "replica_tls_ca_file, or none"
+            )
+        if (
+            self.runtime == "local"
+            and self.replica_tls_files() is not None
+            and self.tls_files() is None
+        ):
+            raise ValueError(
+                "replica_tls_* needs tls_cert_file, tls_key_file and tls_ca_file: "
+                "the controller presents its own certificate to the replicas"
+            )
+        return self
+
+    def replica_tls_files(self) -> CertFiles | None:
+        """The certificate, key and CA of the local replicas' gRPC port, or None."""
+        cert, key = self.replica_tls_cert_file, self.replica_tls_key_file
+        ca = self.replica_tls_ca_file
+        return CertFiles(cert, key, ca) if cert and key and ca else None
 
     def auth_enforced(self) -> bool:
         """Whether the gRPC API requires identities and scopes."""

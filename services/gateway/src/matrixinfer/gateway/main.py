@@ -33,6 +33,7 @@ from matrixinfer.core.grpc.server import (
 from matrixinfer.core.grpc.tls import client_tls
 from matrixinfer.core.jwks import JwksFetcher
 from matrixinfer.core.metrics import GrpcServerMetrics
+from matrixinfer.core.pki import REPLICA, identity_name
 from matrixinfer.core.ports import free_ports
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
@@ -50,6 +51,7 @@ from matrixinfer.gateway.adapters.dataplane.render import (
     EdgeTls,
     Options,
     Ports,
+    ReplicaTls,
 )
 from matrixinfer.gateway.adapters.registry import KINDS, Routes
 from matrixinfer.gateway.adapters.telemetry import ProxyMetrics, ProxyTracer
@@ -194,7 +196,10 @@ class GatewayApp:
         informer = Informer(RegistryClient(channel), KINDS)
         routes = Routes(informer)
         informer.subscribe(routes.rebuild)
-        upstreams = Upstreams(settings.max_message_bytes)
+        replica_files = settings.replica_tls_files()
+        upstreams = Upstreams(
+            settings.max_message_bytes, client_tls(replica_files, REPLICA)
+        )
         tracker = LoadTracker()
         autoscaler = (
             create_channel(
@@ -325,6 +330,9 @@ class GatewayApp:
                 peers=peers,
                 peer_name=settings.peer_name,
                 tls=edge_tls,
+                replica_tls=(
+                    ReplicaTls(identity_name(REPLICA)) if replica_files else None
+                ),
             )
             dataplane = DataPlane(
                 binary,
@@ -340,6 +348,7 @@ class GatewayApp:
                 metrics,
                 on_applied=routes.publish,
                 edge=edge_files,
+                replica_files=replica_files,
             )
             await dataplane.start()
             routes.deferred = True

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from matrixinfer.core.pki import CertFiles
 from matrixinfer.core.settings import JwtServiceSettings
 
 
@@ -78,6 +79,14 @@ class GatewaySettings(JwtServiceSettings):
     edge_tls_reload_s: float = Field(default=2.0, gt=0)
     """How often the certificate and key files are checked for a change."""
 
+    replica_tls: Literal["auto", "on", "off"] = "auto"
+    """gRPC to the Triton replicas (HAProxy's and the slow path's): `on`: mutual
+    TLS with this gateway's certificate (the tls_* files, needed then), requiring
+    the replicas' identity `replica.matrixinfer.internal` in theirs (the
+    controller's replica_tls_* settings); `off`: plaintext; `auto` (default): on
+    when the tls_* files are set. REST to Triton's HTTP port and the health checks
+    stay plaintext (Triton's HTTP port has no TLS)."""
+
     slow_path_host: str = "127.0.0.1"
     """Where the gateway's own Python serves what HAProxy hands it (models scaling
     up from zero, mirrored rules, JWTs, the admin API, /healthz, /readyz, /metrics);
@@ -140,4 +149,12 @@ class GatewaySettings(JwtServiceSettings):
             raise ValueError("edge_tls_client_ca_file needs edge_tls_cert_file")
         if self.edge_tls_client_scopes and self.edge_tls_client_ca_file is None:
             raise ValueError("edge_tls_client_scopes needs edge_tls_client_ca_file")
+        if self.replica_tls == "on" and self.tls_files() is None:
+            raise ValueError(
+                "replica_tls on needs tls_cert_file, tls_key_file and tls_ca_file"
+            )
         return self
+
+    def replica_tls_files(self) -> CertFiles | None:
+        """The files of mTLS to the replicas (this gateway's own), or None."""
+        return None if self.replica_tls == "off" else self.tls_files()

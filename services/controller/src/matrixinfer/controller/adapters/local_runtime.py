@@ -20,7 +20,7 @@ from matrixinfer.controller.domain.runtime import OnChange, Phase, Replica, Repl
 from matrixinfer.controller.domain.serving import RepositoryPlan, placement_fields
 from matrixinfer.core.errors import MatrixInferError, NotFound
 from matrixinfer.triton.install import TritonInstall
-from matrixinfer.triton.server import TritonProcess, allocate_ports
+from matrixinfer.triton.server import GrpcTls, TritonProcess, allocate_ports
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class LocalRuntime:
     gpu_inventory: tuple[int, ...] = ()
     ready_timeout_s: float = 120.0
     max_backoff_s: float = 30.0
+    #: mTLS on every replica's gRPC port; None: plaintext.
+    tls: GrpcTls | None = None
     _replicas: dict[str, _Running] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _on_change: OnChange | None = None
@@ -183,6 +185,7 @@ class LocalRuntime:
                 gpus=",".join(map(str, replica.gpu_ids)) if replica.gpu_ids else None,
                 models=replica.spec.models,
                 extra_args=replica.spec.args,
+                tls=self.tls,
             )
             running.process = process
             replica.phase = Phase.STARTING

@@ -1,11 +1,16 @@
 """The Triton replicas, as the proxy reaches them: one persistent gRPC channel per
-replica address, closed when the replica leaves the routing table."""
+replica address, closed when the replica leaves the routing table. With ``tls``,
+each channel speaks mutual TLS with the gateway's certificate and requires the
+replicas' identity (``replica.matrixinfer.internal``) in theirs; the channel
+follows the certificate files as they rotate (core's TlsChannel)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import grpc
+
+from matrixinfer.core.grpc.tls import ClientTls, TlsChannel, handshake_hint
 
 # Seconds calls on a retired replica's channel may still take (the controller's
 # drain and stop grace together are well below it).
@@ -15,7 +20,8 @@ RETIRE_GRACE_S = 60.0
 class Upstreams:
     """One persistent channel per replica address."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, tls: ClientTls | None = None) -> None:
+        self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary: dict[tuple[str, str], Any] = {}
         self._options = [
@@ -27,10 +33,26 @@ class Upstreams:
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=self._options
-            )
+            channel = self._channels[address] = self._open(address)
         return channel
+
+    def _open(self, address: str) -> grpc.aio.Channel:
+        tls = self._tls
+        if tls is None:
+            return grpc.aio.insecure_channel(address, options=self._options)
+        options = [
+            *self._options,
+            ("grpc.ssl_target_name_override", tls.server_name),
+        ]
+        return TlsChannel(
+            lambda credentials: grpc.aio.secure_channel(
+                address,
+                credentials,
+                options=options,
+                interceptors=[handshake_hint(tls, address)],
+            ),
+            tls,
+        )
 
     def unary(self, address: str, path: str) -> Any:
         """The raw-bytes call object for one method on one replica, made once: the

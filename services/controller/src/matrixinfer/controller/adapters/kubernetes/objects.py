@@ -41,6 +41,8 @@ METRICS_PORT = 8002
 MODELS_DIR = "/models"
 REPOSITORY = f"{MODELS_DIR}/repository"
 ARTIFACTS_DIR = "/artifacts"
+#: Where a replica mounts its TLS Secret (cert-manager's file names).
+TLS_DIR = "/etc/matrixinfer/tls"
 #: What the init container may build for (the backends of NVIDIA's Triton images).
 TRITON_IMAGE_BACKENDS = (
     "onnxruntime",
@@ -126,6 +128,9 @@ class PodSettings:
     #: endpoints: the controller's own MATRIXINFER_CONTROLLER_* values).
     fetcher_env: tuple[tuple[str, str], ...] = ()
     artifact_secret: str = ""
+    #: A Secret (tls.crt, tls.key, ca.crt) the replicas mount: Triton's gRPC port
+    #: then takes mutual TLS only. "": plaintext.
+    replica_tls_secret: str = ""
     stop_grace_s: float = 10.0
 
 
@@ -220,8 +225,15 @@ def deployment(
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--disable-auto-complete-config",
-        *spec.args,
     ]
+    if settings.replica_tls_secret:
+        args += [
+            "--grpc-use-ssl-mutual=true",
+            f"--grpc-server-cert={TLS_DIR}/tls.crt",
+            f"--grpc-server-key={TLS_DIR}/tls.key",
+            f"--grpc-root-cert={TLS_DIR}/ca.crt",
+        ]
+    args += spec.args
     triton: JSON = {
         "name": "triton",
         "image": settings.triton_image,
@@ -257,6 +269,10 @@ def deployment(
         ],
         "securityContext": _locked_down(),
     }
+    if settings.replica_tls_secret:
+        triton["volumeMounts"].append(
+            {"name": "tls", "mountPath": TLS_DIR, "readOnly": True}
+        )
     if spec.env:
         triton["env"] = _env(spec.env)
     requests = {
@@ -291,6 +307,17 @@ def deployment(
         },
         "enableServiceLinks": False,
     }
+    if settings.replica_tls_secret:
+        # Readable by the pod's group (fsGroup) only, as the services mount theirs.
+        pod_spec["volumes"].append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": settings.replica_tls_secret,
+                    "defaultMode": 0o440,
+                },
+            }
+        )
     selector_terms = {
         **(settings.gpu_node_selector if spec.gpus else {}),
         **placement.node_selector,

@@ -11,6 +11,11 @@ With TLS at the edge, the certificate and key files are watched: a change is
 loaded into the running worker with ``set ssl cert`` and ``commit ssl cert`` (new
 handshakes get it, established connections keep theirs; no reload), then written
 to the data plane's folder for later reloads and restarts.
+
+With mTLS to the replicas, the gateway's certificate and key are written into the
+folder as one PEM file (mode 0600, as HAProxy loads a client certificate) with the
+CA beside it; when the files change (a rotation) they are written again and
+HAProxy reloads.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from matrixinfer.core.grpc.tls import read_files
+from matrixinfer.core.pki import CertFiles
 from matrixinfer.gateway.adapters.dataplane.haproxy import (
     ConfigRefused,
     HAProxyProcess,
@@ -37,6 +44,8 @@ from matrixinfer.gateway.adapters.dataplane.haproxy import (
 from matrixinfer.gateway.adapters.dataplane.render import (
     CLIENT_CA,
     EDGE_CERT,
+    REPLICA_CA,
+    REPLICA_CLIENT_CERT,
     ApiKey,
     JwtPlan,
     Options,
@@ -75,6 +84,16 @@ class EdgeFiles:
         return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
 
+def replica_client_pem(files: CertFiles) -> tuple[str, str]:
+    """The gateway's certificate and key as one PEM (HAProxy's ``crt``), and the
+    CA; only once the certificate and its key belong together (a rotation half
+    done raises ValueError)."""
+    cert, key, ca = read_files(files)
+    text = cert.decode() + "\n" + key.decode()
+    pem = "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
+    return pem, ca.decode()
+
+
 @dataclass
 class DataPlaneStats:
     """The last ``show stat`` rows of the model backends, read four times a second
@@ -97,9 +116,18 @@ class DataPlane:
             lambda *_: None
         ),
         edge: EdgeFiles | None = None,
+        replica_files: CertFiles | None = None,
+        replica_reload_s: float = 2.0,
     ) -> None:
         self._on_applied = on_applied
         self.edge = edge
+        #: the gateway's certificate, key and CA HAProxy presents to (and checks
+        #: of) the replicas; what HAProxy runs with
+        self.replica_files = replica_files
+        self._replica_reload_s = replica_reload_s
+        self._replica_pems: tuple[str, str] = ("", "")
+        self.replica_cert_updates = 0
+        self._replica_task: asyncio.Task[None] | None = None
         #: the certificate HAProxy serves (and the last one it refused)
         self._edge_pem = ""
         self._edge_refused = ""
@@ -165,6 +193,8 @@ class DataPlane:
                 _atomic_write(
                     self.directory / CLIENT_CA, self.edge.client_ca.read_text()
                 )
+        if self.replica_files is not None:
+            self._write_replica_pems(replica_client_pem(self.replica_files))
         table, keys, plan = self._source()
         first = self._render(table, dataplane_keys(keys, time.time()), plan)
         self._write(first)
@@ -177,9 +207,18 @@ class DataPlane:
         self._stats_task = asyncio.get_running_loop().create_task(self._poll_stats())
         if self.edge is not None:
             self._tls_task = asyncio.get_running_loop().create_task(self._watch_tls())
+        if self.replica_files is not None:
+            self._replica_task = asyncio.get_running_loop().create_task(
+                self._watch_replica_tls()
+            )
 
     async def stop(self, grace_s: float = 0.0) -> None:
-        for task in (self._task, self._stats_task, self._tls_task):
+        for task in (
+            self._task,
+            self._stats_task,
+            self._tls_task,
+            self._replica_task,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -370,6 +409,47 @@ class DataPlane:
         if self.last_error.startswith("haproxy refused the new TLS certificate"):
             self.last_error = ""
         log.info("public TLS certificate updated (no reload)")
+        return True
+
+    # -- mTLS to the replicas ---------------------------------------------------
+
+    def _write_replica_pems(self, pems: tuple[str, str]) -> None:
+        _atomic_write(self.directory / REPLICA_CLIENT_CERT, pems[0])
+        _atomic_write(self.directory / REPLICA_CA, pems[1])
+        self._replica_pems = pems
+
+    async def _watch_replica_tls(self) -> None:
+        while True:
+            await asyncio.sleep(self._replica_reload_s)
+            try:
+                await self.update_replica_certificate()
+            except Exception as e:
+                log.error("certificate to the replicas not updated: %s", e)
+
+    async def update_replica_certificate(self) -> bool:
+        """Write the gateway's certificate, key and CA for HAProxy's connections
+        to the replicas again, and reload, when the files changed (polled; tests
+        call it directly). True when HAProxy was reloaded with new ones."""
+        assert self.replica_files is not None
+        try:
+            pems = await asyncio.to_thread(replica_client_pem, self.replica_files)
+        except (OSError, ValueError, TypeError) as e:  # mid-rotation: next check
+            log.debug("replica TLS files not usable for now: %s", e)
+            return False
+        if pems == self._replica_pems:
+            return False
+        async with self._lock:
+            self._write_replica_pems(pems)
+            # HAProxy reads a server's crt and ca-file when it starts: a seamless
+            # reload (connections in flight finish on the old worker).
+            await self.process.reload()
+        self.reloads += 1
+        self._reloads.inc()
+        self.replica_cert_updates += 1
+        log.info(
+            "certificate to the replicas %s changed: HAProxy reloaded with it",
+            self.replica_files.cert,
+        )
         return True
 
     # -- counters ---------------------------------------------------------------

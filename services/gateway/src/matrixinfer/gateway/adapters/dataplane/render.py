@@ -71,6 +71,11 @@ LUA_SCRIPT = "matrixinfer.lua"
 #: that sign client certificates.
 EDGE_CERT = "edge.pem"
 CLIENT_CA = "client-ca.pem"
+#: mTLS to the replicas' gRPC ports: the gateway's certificate and key (one PEM
+#: file, as HAProxy loads a client certificate) and the CA that signs the
+#: replicas' certificates, copied into the data plane's folder.
+REPLICA_CLIENT_CERT = "replica-client.pem"
+REPLICA_CA = "replica-ca.pem"
 #: Mozilla's "intermediate" profile: forward secrecy and AEAD only; TLS 1.3 suites
 #: as OpenSSL orders them. No RC4, 3DES, CBC, NULL or export ciphers.
 TLS12_CIPHERS = ":".join(
@@ -147,6 +152,26 @@ class EdgeTls:
 
 
 @dataclass(frozen=True)
+class ReplicaTls:
+    """HAProxy's gRPC to the replicas over mutual TLS: it presents
+    ``REPLICA_CLIENT_CERT``, verifies the replica's certificate against
+    ``REPLICA_CA`` and requires ``server_name`` in it (the address is a pod's or
+    127.0.0.1, never the identity). Health checks stay on Triton's plaintext HTTP
+    port."""
+
+    server_name: str
+
+
+def replica_tls_args(tls: ReplicaTls, directory: str) -> str:
+    """The server-line options of a gRPC server slot with mTLS to the replica."""
+    return (
+        f" ssl verify required ca-file {directory}/{REPLICA_CA}"
+        f" crt {directory}/{REPLICA_CLIENT_CERT} alpn h2"
+        f" verifyhost {tls.server_name} no-check-ssl"
+    )
+
+
+@dataclass(frozen=True)
 class Options:
     auth: bool = True
     default_timeout_ms: int = 30_000
@@ -157,6 +182,8 @@ class Options:
     peer_name: str = ""
     jwt: JwtPlan | None = None
     tls: EdgeTls | None = None
+    #: mTLS from HAProxy to the replicas' gRPC ports; None: plaintext.
+    replica_tls: ReplicaTls | None = None
 
 
 @dataclass(frozen=True)
@@ -531,7 +558,18 @@ def render(
         )
     for bid, backend in backends.items():
         structure_parts.append(
-            _backend(bid, backend, len(slots[bid]), options, grpc=True)
+            _backend(
+                bid,
+                backend,
+                len(slots[bid]),
+                options,
+                grpc=True,
+                server_args=(
+                    replica_tls_args(options.replica_tls, directory)
+                    if options.replica_tls is not None
+                    else ""
+                ),
+            )
         )
         structure_parts.append(
             _backend(bid, backend, len(slots[bid]), options, grpc=False)
@@ -1035,7 +1073,12 @@ def _generated_errors(grpc: bool) -> list[str]:
 
 
 def _backend(
-    bid: str, backend: Backend, slots: int, options: Options, grpc: bool
+    bid: str,
+    backend: Backend,
+    slots: int,
+    options: Options,
+    grpc: bool,
+    server_args: str = "",
 ) -> str:
     s = backend.server
     letter = "g" if grpc else "h"
@@ -1087,14 +1130,18 @@ def _backend(
         default.append(f"maxconn {s.max_concurrent_per_replica}")
     out.append("    " + " ".join(default))
     for i in range(1, slots + 1):
-        out.append(f"    @slot {letter}:{bid} {i}")
+        out.append(f"    @slot {letter}:{bid} {i}{server_args}")
     return "\n".join(out) + "\n"
 
 
-def slot_line(grpc: bool, index: int, replica: Replica | None) -> str:
+def slot_line(
+    grpc: bool, index: int, replica: Replica | None, server_args: str = ""
+) -> str:
+    """``server_args``: options every server of the backend takes, whether its
+    slot is empty or not (mTLS to the replica: :func:`replica_tls_args`)."""
     # gRPC to the replica (h2), its health check over HTTP/1.1 to Triton's HTTP
     # port. 2.6 does not take check-proto from default-server: it is set per server.
-    h2 = " proto h2 check-proto h1" if grpc else ""
+    h2 = f" proto h2 check-proto h1{server_args}" if grpc else server_args
     if replica is None:
         return f"    server r{index} 127.0.0.1:1{h2} disabled"
     if grpc:
@@ -1102,17 +1149,18 @@ def slot_line(grpc: bool, index: int, replica: Replica | None) -> str:
             f"    server r{index} {replica.address}:{replica.grpc_port}{h2} "
             f"port {replica.http_port}"
         )
-    return f"    server r{index} {replica.address}:{replica.http_port}"
+    return f"    server r{index} {replica.address}:{replica.http_port}{h2}"
 
 
 def _with_slots(structure: str, slots: Mapping[str, list[Replica | None]]) -> str:
     lines = []
     for line in structure.splitlines():
         if line.startswith("    @slot "):
-            _, backend, index = line.split()
+            _, backend, index, *rest = line.split(maxsplit=3)
             letter, _, bid = backend.partition(":")
             replica = slots[bid][int(index) - 1]
-            lines.append(slot_line(letter == "g", int(index), replica))
+            args = f" {rest[0]}" if rest else ""
+            lines.append(slot_line(letter == "g", int(index), replica, args))
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
