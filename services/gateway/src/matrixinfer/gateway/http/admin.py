@@ -118,16 +118,21 @@ def error_body(
     return body
 
 
-def _api_key(request: web.Request) -> tuple[tuple[str, str], ...]:
-    """The caller's API key, passed on so the registry (when it enforces
-    authorization) acts with the caller's own scopes, not the gateway's."""
+def _credential(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """The caller's API key or JWT, passed on so the registry (when it enforces
+    authorization) acts as the caller, with the caller's own scopes, and its
+    audit log names them, not the gateway. A JWT reaches a registry that takes
+    none as UNAUTHENTICATED saying so (401 here)."""
     key = request.headers.get("x-api-key", "").strip()
     if key:
         return (("x-api-key", key),)
     scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and token.strip().startswith(f"{API_KEY_PREFIX}_"):
-        return (("x-api-key", token.strip()),)
-    return ()
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return ()
+    if token.startswith(f"{API_KEY_PREFIX}_"):
+        return (("x-api-key", token),)
+    return (("authorization", f"Bearer {token}"),)
 
 
 def _respond(
@@ -274,7 +279,7 @@ class AdminApi:
                     )
                 ]
             )
-            metadata = ((REQUEST_ID_METADATA_KEY, request_id), *_api_key(request))
+            metadata = ((REQUEST_ID_METADATA_KEY, request_id), *_credential(request))
             try:
                 self._authorize(request)
                 if binding.streaming:
