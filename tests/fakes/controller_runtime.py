@@ -17,9 +17,14 @@ class FakeRuntime:
     _replicas: dict[str, Replica] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _on_change: OnChange | None = None
+    #: What generation() says (a test renews the "certificate" by changing it).
+    current_generation: str = ""
 
     def set_on_change(self, callback: OnChange) -> None:
         self._on_change = callback
+
+    def generation(self) -> str:
+        return self.current_generation
 
     async def start_replica(self, spec: ReplicaSpec) -> Replica:
         n = next(self._counter)

@@ -59,6 +59,8 @@ PATHS = {
     "pods": f"/api/v1/namespaces/{NS}/pods",
     "configmaps": f"/api/v1/namespaces/{NS}/configmaps",
 }
+REPLICA_TLS = "matrixinfer-replica-tls"
+SECRETS = f"/api/v1/namespaces/{NS}/secrets"
 
 
 def validate(obj: JSON) -> None:
@@ -121,7 +123,12 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        for resource in ("apps/v1/deployments", "v1/pods", "v1/configmaps"):
+        for resource in (
+            "apps/v1/deployments",
+            "v1/pods",
+            "v1/configmaps",
+            "v1/secrets",
+        ):
             self.resources[resource] = kmock.ResourceInfo()
 
     def fail(
@@ -221,6 +228,24 @@ class Cluster:
 
     async def delete_pod(self, name: str) -> None:
         await self.delete("pods", name)
+
+    async def put_secret(self, name: str, serial: str) -> None:
+        """The replica TLS Secret as cert-manager writes (and renews) it."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": NS},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": serial, "tls.key": serial, "ca.crt": "ca"},
+        }
+        async with self.session.get(f"{SECRETS}/{name}") as response:
+            exists = response.status == 200
+        if exists:
+            request = self.session.patch(f"{SECRETS}/{name}", json=body)
+        else:
+            request = self.session.post(SECRETS, json=body)
+        async with request as response:
+            assert response.status in (200, 201), await response.text()
 
     async def sync(self) -> None:
         """One pass of the garbage collector and the ReplicaSet controller."""
@@ -402,7 +427,9 @@ class NoFetch:
 # ---------------------------------------------------------------- the harness
 
 
-def new_runtime(api: ApiServer, attempts: int = 6) -> KubernetesRuntime:
+def new_runtime(
+    api: ApiServer, attempts: int = 6, replica_tls_secret: str = ""
+) -> KubernetesRuntime:
     return KubernetesRuntime(
         KubeClient(
             KubeConfig(str(api.url)),
@@ -415,9 +442,11 @@ def new_runtime(api: ApiServer, attempts: int = 6) -> KubernetesRuntime:
             gpu_node_selector=GPU_SELECTOR,
             gpu_tolerations=GPU_TOLERATIONS,
             fetcher_env=(("MATRIXINFER_CONTROLLER_ARTIFACT_MAX_BYTES", "1000000"),),
+            replica_tls_secret=replica_tls_secret,
         ),
         watch_backoff_s=0.01,
         check=validate,
+        secret_poll_s=0.02,
     )
 
 
@@ -496,14 +525,18 @@ class Harness:
                 validate(obj)
 
 
-@pytest_asyncio.fixture
-async def h(tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
+async def harness(
+    tmp_path: pathlib.Path, replica_tls_secret: str = ""
+) -> AsyncIterator[Harness]:
     api = ApiServer()
     async with api, kmock.Server(api):
         cluster = Cluster(api)
+        if replica_tls_secret:  # as cert-manager writes it
+            await cluster.put_secret(replica_tls_secret, "first")
         registry = Registry()
         registry.put(pb.Resource(model=model(1)))
-        h = Harness(api, cluster, registry, new_runtime(api), tmp_path)
+        runtime = new_runtime(api, replica_tls_secret=replica_tls_secret)
+        h = Harness(api, cluster, registry, runtime, tmp_path)
         try:
             await h.runtime.start()
             yield h
@@ -512,6 +545,19 @@ async def h(tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
         finally:
             await h.runtime.close()
             await cluster.close()
+
+
+@pytest_asyncio.fixture
+async def h(tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
+    async for harness_ in harness(tmp_path):
+        yield harness_
+
+
+@pytest_asyncio.fixture
+async def h_tls(tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
+    """Replica pods mount the replica TLS Secret, which cert-manager renews."""
+    async for harness_ in harness(tmp_path, REPLICA_TLS):
+        yield harness_
 
 
 # ---------------------------------------------------------------- the cases
@@ -830,4 +876,42 @@ async def test_a_deployment_deleted_by_someone_else_is_recreated(h: Harness) -> 
     assert len(pods) == 2
     assert set(pods).isdisjoint(old_pods)
     assert endpoints(h) == [(p, True, False) for p in pods]
+    await h.everything_valid()
+
+
+@pytest.mark.timeout(60)
+async def test_a_renewed_replica_certificate_replaces_the_replicas(
+    h_tls: Harness,
+) -> None:
+    """Triton reads its certificate only when it starts: when cert-manager renews
+    the replica TLS Secret, the replicas are replaced as in a rollout (surge,
+    drain), never all at once."""
+    h = h_tls
+    changed: list[str] = []
+    h.runtime.set_on_change(changed.append)
+    await running(h, 2)
+    [old] = await h.cluster.names("deployments")
+    first = len(h.registry.history)
+    before = h.runtime.generation()
+    assert before != ""
+    changed.clear()
+
+    await h.cluster.put_secret(REPLICA_TLS, "renewed")
+    while h.runtime.generation() == before:
+        await asyncio.sleep(0.01)
+    assert OWNER in changed  # the runtime asked for a reconcile
+    await h.reconciler.reconcile(KEY)
+
+    [new] = [d for d in await h.cluster.names("deployments") if d != old]
+    assert (await replicas_of(h, old), await replicas_of(h, new)) == (2, 1)
+    await h.settle()
+    assert await h.cluster.names("deployments") == [new]
+    assert all(p.startswith(new) for p in await h.cluster.names("pods"))
+    # maxUnavailable 0: never fewer than two ready replicas meanwhile.
+    assert min(s.ready_replicas for s in h.registry.history[first:]) == 2
+    # The Secret is only read, by name.
+    assert ("", "secrets", "get") in h.api.verbs
+    assert {c for c in h.api.calls if c[1] == "secrets"} == {
+        ("GET", "secrets", REPLICA_TLS)
+    }
     await h.everything_valid()

@@ -25,14 +25,16 @@ from matrixinfer.controller.adapters.kubernetes.client import (
 from matrixinfer.controller.adapters.kubernetes.runtime import placement_of
 from matrixinfer.controller.adapters.local_runtime import LocalRuntime
 from matrixinfer.controller.domain.reconciler import Reconciler
-from matrixinfer.controller.domain.runtime import Phase, ReplicaSpec
+from matrixinfer.controller.domain.runtime import Phase, ReplicaSpec, Runtime
 from matrixinfer.controller.domain.serving import RepositoryPlan
 from matrixinfer.controller.main import kubernetes_runtime, replica_tls
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core import pki
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
 from matrixinfer.registry.domain.admission import admit
+from matrixinfer.triton.server import GrpcTls
 from tests.conftest import ROOT
+from tests.fakes.controller_runtime import FakeRuntime
 from tests.kubernetes import validate_strict
 
 IRIS = ROOT / "examples/iris/model.onnx"
@@ -479,6 +481,24 @@ class _Registry:
         raise AssertionError("no pinned revisions here")
 
 
+def reconciler_of(
+    registry: _Registry,
+    runtime: Runtime,
+    tmp_path: pathlib.Path,
+    build_repositories: bool = True,
+) -> Reconciler:
+    return Reconciler(
+        client=registry,
+        informer=registry,
+        runtime=runtime,
+        fetcher=prepare.artifact_fetcher(ControllerSettings(), tmp_path / "cache"),
+        repos_dir=tmp_path / "repos",
+        backends=["onnxruntime"],
+        python_paths=[],
+        build_repositories=build_repositories,
+    )
+
+
 async def test_a_local_controller_reports_the_refused_field(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -493,15 +513,7 @@ async def test_a_local_controller_reports_the_refused_field(
     infer.spec.replicas = 1
     registry = _Registry(pb.Resource(model=model), pb.Resource(model_infer=infer))
     runtime = LocalRuntime(install=None, state_dir=tmp_path)  # type: ignore[arg-type]
-    reconciler = Reconciler(
-        client=registry,
-        informer=registry,
-        runtime=runtime,
-        fetcher=prepare.artifact_fetcher(ControllerSettings(), tmp_path / "cache"),
-        repos_dir=tmp_path / "repos",
-        backends=["onnxruntime"],
-        python_paths=[],
-    )
+    reconciler = reconciler_of(registry, runtime, tmp_path)
 
     await reconciler.reconcile(("default", "iris"))
 
@@ -601,3 +613,67 @@ def test_backoff_doubles_up_to_its_cap_and_honours_retry_after() -> None:
     assert [policy.delay(a) for a in range(6)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0]
     assert policy.delay(0, "2") == 2.0
     assert policy.delay(0, "600") == 5.0
+
+
+# ------------------------------------------------- the replica certificate's age
+
+
+def test_a_rotated_replica_certificate_is_a_new_generation(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Triton reads its certificate only at start: the local runtime's generation
+    (part of every replica template) changes when the files are rotated, and not
+    while a rotation is half done."""
+    files = pki.ensure_pki(tmp_path / "pki")
+    tls = GrpcTls(files["replica"], files["controller"], "replica")
+    runtime = LocalRuntime(install=None, state_dir=tmp_path, tls=tls)  # type: ignore[arg-type]
+    plain = LocalRuntime(install=None, state_dir=tmp_path)  # type: ignore[arg-type]
+    first = runtime.generation()
+    assert first != "" and runtime.generation() == first
+    assert plain.generation() == ""
+
+    old_key = files["replica"].key.read_bytes()
+    authority = pki.Authority(tmp_path / "pki" / "ca.crt", tmp_path / "pki" / "ca.key")
+    pki.issue(authority, pki.REPLICA, tmp_path / "pki", usage="server")
+    new_key = files["replica"].key.read_bytes()
+    files["replica"].key.write_bytes(old_key)  # the certificate is new, its key not
+    assert runtime.generation() == first
+    files["replica"].key.write_bytes(new_key)
+    second = runtime.generation()
+    assert second not in ("", first)
+
+
+async def test_a_new_generation_replaces_the_replicas_as_a_rollout(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The reconciler treats a new runtime generation as a new template: a
+    replica more first (surge), then the old one drains."""
+    model = pb.Model()
+    model.metadata.namespace, model.metadata.name = "default", "iris"
+    model.spec.model_spec.framework = "onnx"
+    model.status.current_revision = 1
+    infer = pb.ModelInfer()
+    infer.metadata.namespace, infer.metadata.name = "default", "iris"
+    infer.spec.model_ref.name = "iris"
+    infer.spec.replicas = 1
+    infer.spec.rollout.max_surge = 1
+    registry = _Registry(pb.Resource(model=model), pb.Resource(model_infer=infer))
+    runtime = FakeRuntime(current_generation="cert-1")
+    reconciler = reconciler_of(registry, runtime, tmp_path, build_repositories=False)
+    await reconciler.reconcile(("default", "iris"))
+    [old] = runtime.replicas("default/iris")
+
+    runtime.current_generation = "cert-2"
+    await reconciler.reconcile(("default", "iris"))
+
+    # Surge: a replica of the new template beside the old one, still serving.
+    replicas = {r.name: r for r in runtime.replicas("default/iris")}
+    [new] = [r for name, r in replicas.items() if name != old.name]
+    assert new.spec.template != old.spec.template
+    assert replicas[old.name].draining is False
+    # The new one is ready: the old one drains.
+    await reconciler.reconcile(("default", "iris"))
+    assert [(r.name, r.draining) for r in runtime.replicas("default/iris")] == [
+        (old.name, True),
+        (new.name, False),
+    ]

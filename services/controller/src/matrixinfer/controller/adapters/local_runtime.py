@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import pathlib
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from matrixinfer.controller.domain.runtime import OnChange, Phase, Replica, ReplicaSpec
 from matrixinfer.controller.domain.serving import RepositoryPlan, placement_fields
 from matrixinfer.core.errors import MatrixInferError, NotFound
+from matrixinfer.core.grpc.tls import read_files
 from matrixinfer.triton.install import TritonInstall
 from matrixinfer.triton.server import GrpcTls, TritonProcess, allocate_ports
 
@@ -48,6 +50,8 @@ class LocalRuntime:
     _backend_dir: pathlib.Path | None = None
     _gpus_free: set[int] = field(default_factory=set)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set)
+    #: (the files' mtimes and sizes, the generation they gave)
+    _generation: tuple[tuple[int, ...], str] = ((), "")
 
     def __post_init__(self) -> None:
         self._gpus_free = set(self.gpu_inventory)
@@ -71,6 +75,34 @@ class LocalRuntime:
 
     def owners(self) -> list[str]:
         return sorted({r.replica.spec.owner for r in self._replicas.values()})
+
+    def generation(self) -> str:
+        """A digest of the replica certificate, key and CA Triton is started
+        with: rotated files replace the replicas (Triton reads them only at
+        start). A rotation half done (a certificate without its key yet) keeps
+        the last one."""
+        if self.tls is None:
+            return ""
+        files = self.tls.server
+        try:
+            stamp = tuple(
+                v
+                for path in (files.cert, files.key, files.ca)
+                for v in (path.stat().st_mtime_ns, path.stat().st_size)
+            )
+            if stamp == self._generation[0]:
+                return self._generation[1]
+            digest = hashlib.sha256(b"".join(read_files(files))).hexdigest()[:12]
+        except (OSError, ValueError) as e:
+            log.warning("replica certificate not usable for now: %s", e)
+            return self._generation[1]
+        if self._generation[1] and digest != self._generation[1]:
+            log.info(
+                "replica certificate %s changed: replicas will be replaced",
+                files.cert,
+            )
+        self._generation = (stamp, digest)
+        return digest
 
     def mark_draining(self, name: str, now_s: float) -> None:
         running = self._replicas.get(name)

@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 FINALIZER = "matrixinfer.ai/replicas"
 
 
-def template_of(model: pb.Model, revision: int, infer: pb.ModelInfer) -> str:
-    """Changes when what a replica serves changes; not on replica count or rollout."""
+def template_of(
+    model: pb.Model, revision: int, infer: pb.ModelInfer, generation: str = ""
+) -> str:
+    """Changes when what a replica serves changes, or what the runtime gives it
+    at start (``generation``: a renewed replica certificate); not on replica count
+    or rollout."""
     spec = pb.ModelInferSpec()
     spec.CopyFrom(infer.spec)
     spec.ClearField("replicas")
@@ -47,6 +51,8 @@ def template_of(model: pb.Model, revision: int, infer: pb.ModelInfer) -> str:
     digest.update(str(revision).encode())
     digest.update(model.spec.SerializeToString(deterministic=True))
     digest.update(spec.SerializeToString(deterministic=True))
+    if generation:
+        digest.update(generation.encode())
     return digest.hexdigest()[:12]
 
 
@@ -105,7 +111,7 @@ class Reconciler:
         desired, reason = self._wanted(infer)
         try:
             model, revision = await self._model_for(infer)
-            template = template_of(model, revision, infer)
+            template = template_of(model, revision, infer, self.runtime.generation())
             repo_plan = RepositoryPlan.of(model, infer, revision, self.python_models)
             repository = await self._prepare(template, repo_plan)
         except MatrixInferError as error:

@@ -105,6 +105,12 @@ class Runtime(Protocol):
 
     def mark_draining(self, name: str, now_s: float) -> None: ...
 
+    def generation(self) -> str:
+        """What a replica gets from the runtime itself when it starts, beyond its
+        spec: the replica certificate, which Triton reads only then. When it
+        changes, every template changes with it, so the replicas are replaced as
+        in a rollout (surge, then drain); "" when there is nothing of the kind."""
+
     async def close(self) -> None:
         """Controller shutdown. Local: stop every replica, nothing may outlive us.
         Kubernetes: stop watching only; the pods stay for the next controller."""

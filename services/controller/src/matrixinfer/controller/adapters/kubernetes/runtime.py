@@ -114,6 +114,10 @@ class KubernetesRuntime:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _on_change: OnChange | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: How often the replica TLS Secret is read for a renewal.
+    secret_poll_s: float = 30.0
+    #: Its resourceVersion when last read ("" without one).
+    _secret_version: str = ""
 
     @property
     def namespace(self) -> str:
@@ -148,6 +152,8 @@ class KubernetesRuntime:
             len(self._pods),
             self.namespace,
         )
+        if self.pods.replica_tls_secret:
+            self._secret_version = await self._read_secret_version()
         self._tasks = [
             asyncio.create_task(
                 self._watch("pods", pods_version, self._on_pod), name="watch-pods"
@@ -157,6 +163,43 @@ class KubernetesRuntime:
                 name="watch-deployments",
             ),
         ]
+        if self.pods.replica_tls_secret:
+            self._tasks.append(
+                asyncio.create_task(self._poll_secret(), name="poll-replica-tls")
+            )
+
+    # ----------------------------------------------------- the replica certificate
+
+    def generation(self) -> str:
+        """The replica TLS Secret's resourceVersion: cert-manager's renewal
+        replaces the replicas (Triton reads its certificate only at start)."""
+        return self._secret_version
+
+    async def _read_secret_version(self) -> str:
+        name = self.pods.replica_tls_secret
+        try:
+            secret = await self.client.get(self._path("secrets", name))
+        except NotFound:
+            log.warning("replica TLS Secret %s/%s not found", self.namespace, name)
+            return self._secret_version
+        except MatrixInferError as e:
+            log.warning("replica TLS Secret %s not read: %s", name, e.message)
+            return self._secret_version
+        return str((secret.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def _poll_secret(self) -> None:
+        while True:
+            await asyncio.sleep(self.secret_poll_s)
+            version = await self._read_secret_version()
+            if version == self._secret_version:
+                continue
+            log.info(
+                "replica TLS Secret %s renewed: replacing the replicas",
+                self.pods.replica_tls_secret,
+            )
+            self._secret_version = version
+            for owner in self.owners():
+                self._changed(owner)
 
     async def close(self) -> None:
         """Stops watching; the replicas stay (a new controller adopts them)."""
