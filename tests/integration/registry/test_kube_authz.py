@@ -385,9 +385,7 @@ def test_a_controller_certificate_writes_status_only(
     kube_tls: Kube, certs: dict[str, pki.CertFiles]
 ) -> None:
     kube_tls.ok(*tls_options(certs), "apply", "-f", "-", stdin=iris_manifests())
-    context = ssl.create_default_context(cafile=str(certs["controller"].ca))
-    context.check_hostname = False
-    context.load_cert_chain(certs["controller"].cert, certs["controller"].key)
+    context = client_context(certs, certs["controller"])
     patch = {"Content-Type": "application/merge-patch+json"}
 
     status = http(
@@ -513,13 +511,22 @@ def client_context(
     return context
 
 
-def forwarded(user: str, *groups: str) -> dict[str, str]:
+def forwarded(user: str, group: str = "") -> dict[str, str]:
     """What the API server adds when it forwards a user's request (one
-    X-Remote-Group header per group is what it sends; urllib sends one value)."""
+    X-Remote-Group header per group)."""
     headers = {"X-Remote-User": user}
-    if groups:
-        headers["X-Remote-Group"] = groups[0]
+    if group:
+        headers["X-Remote-Group"] = group
     return headers
+
+
+def front_proxy_certificate(
+    front_proxy: pki.Authority, name: str, directory: pathlib.Path, **kwargs: Any
+) -> pki.CertFiles:
+    """A client certificate of the front-proxy CA (no subjectAltName unless
+    ``sans`` says)."""
+    kwargs.setdefault("sans", [])
+    return pki.issue(front_proxy, name, directory, usage="client", **kwargs)
 
 
 def test_the_api_server_forwards_its_users_with_their_scopes(
@@ -529,12 +536,8 @@ def test_the_api_server_forwards_its_users_with_their_scopes(
     tmp_path: pathlib.Path,
 ) -> None:
     kube = kube_aggregated
-    proxy = pki.issue(
-        front_proxy,
-        "front-proxy-client",
-        tmp_path / "front-proxy",
-        sans=[],
-        usage="client",
+    proxy = front_proxy_certificate(
+        front_proxy, "front-proxy-client", tmp_path / "front-proxy"
     )
     context = client_context(certs, proxy)
     model = yaml_model()
@@ -576,18 +579,15 @@ def test_only_the_front_proxy_may_say_who_it_forwards_for(
     controller = client_context(certs, certs["controller"])
     as_controller = http(kube, "POST", MODELS, model, masters, controller)
     # The front-proxy CA's certificate with another name than the allowed one.
-    other = pki.issue(
-        front_proxy, "someone", tmp_path / "front-proxy", sans=[], usage="client"
-    )
+    other = front_proxy_certificate(front_proxy, "someone", tmp_path / "front-proxy")
     as_other = http(kube, "POST", MODELS, model, masters, client_context(certs, other))
     # Or one that claims to be our admin: its names are never read.
-    posing = pki.issue(
+    posing = front_proxy_certificate(
         front_proxy,
         "front-proxy-client",
         tmp_path / "posing",
         sans=[pki.identity_name("admin")],
         common_name="front-proxy-client",
-        usage="client",
     )
     as_posing = http(kube, "POST", MODELS, model, {}, client_context(certs, posing))
 

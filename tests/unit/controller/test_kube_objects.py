@@ -31,6 +31,7 @@ from matrixinfer.controller.main import kubernetes_runtime, replica_tls
 from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core import pki
 from matrixinfer.core.errors import FailedPrecondition, InvalidArgument
+from matrixinfer.core.grpc.tls import ClientTls
 from matrixinfer.registry.domain.admission import admit
 from matrixinfer.triton.server import GrpcTls
 from tests.conftest import ROOT
@@ -579,8 +580,8 @@ def test_replica_tls_settings_reach_the_local_runtime_and_the_pods(
     settings = ControllerSettings(**own, **replica)
     tls = replica_tls(settings)
     assert tls is not None
-    assert (tls.server, tls.client) == (files["replica"], files["controller"])
-    assert tls.server_name == "replica.matrixinfer.internal"
+    assert (tls.server, tls.client.files) == (files["replica"], files["controller"])
+    assert tls.client.server_name == "replica.matrixinfer.internal"
     assert ControllerSettings(**own).replica_tls_files() is None
     assert replica_tls(ControllerSettings(**own)) is None
     with pytest.raises(ValueError, match="set all of replica_tls_cert_file"):
@@ -625,7 +626,7 @@ def test_a_rotated_replica_certificate_is_a_new_generation(
     (part of every replica template) changes when the files are rotated, and not
     while a rotation is half done."""
     files = pki.ensure_pki(tmp_path / "pki")
-    tls = GrpcTls(files["replica"], files["controller"], "replica")
+    tls = GrpcTls(files["replica"], ClientTls(files["controller"], pki.REPLICA))
     runtime = LocalRuntime(install=None, state_dir=tmp_path, tls=tls)  # type: ignore[arg-type]
     plain = LocalRuntime(install=None, state_dir=tmp_path)  # type: ignore[arg-type]
     first = runtime.generation()

@@ -20,7 +20,6 @@ from matrixinfer.cli.up import (
     forget_local_up,
     local_pki,
     record_local_up,
-    replica_tls_env,
     tls_env,
     up,
 )
@@ -193,9 +192,9 @@ def test_up_starts_the_replicas_with_mtls_and_the_gateway_uses_it(
     assert isinstance(result.exception, _Started), result.output
     env = {s.name: s.env for s in built}
     directory = tmp_path / "state" / "pki"
-    assert replica_tls_env(pki.CertFiles(*(directory / n for n in REPLICA_FILES))) == {
-        k: v for k, v in env["controller"].items() if "_REPLICA_TLS_" in k
-    }
+    assert tls_env(
+        "CONTROLLER_REPLICA", pki.CertFiles(*(directory / n for n in REPLICA_FILES))
+    ) == {k: v for k, v in env["controller"].items() if "_REPLICA_TLS_" in k}
     for name, value in env["controller"].items():
         monkeypatch.setenv(name, value)
     controller = ControllerSettings()

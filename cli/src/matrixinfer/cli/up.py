@@ -440,16 +440,6 @@ def tls_env(prefix: str, files: CertFiles) -> dict[str, str]:
     }
 
 
-def replica_tls_env(files: CertFiles) -> dict[str, str]:
-    """The controller's settings that start every replica's Triton with mTLS on
-    its gRPC port (the gateway, with its own files, then speaks mTLS to it)."""
-    return {
-        "MATRIXINFER_CONTROLLER_REPLICA_TLS_CERT_FILE": str(files.cert),
-        "MATRIXINFER_CONTROLLER_REPLICA_TLS_KEY_FILE": str(files.key),
-        "MATRIXINFER_CONTROLLER_REPLICA_TLS_CA_FILE": str(files.ca),
-    }
-
-
 def as_tls(files: CertFiles) -> Tls:
     return (files.ca, files.cert, files.key)
 
@@ -956,7 +946,9 @@ def up(
                 state_dir=state / "controller",
             )
             | tls_env("CONTROLLER", pki["controller"])
-            | replica_tls_env(pki["replica"]),
+            # Every replica's Triton takes mTLS on gRPC (the gateway, with its
+            # own files, then speaks it to them).
+            | tls_env("CONTROLLER_REPLICA", pki["replica"]),
             logs / "controller.log",
             health_tls=admin_tls,
         ),

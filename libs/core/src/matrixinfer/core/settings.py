@@ -106,22 +106,26 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_all_or_none(self) -> ServiceSettings:
-        given = [self.tls_cert_file, self.tls_key_file, self.tls_ca_file]
-        if any(f is not None for f in given) and any(f is None for f in given):
-            raise ValueError(
-                "set all of tls_cert_file, tls_key_file and tls_ca_file, or none"
-            )
+        self.tls_files()
         return self
 
     def tls_files(self) -> CertFiles | None:
         """This service's certificate, key and CA, or None (plaintext)."""
-        if (
-            self.tls_cert_file is None
-            or self.tls_key_file is None
-            or self.tls_ca_file is None
-        ):
+        return self.cert_files("tls")
+
+    def cert_files(self, prefix: str) -> CertFiles | None:
+        """The ``<prefix>_cert_file``, ``_key_file`` and ``_ca_file`` settings
+        together, or None when none is set; ValueError naming them when only some
+        are."""
+        names = [f"{prefix}_{part}_file" for part in ("cert", "key", "ca")]
+        cert, key, ca = (getattr(self, name) for name in names)
+        if cert is None and key is None and ca is None:
             return None
-        return CertFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+        if cert is None or key is None or ca is None:
+            raise ValueError(
+                f"set all of {', '.join(names[:2])} and {names[2]}, or none"
+            )
+        return CertFiles(cert, key, ca)
 
     @field_validator("log_level")
     @classmethod

@@ -12,7 +12,6 @@ resources it uses are closed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -60,5 +59,4 @@ class Uninterrupted:
             )
             for task in late:
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*late, return_exceptions=True)
+            await asyncio.gather(*late, return_exceptions=True)

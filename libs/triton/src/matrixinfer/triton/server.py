@@ -16,12 +16,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import grpc
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from matrixinfer.core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from matrixinfer.core.grpc.tls import read_files
+from matrixinfer.core.grpc.tls import ClientTls
 from matrixinfer.core.pki import CertFiles
 from matrixinfer.core.ports import free_ports
 from matrixinfer.core.process import die_with_parent
@@ -51,12 +50,11 @@ class GrpcTls:
     ``server``: the certificate and key Triton serves, and the CA whose client
     certificates it demands (``--grpc-use-ssl-mutual``: a client without one is
     refused in the handshake). ``client``: what our own calls (readiness, model
-    control) present, signed by that CA. ``server_name``: the identity (DNS SAN)
-    our calls require of Triton's certificate, whatever address they dial."""
+    control) present, signed by that CA, and the identity (DNS SAN) they require
+    of Triton's certificate, whatever address they dial."""
 
     server: CertFiles
-    client: CertFiles
-    server_name: str
+    client: ClientTls
 
     def args(self) -> list[str]:
         return [
@@ -65,12 +63,6 @@ class GrpcTls:
             f"--grpc-server-key={self.server.key}",
             f"--grpc-root-cert={self.server.ca}",
         ]
-
-    def client_credentials(self) -> grpc.ChannelCredentials:
-        cert, key, ca = read_files(self.client)
-        return grpc.ssl_channel_credentials(
-            root_certificates=ca, private_key=key, certificate_chain=cert
-        )
 
 
 @dataclass
@@ -159,8 +151,10 @@ class TritonProcess:
             return triton_grpc.InferenceServerClient(self.grpc_address)
         return triton_grpc.InferenceServerClient(
             self.grpc_address,
-            creds=self.tls.client_credentials(),
-            channel_args=[("grpc.ssl_target_name_override", self.tls.server_name)],
+            creds=self.tls.client.credentials(),
+            channel_args=[
+                ("grpc.ssl_target_name_override", self.tls.client.server_name)
+            ],
         )
 
     async def wait_ready(self, timeout_s: float) -> None:

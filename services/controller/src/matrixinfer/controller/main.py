@@ -38,13 +38,13 @@ from matrixinfer.controller.settings import ControllerSettings
 from matrixinfer.core.grpc.auth import ApiKeyVerifier, CallerAuth
 from matrixinfer.core.grpc.channel import create_channel
 from matrixinfer.core.grpc.server import RunningServer, run_service, start_server
-from matrixinfer.core.grpc.tls import client_tls
+from matrixinfer.core.grpc.tls import ClientTls, client_tls
 from matrixinfer.core.metrics import (
     GrpcServerMetrics,
     MetricsServer,
     start_metrics_server,
 )
-from matrixinfer.core.pki import REPLICA, identity_name
+from matrixinfer.core.pki import REPLICA
 from matrixinfer.core.registry.client import RegistryClient
 from matrixinfer.core.registry.informer import Informer
 from matrixinfer.core.tracing import setup_tracing
@@ -222,7 +222,7 @@ def replica_tls(settings: ControllerSettings) -> GrpcTls | None:
     server, client = settings.replica_tls_files(), settings.tls_files()
     if server is None or client is None:
         return None
-    return GrpcTls(server, client, identity_name(REPLICA))
+    return GrpcTls(server, ClientTls(client, REPLICA))
 
 
 def kubernetes_runtime(settings: ControllerSettings) -> KubernetesRuntime:

@@ -153,16 +153,6 @@ class ControllerSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _replica_tls_complete(self) -> ControllerSettings:
-        given = [
-            self.replica_tls_cert_file,
-            self.replica_tls_key_file,
-            self.replica_tls_ca_file,
-        ]
-        if any(f is None for f in given) and any(f is not None for f in given):
-            raise ValueError(
-                "set all of replica_tls_cert_file, replica_tls_key_file and "
-                "replica_tls_ca_file, or none"
-            )
         if (
             self.runtime == "local"
             and self.replica_tls_files() is not None
@@ -176,9 +166,7 @@ class ControllerSettings(ServiceSettings):
 
     def replica_tls_files(self) -> CertFiles | None:
         """The certificate, key and CA of the local replicas' gRPC port, or None."""
-        cert, key = self.replica_tls_cert_file, self.replica_tls_key_file
-        ca = self.replica_tls_ca_file
-        return CertFiles(cert, key, ca) if cert and key and ca else None
+        return self.cert_files("replica_tls")
 
     def auth_enforced(self) -> bool:
         """Whether the gRPC API requires identities and scopes."""

@@ -28,7 +28,7 @@ from tenacity.stop import stop_base
 
 from matrixinfer.core.grpc.errors import error_details
 from matrixinfer.core.grpc.interceptors import REQUEST_ID_METADATA_KEY
-from matrixinfer.core.grpc.tls import ClientTls, TlsChannel, handshake_hint
+from matrixinfer.core.grpc.tls import ClientTls, mtls_channel
 from matrixinfer.core.logging import request_id_var
 from matrixinfer.core.tracing import client_interceptors
 
@@ -291,9 +291,6 @@ def create_channel(
         "grpc.max_receive_message_length": max_message_bytes,
         "grpc.max_send_message_length": max_message_bytes,
     }
-    if tls is not None:
-        # Identity is the service's name in the certificate, never the address.
-        channel_options["grpc.ssl_target_name_override"] = tls.server_name
     channel_options.update(dict(options))
 
     # Outermost first: the request id and the deadline are fixed once per call,
@@ -310,14 +307,7 @@ def create_channel(
 
     option_list = list(channel_options.items())
     if tls is not None:
-        # Innermost: sees each attempt's own failure.
-        tls_stack = [*stack, handshake_hint(tls, target)]
-        return TlsChannel(
-            lambda creds: grpc.aio.secure_channel(
-                target, creds, options=option_list, interceptors=tls_stack
-            ),
-            tls,
-        )
+        return mtls_channel(target, tls, option_list, stack)
     if credentials is not None:
         return grpc.aio.secure_channel(
             target, credentials, options=option_list, interceptors=stack

@@ -85,11 +85,8 @@ class LocalRuntime:
             return ""
         files = self.tls.server
         try:
-            stamp = tuple(
-                v
-                for path in (files.cert, files.key, files.ca)
-                for v in (path.stat().st_mtime_ns, path.stat().st_size)
-            )
+            stats = [path.stat() for path in (files.cert, files.key, files.ca)]
+            stamp = tuple(v for st in stats for v in (st.st_mtime_ns, st.st_size))
             if stamp == self._generation[0]:
                 return self._generation[1]
             digest = hashlib.sha256(b"".join(read_files(files))).hexdigest()[:12]

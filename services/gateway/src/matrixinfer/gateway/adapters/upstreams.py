@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from matrixinfer.core.grpc.tls import ClientTls, TlsChannel, handshake_hint
+from matrixinfer.core.grpc.tls import ClientTls, mtls_channel
 
 # Seconds calls on a retired replica's channel may still take (the controller's
 # drain and stop grace together are well below it).
@@ -37,22 +37,9 @@ class Upstreams:
         return channel
 
     def _open(self, address: str) -> grpc.aio.Channel:
-        tls = self._tls
-        if tls is None:
+        if self._tls is None:
             return grpc.aio.insecure_channel(address, options=self._options)
-        options = [
-            *self._options,
-            ("grpc.ssl_target_name_override", tls.server_name),
-        ]
-        return TlsChannel(
-            lambda credentials: grpc.aio.secure_channel(
-                address,
-                credentials,
-                options=options,
-                interceptors=[handshake_hint(tls, address)],
-            ),
-            tls,
-        )
+        return mtls_channel(address, self._tls, self._options)
 
     def unary(self, address: str, path: str) -> Any:
         """The raw-bytes call object for one method on one replica, made once: the

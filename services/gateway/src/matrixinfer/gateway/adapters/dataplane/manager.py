@@ -79,9 +79,15 @@ class EdgeFiles:
     reload_s: float = 2.0
 
     def edge_pem(self) -> str:
-        """The chain and the key as HAProxy loads them (one file, no blank line)."""
-        text = self.cert.read_text() + "\n" + self.key.read_text()
-        return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
+        """The chain and the key as HAProxy loads them."""
+        return haproxy_pem(self.cert.read_text(), self.key.read_text())
+
+
+def haproxy_pem(cert: str, key: str) -> str:
+    """A certificate (chain) and its key as HAProxy loads them: one file, no
+    blank line."""
+    text = cert + "\n" + key
+    return "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
 
 
 def replica_client_pem(files: CertFiles) -> tuple[str, str]:
@@ -89,9 +95,7 @@ def replica_client_pem(files: CertFiles) -> tuple[str, str]:
     CA; only once the certificate and its key belong together (a rotation half
     done raises ValueError)."""
     cert, key, ca = read_files(files)
-    text = cert.decode() + "\n" + key.decode()
-    pem = "\n".join(line for line in text.splitlines() if line.strip()) + "\n"
-    return pem, ca.decode()
+    return haproxy_pem(cert.decode(), key.decode()), ca.decode()
 
 
 @dataclass
